@@ -1,0 +1,182 @@
+//! The streamer's settings and their defaults (documented once, here and in README).
+
+use std::time::Duration;
+
+use crate::outbox::OutboxConfig;
+use crate::sink::kafka::KafkaConfig;
+
+/// Default slot name.
+pub const DEFAULT_SLOT: &str = "pgoutbox";
+/// Default publication name (what `sql/setup.sql` creates).
+pub const DEFAULT_PUBLICATION: &str = "pgoutbox_pub";
+
+/// Everything `pgoutbox run` needs.
+#[derive(Clone)]
+pub struct Config {
+    /// libpq-style URL or key=value string; may hold a password, so never logged.
+    pub postgres_url: String,
+    /// Logical replication slot; created on first start if missing. Default `pgoutbox`.
+    pub slot: String,
+    /// Publication covering the outbox table. Default `pgoutbox_pub`.
+    pub publication: String,
+    pub outbox: OutboxConfig,
+    pub kafka: KafkaConfig,
+    /// How often to send a standby status update. Default 1 s.
+    pub status_interval: Duration,
+    /// Stop reading WAL while this many events await Kafka acks. Default 10,000.
+    pub max_in_flight_events: usize,
+    /// …or while their payloads add up to this many bytes. Default 32 MiB.
+    pub max_in_flight_bytes: usize,
+    /// On shutdown, wait this long for in-flight acks before the final status update. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// Create the slot when it does not exist at start. Default true.
+    pub create_slot: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("postgres_url", &redact_url(&self.postgres_url))
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("outbox", &self.outbox)
+            .field("kafka_brokers", &self.kafka.brokers)
+            .field("status_interval", &self.status_interval)
+            .field("max_in_flight_events", &self.max_in_flight_events)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid Postgres URL: {0}")]
+    PostgresUrl(String),
+    #[error("invalid slot name {0:?}: use 1-63 lower-case letters, digits and underscores")]
+    SlotName(String),
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// A configuration with every default, for the given endpoints.
+    pub fn new(postgres_url: impl Into<String>, kafka_brokers: impl Into<String>) -> Self {
+        Config {
+            postgres_url: postgres_url.into(),
+            slot: DEFAULT_SLOT.into(),
+            publication: DEFAULT_PUBLICATION.into(),
+            outbox: OutboxConfig::default(),
+            kafka: KafkaConfig {
+                brokers: kafka_brokers.into(),
+                properties: Vec::new(),
+            },
+            status_interval: Duration::from_secs(1),
+            max_in_flight_events: 10_000,
+            max_in_flight_bytes: 32 << 20,
+            shutdown_timeout: Duration::from_secs(10),
+            create_slot: true,
+        }
+    }
+
+    /// The parsed Postgres connection settings.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        self.postgres_url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| {
+                ConfigError::PostgresUrl(redact_secrets(&e.to_string(), &self.postgres_url))
+            })
+    }
+
+    /// Checks everything that can be checked without a network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.pg_config()?;
+        let ok = !self.slot.is_empty()
+            && self.slot.len() <= 63
+            && self
+                .slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(ConfigError::SlotName(self.slot.clone()));
+        }
+        if self.max_in_flight_events == 0 {
+            return Err(ConfigError::Zero("max_in_flight_events"));
+        }
+        if self.max_in_flight_bytes == 0 {
+            return Err(ConfigError::Zero("max_in_flight_bytes"));
+        }
+        if self.status_interval.is_zero() {
+            return Err(ConfigError::Zero("status_interval"));
+        }
+        Ok(())
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    // URL form: scheme://user:password@host…
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return url.to_owned();
+    }
+    // key=value form.
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Removes the URL's password from an error text that might quote it.
+fn redact_secrets(text: &str, url: &str) -> String {
+    match password_of(url) {
+        Some(p) if !p.is_empty() => text.replace(p, "***"),
+        _ => text.to_owned(),
+    }
+}
+
+fn password_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    Some(userinfo.split_once(':')?.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:s3cret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("host=h password=s3cret user=u"),
+            "host=h password=*** user=u"
+        );
+        let c = Config::new("postgres://u:s3cret@h/db", "k");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn validates_slot_names() {
+        let mut c = Config::new("postgres://u@h/db", "k");
+        c.validate().unwrap();
+        for bad in ["", "Upper", "with-dash", &"x".repeat(64)] {
+            c.slot = bad.into();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+    }
+}

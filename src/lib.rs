@@ -1,0 +1,24 @@
+//! pgoutbox: streams the transactional outbox from PostgreSQL logical replication to Kafka,
+//! confirming WAL to the slot only past transactions whose every event Kafka acknowledged.
+//!
+//! The modules follow the data flow (see DESIGN.md):
+//! [`replication`] (wire protocol) → [`pgoutput`] (decoder) → [`outbox`] (mapping) →
+//! [`sink::kafka`] (producer) → acks → [`watermark`] (which LSN may be confirmed).
+//! [`pipeline`] wires them together; [`preflight`] checks the database setup;
+//! [`embedded`] starts throwaway Postgres and Kafka for the demo and tests.
+
+pub mod config;
+pub mod embedded;
+pub mod lsn;
+pub mod outbox;
+pub mod pgoutput;
+pub mod pgtime;
+pub mod pipeline;
+pub mod preflight;
+pub mod replication;
+pub mod sink;
+pub mod watermark;
+
+pub use config::Config;
+pub use lsn::Lsn;
+pub use pipeline::Streamer;

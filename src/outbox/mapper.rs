@@ -1,0 +1,365 @@
+//! Insert on the outbox table → [`OutboxRecord`].
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::template::is_valid_topic;
+use super::{OutboxConfig, OutboxRecord};
+use crate::lsn::Lsn;
+use crate::pgoutput::{Insert, Relation, TupleData, Value};
+
+const BYTEA_OID: u32 = 17;
+
+/// Why an outbox row cannot become a Kafka record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("outbox table {table} has no column {column:?} (configured as the {role} column)")]
+    MissingColumn {
+        table: String,
+        column: String,
+        role: &'static str,
+    },
+    #[error("insert into relation {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+    #[error("outbox row at {lsn} has {found} columns, its relation has {expected}")]
+    ColumnCount {
+        lsn: Lsn,
+        found: usize,
+        expected: usize,
+    },
+    #[error("outbox row at {lsn}: column {column:?} is NULL")]
+    Null { lsn: Lsn, column: String },
+    #[error("outbox row at {lsn}: {column:?} is not valid UTF-8")]
+    NotUtf8 { lsn: Lsn, column: String },
+    #[error("outbox row at {lsn}: topic {topic:?} is not a valid Kafka topic name")]
+    InvalidTopic { lsn: Lsn, topic: String },
+    #[error("outbox row at {lsn}: bytea payload is not in hex format (set bytea_output = 'hex')")]
+    ByteaFormat { lsn: Lsn },
+}
+
+/// Positions of the configured columns in one relation's tuples.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    id: usize,
+    route: usize,
+    key: usize,
+    kind: usize,
+    payload: usize,
+    payload_is_bytea: bool,
+    count: usize,
+}
+
+/// Maps outbox inserts; learns column positions from Relation messages.
+#[derive(Debug)]
+pub struct OutboxMapper {
+    cfg: OutboxConfig,
+    /// Relation id → column positions, for relations that are the outbox table.
+    outbox: HashMap<u32, Columns>,
+}
+
+impl OutboxMapper {
+    pub fn new(cfg: OutboxConfig) -> Self {
+        OutboxMapper {
+            cfg,
+            outbox: HashMap::new(),
+        }
+    }
+
+    /// Whether this relation is the configured outbox table.
+    pub fn is_outbox(&self, rel: &Relation) -> bool {
+        // pgoutput sends an empty namespace for pg_catalog only.
+        rel.namespace == self.cfg.table.schema && rel.name == self.cfg.table.name
+    }
+
+    /// Learns (or, after DDL, relearns) a relation; errors if the outbox lacks a column.
+    pub fn on_relation(&mut self, rel: &Relation) -> Result<(), MapError> {
+        if !self.is_outbox(rel) {
+            self.outbox.remove(&rel.id);
+            return Ok(());
+        }
+        let find = |column: &str, role: &'static str| {
+            rel.columns
+                .iter()
+                .position(|c| c.name == column)
+                .ok_or_else(|| MapError::MissingColumn {
+                    table: self.cfg.table.to_string(),
+                    column: column.to_owned(),
+                    role,
+                })
+        };
+        let payload = find(&self.cfg.payload_column, "payload")?;
+        let cols = Columns {
+            id: find(&self.cfg.id_column, "event id")?,
+            route: find(&self.cfg.route_column, "route")?,
+            key: find(&self.cfg.key_column, "key")?,
+            kind: find(&self.cfg.type_column, "type")?,
+            payload,
+            payload_is_bytea: rel.columns[payload].type_oid == BYTEA_OID,
+            count: rel.columns.len(),
+        };
+        self.outbox.insert(rel.id, cols);
+        Ok(())
+    }
+
+    /// Whether inserts into this relation id are outbox events.
+    pub fn is_outbox_id(&self, relation_id: u32) -> bool {
+        self.outbox.contains_key(&relation_id)
+    }
+
+    /// Maps an insert; `Ok(None)` when it is not on the outbox table.
+    pub fn map_insert(&self, insert: &Insert, lsn: Lsn) -> Result<Option<OutboxRecord>, MapError> {
+        let Some(cols) = self.outbox.get(&insert.relation_id) else {
+            return Ok(None);
+        };
+        let TupleData(values) = &insert.new;
+        if values.len() != cols.count {
+            return Err(MapError::ColumnCount {
+                lsn,
+                found: values.len(),
+                expected: cols.count,
+            });
+        }
+        let value = |i: usize| match &values[i] {
+            Value::Text(b) | Value::Binary(b) => Some(b.clone()),
+            Value::Null | Value::UnchangedToast => None,
+        };
+        let required = |i: usize, column: &str| {
+            value(i).ok_or_else(|| MapError::Null {
+                lsn,
+                column: column.to_owned(),
+            })
+        };
+
+        let event_id = required(cols.id, &self.cfg.id_column)?;
+        let topic = if self.cfg.topic_template.uses_route() {
+            let route = required(cols.route, &self.cfg.route_column)?;
+            let route = std::str::from_utf8(&route).map_err(|_| MapError::NotUtf8 {
+                lsn,
+                column: self.cfg.route_column.clone(),
+            })?;
+            self.cfg.topic_template.render(route)
+        } else {
+            self.cfg.topic_template.render("")
+        };
+        if !is_valid_topic(&topic) {
+            return Err(MapError::InvalidTopic { lsn, topic });
+        }
+        let mut headers = vec![("id".to_owned(), event_id.clone())];
+        if let Some(t) = value(cols.kind) {
+            headers.push(("type".to_owned(), t));
+        }
+        let payload = match value(cols.payload) {
+            Some(p) if cols.payload_is_bytea => {
+                Some(decode_bytea_hex(&p).ok_or(MapError::ByteaFormat { lsn })?)
+            }
+            other => other,
+        };
+        Ok(Some(OutboxRecord {
+            topic,
+            key: value(cols.key),
+            headers,
+            payload,
+            event_id,
+            lsn,
+        }))
+    }
+}
+
+/// bytea's text output `\x0a1b…` back to the stored bytes.
+fn decode_bytea_hex(text: &[u8]) -> Option<Bytes> {
+    let hex = text.strip_prefix(b"\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    hex.chunks_exact(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect::<Option<Vec<u8>>>()
+        .map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::TableName;
+    use crate::pgoutput::Column;
+
+    fn rel(id: u32, ns: &str, name: &str, cols: &[(&str, u32)]) -> Relation {
+        Relation {
+            id,
+            namespace: ns.into(),
+            name: name.into(),
+            replica_identity: b'd',
+            columns: cols
+                .iter()
+                .map(|(n, oid)| Column {
+                    flags: 0,
+                    name: (*n).into(),
+                    type_oid: *oid,
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    fn outbox_rel(payload_oid: u32) -> Relation {
+        rel(
+            7,
+            "public",
+            "outbox",
+            &[
+                ("id", 2950),
+                ("aggregatetype", 25),
+                ("aggregateid", 25),
+                ("type", 25),
+                ("payload", payload_oid),
+                ("created_at", 1184),
+            ],
+        )
+    }
+
+    fn t(s: &str) -> Value {
+        Value::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn row(vals: Vec<Value>) -> Insert {
+        Insert {
+            relation_id: 7,
+            new: TupleData(vals),
+        }
+    }
+
+    #[test]
+    fn maps_with_debezium_defaults() {
+        let mut m = OutboxMapper::new(OutboxConfig::default());
+        m.on_relation(&outbox_rel(3802)).unwrap();
+        let rec = m
+            .map_insert(
+                &row(vec![
+                    t("6c1f"),
+                    t("order"),
+                    t("o-1"),
+                    t("OrderCreated"),
+                    t(r#"{"a": 1}"#),
+                    t("2026-01-01"),
+                ]),
+                Lsn(5),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.topic, "outbox.event.order");
+        assert_eq!(rec.key.as_deref(), Some(&b"o-1"[..]));
+        assert_eq!(rec.payload.as_deref(), Some(&br#"{"a": 1}"#[..]));
+        assert_eq!(
+            rec.headers,
+            vec![
+                ("id".to_owned(), Bytes::from_static(b"6c1f")),
+                ("type".to_owned(), Bytes::from_static(b"OrderCreated"))
+            ]
+        );
+        assert_eq!(rec.lsn, Lsn(5));
+    }
+
+    #[test]
+    fn other_tables_are_not_mapped() {
+        let mut m = OutboxMapper::new(OutboxConfig::default());
+        let other = rel(8, "public", "orders", &[("id", 23)]);
+        m.on_relation(&other).unwrap();
+        let ins = Insert {
+            relation_id: 8,
+            new: TupleData(vec![t("1")]),
+        };
+        assert_eq!(m.map_insert(&ins, Lsn(1)).unwrap(), None);
+        let same_name_other_schema = rel(9, "audit", "outbox", &[("id", 23)]);
+        assert!(!m.is_outbox(&same_name_other_schema));
+    }
+
+    #[test]
+    fn configured_columns_and_fixed_topic() {
+        let cfg = OutboxConfig {
+            table: TableName::parse("app.events").unwrap(),
+            id_column: "event_id".into(),
+            route_column: "kind".into(),
+            key_column: "entity".into(),
+            type_column: "name".into(),
+            payload_column: "body".into(),
+            topic_template: "all-events".parse().unwrap(),
+        };
+        let mut m = OutboxMapper::new(cfg);
+        let r = rel(
+            3,
+            "app",
+            "events",
+            &[
+                ("body", 17),
+                ("entity", 25),
+                ("event_id", 20),
+                ("kind", 25),
+                ("name", 25),
+            ],
+        );
+        m.on_relation(&r).unwrap();
+        let ins = Insert {
+            relation_id: 3,
+            new: TupleData(vec![t("\\x00ff10"), t("e1"), t("42"), Value::Null, t("N")]),
+        };
+        let rec = m.map_insert(&ins, Lsn(1)).unwrap().unwrap();
+        assert_eq!(rec.topic, "all-events");
+        assert_eq!(rec.payload.as_deref(), Some(&[0u8, 0xff, 0x10][..]));
+        assert_eq!(rec.event_id.as_ref(), b"42");
+    }
+
+    #[test]
+    fn missing_column_names_it() {
+        let mut m = OutboxMapper::new(OutboxConfig::default());
+        let r = rel(7, "public", "outbox", &[("id", 2950), ("payload", 3802)]);
+        let e = m.on_relation(&r).unwrap_err();
+        assert!(e.to_string().contains("aggregatetype"), "{e}");
+    }
+
+    #[test]
+    fn null_route_and_bad_topic_are_errors() {
+        let mut m = OutboxMapper::new(OutboxConfig::default());
+        m.on_relation(&outbox_rel(3802)).unwrap();
+        let null_route = row(vec![t("1"), Value::Null, t("k"), t("T"), t("{}"), t("x")]);
+        assert!(matches!(
+            m.map_insert(&null_route, Lsn(1)),
+            Err(MapError::Null { .. })
+        ));
+        let bad = row(vec![
+            t("1"),
+            t("has space"),
+            t("k"),
+            t("T"),
+            t("{}"),
+            t("x"),
+        ]);
+        assert!(matches!(
+            m.map_insert(&bad, Lsn(1)),
+            Err(MapError::InvalidTopic { .. })
+        ));
+        let short = row(vec![t("1")]);
+        assert!(matches!(
+            m.map_insert(&short, Lsn(1)),
+            Err(MapError::ColumnCount { .. })
+        ));
+    }
+
+    #[test]
+    fn null_payload_is_a_tombstone() {
+        let mut m = OutboxMapper::new(OutboxConfig::default());
+        m.on_relation(&outbox_rel(3802)).unwrap();
+        let r = row(vec![t("1"), t("a"), t("k"), t("T"), Value::Null, t("x")]);
+        assert_eq!(m.map_insert(&r, Lsn(1)).unwrap().unwrap().payload, None);
+    }
+
+    #[test]
+    fn bytea_hex() {
+        assert_eq!(decode_bytea_hex(b"\\x").unwrap().len(), 0);
+        assert_eq!(decode_bytea_hex(b"\\xAb").unwrap().as_ref(), &[0xab]);
+        assert!(decode_bytea_hex(b"\\xa").is_none());
+        assert!(decode_bytea_hex(b"\\xzz").is_none());
+        assert!(decode_bytea_hex(b"\\001").is_none());
+    }
+}

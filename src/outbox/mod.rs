@@ -1,0 +1,108 @@
+//! The outbox mapping: an Insert on a configured outbox table becomes an [`OutboxRecord`]
+//! (topic, key, headers, value), following Debezium's outbox event router defaults.
+
+mod mapper;
+mod template;
+
+pub use mapper::{MapError, OutboxMapper};
+pub use template::{TemplateError, TopicTemplate};
+
+use bytes::Bytes;
+
+use crate::lsn::Lsn;
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table` (schema `public`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (schema, name) = match s.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => ("public", s),
+        };
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err(format!("invalid table name {s:?}: expected schema.table"));
+        }
+        Ok(TableName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Which table is the outbox and what each of its columns becomes.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Default `public.outbox`.
+    pub table: TableName,
+    /// Becomes the `id` header, the consumers' dedupe key. Default `id`.
+    pub id_column: String,
+    /// Routes to a topic through the template. Default `aggregatetype`.
+    pub route_column: String,
+    /// Becomes the record key, hence the partition and per-aggregate order. Default `aggregateid`.
+    pub key_column: String,
+    /// Becomes the `type` header. Default `type`.
+    pub type_column: String,
+    /// Becomes the record value, bytes as stored (jsonb in its text form). Default `payload`.
+    pub payload_column: String,
+    /// Default `outbox.event.${routedByValue}`.
+    pub topic_template: TopicTemplate,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            table: TableName {
+                schema: "public".into(),
+                name: "outbox".into(),
+            },
+            id_column: "id".into(),
+            route_column: "aggregatetype".into(),
+            key_column: "aggregateid".into(),
+            type_column: "type".into(),
+            payload_column: "payload".into(),
+            topic_template: TopicTemplate::DEFAULT
+                .parse()
+                .unwrap_or_else(|_| unreachable!("the default template is valid")),
+        }
+    }
+}
+
+/// One outbox event, ready for Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub topic: String,
+    pub key: Option<Bytes>,
+    /// `id` and `type`, in that order.
+    pub headers: Vec<(String, Bytes)>,
+    /// `None` for a NULL payload (a tombstone).
+    pub payload: Option<Bytes>,
+    pub event_id: Bytes,
+    /// WAL position of the insert.
+    pub lsn: Lsn,
+}
+
+impl OutboxRecord {
+    /// Approximate bytes this record holds, for the in-flight byte budget.
+    pub fn size(&self) -> usize {
+        self.topic.len()
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self.payload.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}

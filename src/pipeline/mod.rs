@@ -1,0 +1,151 @@
+//! The pipeline: replication stream → pgoutput → outbox mapping → Kafka, with acks flowing back
+//! into the watermark. [`Streamer::run`] reconnects with backoff; [`session`] is one connection.
+
+mod backoff;
+mod session;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use backoff::Backoff;
+
+use crate::config::{Config, ConfigError};
+use crate::lsn::Lsn;
+use crate::outbox::MapError;
+use crate::pgoutput::DecodeError;
+use crate::preflight::PreflightError;
+use crate::replication::ReplicationError;
+use crate::sink::kafka::{DeliveryError, ErrorClass, SinkError};
+use crate::watermark::WatermarkError;
+
+/// Why a session ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("decoding pgoutput: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("mapping outbox row: {0}")]
+    Map(#[from] MapError),
+    #[error("LSN bookkeeping: {0}")]
+    Watermark(#[from] WatermarkError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    #[error(
+        "replication slot {0:?} disappeared while pgoutbox was using it: events may have been missed; recreate the slot and resync deliberately"
+    )]
+    SlotLost(String),
+}
+
+impl StreamError {
+    /// Errors that reconnecting cannot fix: the process exits non-zero instead of retrying.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            StreamError::Config(_)
+            | StreamError::Decode(_)
+            | StreamError::Map(_)
+            | StreamError::Watermark(_)
+            | StreamError::Sink(_)
+            | StreamError::SlotLost(_) => true,
+            StreamError::Preflight(e) => e.is_fatal(),
+            StreamError::Postgres(e) => e
+                .as_db_error()
+                .is_some_and(|d| d.code().code().starts_with("28")),
+            StreamError::Replication(e) => matches!(e, ReplicationError::Auth(_)),
+            StreamError::Delivery(e) => e.class == ErrorClass::Final,
+        }
+    }
+}
+
+/// An event Kafka acknowledged, for observers (the demo, later metrics).
+#[derive(Debug, Clone)]
+pub struct AckedEvent {
+    pub event_id: Bytes,
+    pub partition: i32,
+    pub offset: i64,
+    /// When Postgres committed the event's transaction.
+    pub commit_time: SystemTime,
+    pub acked_at: SystemTime,
+}
+
+/// What a session reports about its progress, so `run` can tell a healthy stream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Progress {
+    pub streaming_since: Option<Instant>,
+    pub confirmed: Lsn,
+}
+
+/// Runs the pipeline until shutdown or a fatal error.
+pub struct Streamer {
+    cfg: Config,
+    observer: Option<mpsc::UnboundedSender<AckedEvent>>,
+}
+
+impl Streamer {
+    pub fn new(cfg: Config) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(Streamer {
+            cfg,
+            observer: None,
+        })
+    }
+
+    /// Reports every acked event to `tx`.
+    pub fn with_observer(mut self, tx: mpsc::UnboundedSender<AckedEvent>) -> Self {
+        self.observer = Some(tx);
+        self
+    }
+
+    /// Streams until `shutdown` is cancelled (Ok) or a fatal error (Err). Transient errors
+    /// reconnect with capped exponential backoff and resume from the slot's confirmed LSN.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut slot_known = false;
+        loop {
+            let mut progress = Progress::default();
+            let result = session::run(
+                &self.cfg,
+                &mut slot_known,
+                &shutdown,
+                self.observer.as_ref(),
+                &mut progress,
+            )
+            .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_fatal() => {
+                    error!(error = %e, "stopping: this needs an operator");
+                    return Err(e);
+                }
+                Err(e) => {
+                    if progress
+                        .streaming_since
+                        .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
+                    {
+                        backoff.reset();
+                    }
+                    let wait = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?wait, confirmed = %progress.confirmed,
+                        "stream stopped; reconnecting and resuming from the slot");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    info!("reconnecting");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! One replication session: connect, check, start streaming, and run the event loop until
+//! shutdown or an error. Reading pauses when the in-flight budget is spent; acks and status
+//! updates keep flowing regardless, so `wal_sender_timeout` never fires on a paused reader.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, trace, warn};
+
+use super::{AckedEvent, Progress, StreamError};
+use crate::config::Config;
+use crate::lsn::Lsn;
+use crate::outbox::{OutboxMapper, OutboxRecord};
+use crate::pgoutput::{self, Message, RelationCache};
+use crate::preflight::{self, PreflightError};
+use crate::replication::{
+    ConnectConfig, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
+};
+use crate::sink::kafka::{Delivery, KafkaSink, SendError};
+use crate::watermark::{TxId, Watermark};
+
+/// SQLSTATE undefined_object: START_REPLICATION on a slot that is gone.
+const UNDEFINED_OBJECT: &str = "42704";
+
+/// Travels with each record through librdkafka and comes back in its delivery report.
+#[derive(Debug)]
+struct Ticket {
+    tx: TxId,
+    bytes: usize,
+    commit_time: i64,
+    event_id: Bytes,
+}
+
+/// Runs one session. `slot_known` survives reconnects: a slot that existed once and is gone
+/// now means WAL was lost, which must not be papered over by creating a new one.
+pub(super) async fn run(
+    cfg: &Config,
+    slot_known: &mut bool,
+    shutdown: &CancellationToken,
+    observer: Option<&mpsc::UnboundedSender<AckedEvent>>,
+    progress: &mut Progress,
+) -> Result<(), StreamError> {
+    let pg_cfg = cfg.pg_config()?;
+    let slot = {
+        let (client, connection) = pg_cfg.connect(NoTls).await?;
+        let conn = tokio::spawn(connection);
+        let slot = preflight::check(&client, &cfg.outbox.table, &cfg.publication, &cfg.slot).await;
+        drop(client);
+        let _ = conn.await;
+        slot?
+    };
+
+    let mut repl = ReplicationClient::connect(&ConnectConfig::from_pg_config(&pg_cfg)?).await?;
+    let sys = repl.identify_system().await?;
+    debug!(system_id = %sys.system_id, timeline = sys.timeline, xlog_pos = %sys.xlog_pos,
+        "identified system");
+    let start = match slot {
+        Some(s) => {
+            if let Some(pid) = s.active_pid {
+                warn!(slot = %cfg.slot, pid, "slot is in use by another process");
+            }
+            *slot_known = true;
+            s.confirmed_flush.unwrap_or(Lsn::ZERO)
+        }
+        None if *slot_known => return Err(StreamError::SlotLost(cfg.slot.clone())),
+        None if !cfg.create_slot => return Err(PreflightError::NoSlot(cfg.slot.clone()).into()),
+        None => {
+            let lsn = repl.create_slot(&cfg.slot).await?;
+            *slot_known = true;
+            info!(slot = %cfg.slot, consistent_point = %lsn, "created replication slot");
+            lsn
+        }
+    };
+
+    let (ack_tx, acks) = mpsc::unbounded_channel();
+    let sink = KafkaSink::new(&cfg.kafka, ack_tx)?;
+    let mut stream = match repl
+        .start_replication(&cfg.slot, start, &cfg.publication)
+        .await
+    {
+        Err(e) if e.sqlstate() == Some(UNDEFINED_OBJECT) && *slot_known => {
+            return Err(StreamError::SlotLost(cfg.slot.clone()))
+        }
+        other => other?,
+    };
+    info!(slot = %cfg.slot, start = %start, "streaming");
+    progress.streaming_since = Some(Instant::now());
+    progress.confirmed = start;
+
+    let mut session = Session::new(cfg, start, observer);
+    let result = session
+        .event_loop(&mut stream, &sink, acks, shutdown, progress)
+        .await;
+    if let Err(e) = &result {
+        // Nothing unacked is confirmed (the watermark holds it); drop what is queued and
+        // still report how far we got, so the restart resends as little as possible.
+        sink.abort();
+        if !matches!(e, StreamError::Replication(_)) {
+            let _ = session.send_status(&mut stream, false).await;
+        }
+    }
+    // Dropping the producer blocks briefly while librdkafka shuts down.
+    let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
+    result
+}
+
+/// What the event loop does after handling one replication message.
+enum Step {
+    Continue,
+    Reply,
+    Produce(OutboxRecord, Ticket),
+}
+
+/// Per-session state: the watermark, relation cache, mapper and in-flight budget.
+struct Session<'a> {
+    cfg: &'a Config,
+    wm: Watermark,
+    relations: RelationCache,
+    mapper: OutboxMapper,
+    /// The open transaction and its commit timestamp (known at Begin).
+    tx: Option<(TxId, i64)>,
+    in_flight_events: usize,
+    in_flight_bytes: usize,
+    observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
+    delivered: u64,
+    ignored: u64,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        cfg: &'a Config,
+        start: Lsn,
+        observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
+    ) -> Self {
+        Session {
+            cfg,
+            wm: Watermark::new(start),
+            relations: RelationCache::default(),
+            mapper: OutboxMapper::new(cfg.outbox.clone()),
+            tx: None,
+            in_flight_events: 0,
+            in_flight_bytes: 0,
+            observer,
+            delivered: 0,
+            ignored: 0,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight_events < self.cfg.max_in_flight_events
+            && self.in_flight_bytes < self.cfg.max_in_flight_bytes
+    }
+
+    async fn event_loop(
+        &mut self,
+        stream: &mut ReplicationStream,
+        sink: &KafkaSink<Ticket>,
+        mut acks: mpsc::UnboundedReceiver<Delivery<Ticket>>,
+        shutdown: &CancellationToken,
+        progress: &mut Progress,
+    ) -> Result<(), StreamError> {
+        let mut tick = tokio::time::interval(self.cfg.status_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A record librdkafka's queue had no room for; sent again before reading more.
+        let mut pending: Option<(OutboxRecord, Ticket)> = None;
+        loop {
+            if let Some((rec, ticket)) = pending.take() {
+                pending = self.produce(sink, rec, ticket)?;
+            }
+            let can_read = pending.is_none() && self.has_room();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    return self.drain(stream, &mut acks).await;
+                }
+                Some(d) = acks.recv() => self.on_delivery(d)?,
+                _ = tick.tick() => self.send_status(stream, false).await?,
+                msg = stream.recv(), if can_read => match self.on_message(msg?)? {
+                    Step::Continue => {}
+                    Step::Reply => self.send_status(stream, false).await?,
+                    Step::Produce(rec, ticket) => pending = self.produce(sink, rec, ticket)?,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(5)), if pending.is_some() => {}
+            }
+            progress.confirmed = self.wm.confirmed();
+        }
+    }
+
+    /// Hands a record to librdkafka; gives it back if the local queue is full.
+    fn produce(
+        &mut self,
+        sink: &KafkaSink<Ticket>,
+        rec: OutboxRecord,
+        ticket: Ticket,
+    ) -> Result<Option<(OutboxRecord, Ticket)>, StreamError> {
+        let bytes = ticket.bytes;
+        match sink.send(&rec, ticket) {
+            Ok(()) => {
+                self.in_flight_events += 1;
+                self.in_flight_bytes += bytes;
+                Ok(None)
+            }
+            Err(SendError::QueueFull(ticket)) => Ok(Some((rec, ticket))),
+            Err(SendError::Rejected(_, e)) => Err(e.into()),
+        }
+    }
+
+    fn on_delivery(&mut self, d: Delivery<Ticket>) -> Result<(), StreamError> {
+        let Delivery { ticket, result } = d;
+        let acked = result?;
+        self.wm.ack(ticket.tx)?;
+        self.in_flight_events -= 1;
+        self.in_flight_bytes -= ticket.bytes;
+        self.delivered += 1;
+        if let Some(obs) = self.observer {
+            let _ = obs.send(AckedEvent {
+                event_id: ticket.event_id,
+                partition: acked.partition,
+                offset: acked.offset,
+                commit_time: crate::pgtime::to_system_time(ticket.commit_time),
+                acked_at: SystemTime::now(),
+            });
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, msg: ReplicationMessage) -> Result<Step, StreamError> {
+        let (wal_start, data) = match msg {
+            ReplicationMessage::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.wm.keepalive(wal_end);
+                return Ok(if reply_requested {
+                    Step::Reply
+                } else {
+                    Step::Continue
+                });
+            }
+            ReplicationMessage::XLogData {
+                wal_start, data, ..
+            } => (wal_start, data),
+        };
+        self.wm.observe(wal_start);
+        match pgoutput::decode(data)? {
+            Message::Begin(b) => {
+                let id = self.wm.begin()?;
+                self.tx = Some((id, b.commit_time));
+            }
+            Message::Commit(c) => {
+                let (id, _) = self
+                    .tx
+                    .take()
+                    .ok_or_else(|| protocol("Commit without Begin"))?;
+                self.wm.commit(id, c.end_lsn)?;
+            }
+            Message::Relation(r) => {
+                self.mapper.on_relation(&r)?;
+                debug!(id = r.id, relation = %format_args!("{}.{}", r.namespace, r.name),
+                    outbox = self.mapper.is_outbox_id(r.id), "relation");
+                self.relations.update(r);
+            }
+            Message::Insert(ins) => {
+                if let Some(rec) = self.mapper.map_insert(&ins, wal_start)? {
+                    let (id, commit_time) = self
+                        .tx
+                        .ok_or_else(|| protocol("Insert outside a transaction"))?;
+                    self.wm.add_event(id)?;
+                    let ticket = Ticket {
+                        tx: id,
+                        bytes: rec.size(),
+                        commit_time,
+                        event_id: rec.event_id.clone(),
+                    };
+                    return Ok(Step::Produce(rec, ticket));
+                }
+                self.ignore("insert", ins.relation_id);
+            }
+            Message::Update(u) => self.ignore("update", u.relation_id),
+            Message::Delete(d) => self.ignore("delete", d.relation_id),
+            Message::Truncate(t) => {
+                for id in t.relation_ids {
+                    self.ignore("truncate", id);
+                }
+            }
+            Message::Message(m) => {
+                trace!(prefix = %m.prefix, lsn = %m.lsn, "logical decoding message ignored");
+            }
+            Message::Origin(_) | Message::Type(_) => {}
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Changes other than outbox inserts are counted and skipped (DESIGN.md).
+    fn ignore(&mut self, what: &str, relation_id: u32) {
+        self.ignored += 1;
+        if let Some(r) = self.relations.get(relation_id) {
+            debug!(change = what, relation = %format_args!("{}.{}", r.namespace, r.name),
+                "change ignored");
+        }
+    }
+
+    async fn send_status(
+        &mut self,
+        stream: &mut ReplicationStream,
+        reply: bool,
+    ) -> Result<(), ReplicationError> {
+        trace!(write = %self.wm.received(), flush = %self.wm.confirmed(),
+            in_flight = self.in_flight_events, "status update");
+        stream
+            .send_status(self.wm.received(), self.wm.confirmed(), reply)
+            .await
+    }
+
+    /// Graceful stop: read no more, wait for in-flight acks, confirm, say goodbye.
+    async fn drain(
+        &mut self,
+        stream: &mut ReplicationStream,
+        acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
+    ) -> Result<(), StreamError> {
+        info!(
+            in_flight = self.in_flight_events,
+            "shutting down: waiting for in-flight acks"
+        );
+        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
+        let mut tick = tokio::time::interval(self.cfg.status_interval);
+        while self.in_flight_events > 0 {
+            tokio::select! {
+                Some(d) = acks.recv() => self.on_delivery(d)?,
+                _ = tick.tick() => self.send_status(stream, false).await?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!(in_flight = self.in_flight_events,
+                        "shutdown timeout: unacked events will be resent on restart");
+                    break;
+                }
+            }
+        }
+        self.send_status(stream, false).await?;
+        stream.close().await?;
+        info!(confirmed = %self.wm.confirmed(), delivered = self.delivered,
+            ignored = self.ignored, "stopped");
+        Ok(())
+    }
+}
+
+fn protocol(what: &str) -> StreamError {
+    StreamError::Replication(ReplicationError::Protocol(what.to_owned()))
+}

@@ -1,0 +1,122 @@
+//! Producer configuration. Defaults are set here once; users may pass any librdkafka
+//! property through, except ones that would break at-least-once delivery.
+
+use rdkafka::ClientConfig;
+
+/// What the sink needs to build a producer.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `localhost:9092`.
+    pub brokers: String,
+    /// Extra librdkafka properties (`key=value`), applied after our defaults.
+    pub properties: Vec<(String, String)>,
+}
+
+/// A producer configuration that cannot work or would weaken the delivery guarantee.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaConfigError {
+    #[error("no Kafka brokers given: set PGOUTBOX_KAFKA_BROKERS or --kafka-brokers")]
+    NoBrokers,
+    #[error("Kafka property {key}={value} is not allowed: at-least-once delivery needs {need}")]
+    Weakens {
+        key: String,
+        value: String,
+        need: &'static str,
+    },
+    #[error("invalid Kafka property {0:?}: expected key=value")]
+    Malformed(String),
+}
+
+/// Properties we set unless the user overrides them (documented in README).
+const DEFAULTS: &[(&str, &str)] = &[
+    ("client.id", "pgoutbox"),
+    // Small batches, low latency: the outbox is usually latency-sensitive.
+    ("linger.ms", "5"),
+    // Give up on a message after 5 minutes; the stream then stops and resumes from the slot.
+    ("message.timeout.ms", "300000"),
+    ("compression.type", "none"),
+];
+
+/// Properties at-least-once depends on; a user value must agree.
+const ENFORCED: &[(&str, &[&str], &str)] = &[
+    ("enable.idempotence", &["true"], "enable.idempotence=true"),
+    ("acks", &["all", "-1"], "acks=all"),
+];
+
+impl KafkaConfig {
+    /// Parses `key=value` into a pass-through property.
+    pub fn parse_property(s: &str) -> Result<(String, String), KafkaConfigError> {
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(KafkaConfigError::Malformed(s.to_owned())),
+        }
+    }
+
+    /// The librdkafka configuration for the at-least-once producer.
+    pub fn producer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(KafkaConfigError::NoBrokers);
+        }
+        let mut c = ClientConfig::new();
+        for (k, v) in DEFAULTS {
+            c.set(*k, *v);
+        }
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            if let Some((_, ok, need)) = ENFORCED.iter().find(|(key, _, _)| key == k) {
+                if !ok.contains(&v.to_ascii_lowercase().as_str()) {
+                    return Err(KafkaConfigError::Weakens {
+                        key: k.clone(),
+                        value: v.clone(),
+                        need,
+                    });
+                }
+            }
+            c.set(k, v);
+        }
+        for (k, ok, _) in ENFORCED {
+            c.set(*k, ok[0]);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enforces_idempotence_and_acks() {
+        let cfg = KafkaConfig {
+            brokers: "b:9092".into(),
+            properties: vec![("linger.ms".into(), "20".into())],
+        };
+        let c = cfg.producer_config().unwrap();
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("linger.ms"), Some("20"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn rejects_weaker_settings() {
+        for (k, v) in [("acks", "1"), ("enable.idempotence", "false")] {
+            let cfg = KafkaConfig {
+                brokers: "b".into(),
+                properties: vec![(k.into(), v.into())],
+            };
+            assert!(cfg.producer_config().is_err(), "{k}={v}");
+        }
+        assert!(KafkaConfig::default().producer_config().is_err());
+    }
+
+    #[test]
+    fn parses_properties() {
+        assert_eq!(
+            KafkaConfig::parse_property("sasl.mechanism = PLAIN").unwrap(),
+            ("sasl.mechanism".into(), "PLAIN".into())
+        );
+        assert!(KafkaConfig::parse_property("novalue").is_err());
+        assert!(KafkaConfig::parse_property("=x").is_err());
+    }
+}

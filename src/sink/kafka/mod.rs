@@ -1,0 +1,14 @@
+//! The Kafka sink: an idempotent rdkafka producer whose every delivery report flows back to
+//! the pipeline (and so to the watermark) through a channel.
+//!
+//! - [`config`]: librdkafka properties, our enforced defaults, pass-through.
+//! - [`producer`]: the send call and the delivery callback.
+//! - [`error`]: which Kafka errors are backpressure, final or retriable.
+
+pub mod config;
+pub mod error;
+pub mod producer;
+
+pub use config::{KafkaConfig, KafkaConfigError};
+pub use error::{classify, ErrorClass};
+pub use producer::{Acked, Delivery, DeliveryError, KafkaSink, SendError, SinkError};

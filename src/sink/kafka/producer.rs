@@ -1,0 +1,138 @@
+//! The producer: `send` never waits for Kafka; each delivery report comes back on a channel.
+
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
+use rdkafka::{ClientContext, Message};
+use tokio::sync::mpsc;
+
+use super::config::{KafkaConfig, KafkaConfigError};
+use super::error::{classify, ErrorClass};
+use crate::outbox::OutboxRecord;
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Acked {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A failed delivery, classified.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka delivery failed ({class:?}): {error}")]
+pub struct DeliveryError {
+    pub class: ErrorClass,
+    pub error: KafkaError,
+}
+
+/// One delivery report, carrying back the caller's ticket.
+#[derive(Debug)]
+pub struct Delivery<T> {
+    pub ticket: T,
+    pub result: Result<Acked, DeliveryError>,
+}
+
+/// A record the producer did not accept.
+#[derive(Debug)]
+pub enum SendError<T> {
+    /// The local queue is full; retry after some deliveries. The ticket is handed back.
+    QueueFull(T),
+    /// Refused at once (e.g. larger than `message.max.bytes`).
+    Rejected(T, DeliveryError),
+}
+
+/// Sends every delivery report into the pipeline's channel.
+pub struct AckContext<T> {
+    acks: mpsc::UnboundedSender<Delivery<T>>,
+}
+
+impl<T: Send + Sync + 'static> ClientContext for AckContext<T> {}
+
+impl<T: Send + Sync + 'static> ProducerContext for AckContext<T> {
+    type DeliveryOpaque = Box<T>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<T>) {
+        let result = match result {
+            Ok(m) => Ok(Acked {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(DeliveryError {
+                class: classify(e),
+                error: e.clone(),
+            }),
+        };
+        // The receiver is gone only when the pipeline has stopped; the slot resends then.
+        let _ = self.acks.send(Delivery {
+            ticket: *ticket,
+            result,
+        });
+    }
+}
+
+/// An idempotent, `acks=all` producer.
+pub struct KafkaSink<T: Send + Sync + 'static> {
+    producer: ThreadedProducer<AckContext<T>>,
+}
+
+impl<T: Send + Sync + 'static> KafkaSink<T> {
+    /// Creates the producer; delivery reports go to `acks`.
+    pub fn new(
+        cfg: &KafkaConfig,
+        acks: mpsc::UnboundedSender<Delivery<T>>,
+    ) -> Result<Self, SinkError> {
+        let client = cfg.producer_config()?;
+        let producer = ThreadedProducer::from_config_and_context(&client, AckContext { acks })
+            .map_err(SinkError::Create)?;
+        Ok(KafkaSink { producer })
+    }
+
+    /// Enqueues a record without waiting; its delivery report will carry `ticket`.
+    pub fn send(&self, record: &OutboxRecord, ticket: T) -> Result<(), SendError<T>> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (k, v) in &record.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_ref()),
+            });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], Box<T>> =
+            BaseRecord::with_opaque_to(&record.topic, Box::new(ticket)).headers(headers);
+        if let Some(k) = &record.key {
+            rec = rec.key(k.as_ref());
+        }
+        if let Some(p) = &record.payload {
+            rec = rec.payload(p.as_ref());
+        }
+        self.producer.send(rec).map_err(|(error, rec)| {
+            let ticket = *rec.delivery_opaque;
+            match classify(&error) {
+                ErrorClass::Backpressure => SendError::QueueFull(ticket),
+                class => SendError::Rejected(ticket, DeliveryError { class, error }),
+            }
+        })
+    }
+
+    /// Messages queued or awaiting acks inside librdkafka.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Drops everything not yet acked (their events stay unconfirmed, so the slot resends).
+    pub fn abort(&self) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+    }
+}
+
+/// The producer could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Config(#[from] KafkaConfigError),
+    #[error("creating the Kafka producer: {0}")]
+    Create(KafkaError),
+}

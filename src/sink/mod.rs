@@ -1,0 +1,3 @@
+//! Where outbox records go. Today: Kafka.
+
+pub mod kafka;
