@@ -1,1 +1,24 @@
+//! Throwaway infrastructure for `pgoutbox demo`, the integration tests and benchmarks:
+//! a real PostgreSQL cluster with `wal_level=logical` on its own port and data dir, and
+//! librdkafka's mock cluster, a real Kafka-protocol broker on loopback.
 
+pub mod kafka;
+pub mod postgres;
+
+pub use kafka::{ConsumedRecord, TempKafka, TopicReader};
+pub use postgres::{PostgresOptions, TempPostgres};
+
+/// Starting or driving embedded infrastructure failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "PostgreSQL server binaries not found: run `apt-get install -y postgresql` (Debian) or set PGOUTBOX_PG_BIN to the directory holding initdb"
+    )]
+    NoPostgres,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("Kafka mock cluster: {0}")]
+    Kafka(String),
+}
