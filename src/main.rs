@@ -1,1 +1,29 @@
-fn main() {}
+//! The `pgoutbox` binary: parses the command line and runs a subcommand.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgoutbox: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::main(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, what went wrong and (from the library's messages) what to do.
+            eprintln!("pgoutbox: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
