@@ -181,12 +181,21 @@ impl TopicReader {
         Ok(TopicReader { consumer })
     }
 
-    /// The next record, or `None` if none arrives within `timeout`.
+    /// The next record, or `None` if none arrives within `timeout`. Transient consumer errors
+    /// (a broker down, a connection reset) are skipped, as a real consumer keeps polling.
     pub async fn next(&self, timeout: Duration) -> Result<Option<ConsumedRecord>, EmbeddedError> {
-        match tokio::time::timeout(timeout, self.consumer.recv()).await {
-            Err(_) => Ok(None),
-            Ok(Err(e)) => Err(EmbeddedError::Kafka(e.to_string())),
-            Ok(Ok(m)) => Ok(Some(ConsumedRecord {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "consumer error (retrying)");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Ok(Ok(m)) => m,
+            };
+            return Ok(Some(ConsumedRecord {
                 topic: m.topic().to_owned(),
                 partition: m.partition(),
                 offset: m.offset(),
@@ -200,7 +209,7 @@ impl TopicReader {
                             .collect()
                     })
                     .unwrap_or_default(),
-            })),
+            }));
         }
     }
 
@@ -210,7 +219,7 @@ impl TopicReader {
         n: usize,
         idle: Duration,
     ) -> Result<Vec<ConsumedRecord>, EmbeddedError> {
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::new();
         while out.len() < n {
             match self.next(idle).await? {
                 Some(r) => out.push(r),

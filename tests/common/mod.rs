@@ -1,0 +1,307 @@
+//! Shared integration-test harness: a real throwaway PostgreSQL (wal_level=logical) and a real
+//! Kafka-protocol broker (librdkafka's mock cluster), plus helpers to write outbox events and
+//! to read what a consumer and `pg_replication_slots` actually say.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgoutbox::embedded::{ConsumedRecord, TempKafka, TempPostgres, TopicReader};
+use pgoutbox::{Config, Lsn, Streamer};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+pub const SETUP_SQL: &str = include_str!("../../sql/setup.sql");
+pub const PARTITIONS: i32 = 3;
+pub const AGGREGATE_TYPES: [&str; 3] = ["order", "customer", "invoice"];
+
+/// Postgres + Kafka for one test; both are torn down on drop.
+pub struct Env {
+    pub db: Client,
+    pub kafka: TempKafka,
+    pub pg: TempPostgres,
+}
+
+impl Env {
+    /// Starts both, applies sql/setup.sql and creates one topic per aggregate type.
+    pub async fn start() -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,pgoutbox=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let pg = tokio::task::spawn_blocking(TempPostgres::start)
+            .await
+            .unwrap()
+            .expect("start postgres");
+        let kafka = TempKafka::start(3).expect("start kafka mock");
+        for t in AGGREGATE_TYPES {
+            kafka.create_topic(&topic(t), PARTITIONS).unwrap();
+        }
+        let db = connect(&pg.url()).await;
+        db.batch_execute(SETUP_SQL).await.unwrap();
+        Env { db, kafka, pg }
+    }
+
+    /// The default configuration, with a short status interval so tests see LSNs move fast.
+    pub fn config(&self) -> Config {
+        let mut c = Config::new(self.pg.url(), self.kafka.bootstrap_servers());
+        c.status_interval = Duration::from_millis(200);
+        c
+    }
+
+    /// Runs the streamer in-process until the returned token is cancelled.
+    pub fn spawn_streamer(&self, cfg: Config) -> Running {
+        let shutdown = CancellationToken::new();
+        let streamer = Streamer::new(cfg).unwrap();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { streamer.run(token).await });
+        Running { shutdown, task }
+    }
+
+    /// A reader of every outbox topic from the beginning.
+    pub fn reader(&self) -> TopicReader {
+        let topics: Vec<String> = AGGREGATE_TYPES.iter().map(|t| topic(t)).collect();
+        let pairs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), PARTITIONS)).collect();
+        TopicReader::new(self.kafka.bootstrap_servers(), &pairs).unwrap()
+    }
+
+    /// The slot's `confirmed_flush_lsn`, if the slot exists.
+    pub async fn confirmed_flush(&self) -> Option<Lsn> {
+        let row = self
+            .db
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgoutbox'",
+                &[],
+            )
+            .await
+            .unwrap()?;
+        row.get::<_, Option<String>>(0).map(|s| s.parse().unwrap())
+    }
+
+    /// The server's current WAL insert position.
+    pub async fn current_lsn(&self) -> Lsn {
+        let s: String = self
+            .db
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        s.parse().unwrap()
+    }
+
+    /// The `write` position the streamer last reported (what it has received).
+    pub async fn reported_write(&self) -> Option<Lsn> {
+        let row = self
+            .db
+            .query_opt(
+                "SELECT write_lsn::text FROM pg_stat_replication WHERE application_name = 'pgoutbox'",
+                &[],
+            )
+            .await
+            .unwrap()?;
+        row.get::<_, Option<String>>(0).map(|s| s.parse().unwrap())
+    }
+
+    /// Waits until the slot is being streamed.
+    pub async fn wait_streaming(&self) {
+        wait_for("slot active", Duration::from_secs(30), || async {
+            self.db
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgoutbox' AND active",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+    }
+
+    /// Waits until `confirmed_flush_lsn` reaches `lsn`.
+    pub async fn wait_confirmed(&self, lsn: Lsn, timeout: Duration) {
+        wait_for(
+            &format!("confirmed_flush_lsn >= {lsn}"),
+            timeout,
+            || async { self.confirmed_flush().await.is_some_and(|c| c >= lsn) },
+        )
+        .await;
+    }
+
+    /// Commits each transaction (a list of events) in turn.
+    pub async fn commit(&self, txs: &[Vec<Event>]) {
+        for chunk in txs.chunks(50) {
+            let sql: String = chunk.iter().map(|t| tx_sql(t, "COMMIT")).collect();
+            self.db.batch_execute(&sql).await.unwrap();
+        }
+    }
+
+    /// The stored text form of each payload (jsonb normalises), by event id.
+    pub async fn stored_payloads(&self) -> HashMap<String, Option<String>> {
+        self.db
+            .query("SELECT id::text, payload::text FROM outbox", &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+}
+
+/// An in-process streamer.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), pgoutbox::pipeline::StreamError>>,
+}
+
+impl Running {
+    /// Graceful stop; panics if the streamer had failed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("streamer stops within 30 s")
+            .unwrap()
+            .expect("streamer ended without error");
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = url
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+pub fn topic(aggregate_type: &str) -> String {
+    format!("outbox.event.{aggregate_type}")
+}
+
+/// One outbox row as a test writes it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub aggregate_type: String,
+    pub key: String,
+    pub kind: String,
+    /// Global sequence number, also inside the payload, for order checks.
+    pub seq: u64,
+}
+
+impl Event {
+    pub fn new(seq: u64, aggregate_type: &str, key: &str) -> Event {
+        Event {
+            id: format!("00000000-0000-4000-8000-{seq:012}"),
+            aggregate_type: aggregate_type.into(),
+            key: key.into(),
+            kind: format!("{aggregate_type}Changed"),
+            seq,
+        }
+    }
+
+    pub fn insert_sql(&self) -> String {
+        format!(
+            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES \
+             ('{}', '{}', '{}', '{}', '{{\"seq\": {}, \"key\": \"{}\", \"note\": \"ünïcødé ✓\"}}');",
+            self.id, self.aggregate_type, self.key, self.kind, self.seq, self.key
+        )
+    }
+}
+
+/// One transaction's SQL, ending in COMMIT or ROLLBACK.
+pub fn tx_sql(events: &[Event], end: &str) -> String {
+    let mut s = String::from("BEGIN;");
+    for e in events {
+        s.push_str(&e.insert_sql());
+    }
+    s.push_str(end);
+    s.push(';');
+    s
+}
+
+/// `n` transactions of 1–10 events over 20 aggregates, deterministic.
+pub fn workload(first_seq: u64, n: usize) -> Vec<Vec<Event>> {
+    let mut seq = first_seq;
+    (0..n)
+        .map(|i| {
+            let size = (i * 7 + 3) % 10 + 1;
+            (0..size)
+                .map(|_| {
+                    seq += 1;
+                    let agg = seq % 20;
+                    Event::new(
+                        seq,
+                        AGGREGATE_TYPES[(agg % 3) as usize],
+                        &format!("agg-{agg}"),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Polls `cond` every 50 ms; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads until `ids` have all arrived (at least once) or `timeout`; returns everything read.
+pub async fn read_until_all(
+    reader: &TopicReader,
+    ids: &std::collections::HashSet<String>,
+    timeout: Duration,
+) -> Vec<ConsumedRecord> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    while seen.len() < ids.len() && Instant::now() < deadline {
+        if let Some(r) = reader.next(Duration::from_millis(200)).await.unwrap() {
+            let id = header_str(&r, "id");
+            if ids.contains(&id) {
+                seen.insert(id);
+            }
+            out.push(r);
+        }
+    }
+    out
+}
+
+pub fn header_str(r: &ConsumedRecord, name: &str) -> String {
+    String::from_utf8_lossy(r.header(name).unwrap_or_default()).into_owned()
+}
+
+/// Per key, the payload sequence numbers must increase in consumed order (after dedupe).
+pub fn order_violations(records: &[ConsumedRecord]) -> usize {
+    let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut violations = 0;
+    for r in records {
+        if !seen.insert(header_str(r, "id")) {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        let key = r.key.clone().unwrap_or_default();
+        if let Some(prev) = last.insert(key, seq) {
+            if prev > seq {
+                violations += 1;
+            }
+        }
+    }
+    violations
+}
