@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Stream outbox inserts to Kafka (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker.
     Demo(demo::DemoArgs),
 }
@@ -104,7 +104,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Run(args)) => {
             init_logging("info");
-            run::main(args).await
+            run::main(*args).await
         }
         None => {
             init_logging("info");

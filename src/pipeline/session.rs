@@ -109,6 +109,8 @@ pub(super) async fn run(
 }
 
 /// What the event loop does after handling one replication message.
+// Built and consumed at once on the stack; boxing would allocate once per event.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Continue,
     Reply,

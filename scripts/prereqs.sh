@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what pgoutbox's demo and tests need on Debian/Ubuntu, and only what is missing:
+#   - PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) for throwaway clusters;
+#   - a C toolchain, make and perl, which rdkafka uses to build librdkafka from source.
+# Idempotent; uses sudo when not root. Set PGOUTBOX_PG_BIN to use binaries elsewhere.
+set -euo pipefail
+
+need=()
+if [ -z "${PGOUTBOX_PG_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    need+=(postgresql)
+fi
+for tool in cc make perl pkg-config; do
+    command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+
+pkgs=()
+for n in "${need[@]}"; do
+    case "$n" in
+        cc) pkgs+=(gcc libc6-dev) ;;
+        pkg-config) pkgs+=(pkg-config) ;;
+        *) pkgs+=("$n") ;;
+    esac
+done
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "prereqs: installing ${pkgs[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+# Debian's postgresql package starts a cluster on 5432; the demo and tests never use it.
