@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// Pause between transactions, in milliseconds.
     #[arg(long, default_value_t = 150)]
     interval_ms: u64,
+    /// Keep Postgres, the broker and the streamer running until Ctrl-C (to try kcat or psql).
+    #[arg(long)]
+    hold: bool,
 }
 
 pub async fn main(args: DemoArgs) -> anyhow::Result<()> {
@@ -195,6 +198,17 @@ async fn show(
     println!(
         "  slot pgoutbox confirmed_flush_lsn = {confirmed} (advanced only past acked transactions)"
     );
+    if args.hold {
+        println!("\n▶ holding until Ctrl-C. In another terminal, try:");
+        println!(
+            "  kcat -b {} -C -t outbox.event.order -o beginning -f '%t[%p]@%o key=%k headers=%h value=%s\\n'",
+            kafka.bootstrap_servers()
+        );
+        println!(
+            r#"  psql '{url}' -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'o-99', 'OrderCreated', '{{\"total\": 1}}')""#
+        );
+        std::future::pending::<()>().await;
+    }
     Ok(())
 }
 
