@@ -109,3 +109,43 @@ async fn weakening_kafka_properties_and_bad_settings_are_refused() {
     assert!(!ok);
     assert!(line.contains("unknown placeholder"), "{line}");
 }
+
+/// sql/setup.sql applies with plain `psql -f`, twice, and leaves what the streamer needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_sql_is_idempotent_with_psql() {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/setup.sql");
+    pg.psql_file(&file).unwrap();
+    pg.psql("INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('a', 'b', 'c', '{}')")
+        .unwrap();
+    pg.psql_file(&file).unwrap();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM outbox").unwrap(),
+        "1",
+        "data kept"
+    );
+    assert_eq!(
+        pg.psql("SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = 'pgoutbox_pub'")
+            .unwrap(),
+        "t|f|f|f"
+    );
+    assert_eq!(
+        pg.psql("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'pgoutbox_pub'")
+            .unwrap(),
+        "public.outbox"
+    );
+    assert_eq!(
+        pg.psql("SELECT rolcanlogin, rolreplication, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = 'pgoutbox'")
+            .unwrap(),
+        "t|t|f|f|f"
+    );
+    assert_eq!(
+        pg.psql("SELECT has_table_privilege('pgoutbox', 'outbox', 'SELECT')")
+            .unwrap(),
+        "f",
+        "least privilege: the role never reads the table"
+    );
+}
