@@ -94,16 +94,7 @@ async fn least_privilege_role_streams_with_scram() {
         tokio::spawn(async move { streamer.run(s).await })
     };
     let e = Event::new(1, "order", "o-1");
-    wait_for("slot active", Duration::from_secs(30), || async {
-        db.query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgoutbox' AND active",
-            &[],
-        )
-        .await
-        .unwrap()
-        .is_some()
-    })
-    .await;
+    wait_slot_active(&db).await;
     db.batch_execute(&tx_sql(std::slice::from_ref(&e), "COMMIT"))
         .await
         .unwrap();

@@ -102,24 +102,15 @@ impl TempPostgres {
 
     /// Runs SQL through psql as the superuser; returns unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> Result<String, EmbeddedError> {
-        let mut c = Command::new(self.bin.join("psql"));
-        c.args([
-            "-X",
-            "-q",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &self.url(),
-            "-c",
-            sql,
-        ]);
-        let out = self.run_checked("psql", &mut c)?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        self.run_psql(&["-c", sql])
     }
 
-    /// Runs a SQL file through psql as the superuser.
+    /// Runs a SQL file through psql as the superuser (as a user would apply `sql/setup.sql`).
     pub fn psql_file(&self, path: &Path) -> Result<String, EmbeddedError> {
+        self.run_psql(&["-f", &path.display().to_string()])
+    }
+
+    fn run_psql(&self, args: &[&str]) -> Result<String, EmbeddedError> {
         let mut c = Command::new(self.bin.join("psql"));
         c.args([
             "-X",
@@ -129,10 +120,9 @@ impl TempPostgres {
             "ON_ERROR_STOP=1",
             "-d",
             &self.url(),
-            "-f",
         ])
-        .arg(path);
-        let out = self.run_checked("psql -f", &mut c)?;
+        .args(args);
+        let out = self.run_checked("psql", &mut c)?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 

@@ -179,8 +179,9 @@ impl<'a> Session<'a> {
                 _ = shutdown.cancelled() => {
                     return self.drain(stream, &mut acks).await;
                 }
-                Some(d) = acks.recv() => self.on_delivery(d)?,
+                // Status first: it must flow whatever else is busy (wal_sender_timeout).
                 _ = tick.tick() => self.send_status(stream, false).await?,
+                Some(d) = acks.recv() => self.on_delivery(d)?,
                 msg = stream.recv(), if can_read => match self.on_message(msg?)? {
                     Step::Continue => {}
                     Step::Reply => self.send_status(stream, false).await?,

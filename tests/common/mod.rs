@@ -108,17 +108,7 @@ impl Env {
 
     /// Waits until the slot is being streamed.
     pub async fn wait_streaming(&self) {
-        wait_for("slot active", Duration::from_secs(30), || async {
-            self.db
-                .query_opt(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgoutbox' AND active",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .is_some()
-        })
-        .await;
+        wait_slot_active(&self.db).await;
     }
 
     /// Waits until `confirmed_flush_lsn` reaches `lsn`.
@@ -149,6 +139,20 @@ impl Env {
             .map(|r| (r.get(0), r.get(1)))
             .collect()
     }
+}
+
+/// Waits until slot `pgoutbox` is being streamed.
+pub async fn wait_slot_active(db: &Client) {
+    wait_for("slot active", Duration::from_secs(30), || async {
+        db.query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgoutbox' AND active",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_some()
+    })
+    .await;
 }
 
 /// An in-process streamer.
