@@ -81,11 +81,17 @@ impl Config {
 
     /// The parsed Postgres connection settings.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        self.postgres_url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| {
-                ConfigError::PostgresUrl(redact_secrets(&e.to_string(), &self.postgres_url))
-            })
+        let mut cfg: tokio_postgres::Config =
+            self.postgres_url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| {
+                    ConfigError::PostgresUrl(redact_secrets(&e.to_string(), &self.postgres_url))
+                })?;
+        // An unreachable host must fail (and be retried), not hang: 10 s unless the URL says.
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        Ok(cfg)
     }
 
     /// Checks everything that can be checked without a network.
