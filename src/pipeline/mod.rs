@@ -2,6 +2,7 @@
 //! into the watermark. [`Streamer::run`] reconnects with backoff; [`session`] is one connection.
 
 mod backoff;
+mod budget;
 mod session;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use backoff::Backoff;
+pub use budget::Budget;
 
 use crate::config::{Config, ConfigError};
 use crate::lsn::Lsn;

@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
-use super::{AckedEvent, Progress, StreamError};
+use super::{AckedEvent, Budget, Progress, StreamError};
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::outbox::{OutboxMapper, OutboxRecord};
@@ -125,8 +125,7 @@ struct Session<'a> {
     mapper: OutboxMapper,
     /// The open transaction and its commit timestamp (known at Begin).
     tx: Option<(TxId, i64)>,
-    in_flight_events: usize,
-    in_flight_bytes: usize,
+    budget: Budget,
     observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
     delivered: u64,
     ignored: u64,
@@ -144,17 +143,11 @@ impl<'a> Session<'a> {
             relations: RelationCache::default(),
             mapper: OutboxMapper::new(cfg.outbox.clone()),
             tx: None,
-            in_flight_events: 0,
-            in_flight_bytes: 0,
+            budget: Budget::new(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
             observer,
             delivered: 0,
             ignored: 0,
         }
-    }
-
-    fn has_room(&self) -> bool {
-        self.in_flight_events < self.cfg.max_in_flight_events
-            && self.in_flight_bytes < self.cfg.max_in_flight_bytes
     }
 
     async fn event_loop(
@@ -173,7 +166,7 @@ impl<'a> Session<'a> {
             if let Some((rec, ticket)) = pending.take() {
                 pending = self.produce(sink, rec, ticket)?;
             }
-            let can_read = pending.is_none() && self.has_room();
+            let can_read = pending.is_none() && self.budget.has_room();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -203,8 +196,7 @@ impl<'a> Session<'a> {
         let bytes = ticket.bytes;
         match sink.send(&rec, ticket) {
             Ok(()) => {
-                self.in_flight_events += 1;
-                self.in_flight_bytes += bytes;
+                self.budget.take(bytes);
                 Ok(None)
             }
             Err(SendError::QueueFull(ticket)) => Ok(Some((rec, ticket))),
@@ -216,8 +208,7 @@ impl<'a> Session<'a> {
         let Delivery { ticket, result } = d;
         let acked = result?;
         self.wm.ack(ticket.tx)?;
-        self.in_flight_events -= 1;
-        self.in_flight_bytes -= ticket.bytes;
+        self.budget.release(ticket.bytes);
         self.delivered += 1;
         if let Some(obs) = self.observer {
             let _ = obs.send(AckedEvent {
@@ -314,7 +305,7 @@ impl<'a> Session<'a> {
         reply: bool,
     ) -> Result<(), ReplicationError> {
         trace!(write = %self.wm.received(), flush = %self.wm.confirmed(),
-            in_flight = self.in_flight_events, "status update");
+            in_flight = self.budget.events(), "status update");
         stream
             .send_status(self.wm.received(), self.wm.confirmed(), reply)
             .await
@@ -327,17 +318,17 @@ impl<'a> Session<'a> {
         acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
     ) -> Result<(), StreamError> {
         info!(
-            in_flight = self.in_flight_events,
+            in_flight = self.budget.events(),
             "shutting down: waiting for in-flight acks"
         );
         let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
         let mut tick = tokio::time::interval(self.cfg.status_interval);
-        while self.in_flight_events > 0 {
+        while self.budget.events() > 0 {
             tokio::select! {
                 Some(d) = acks.recv() => self.on_delivery(d)?,
                 _ = tick.tick() => self.send_status(stream, false).await?,
                 _ = tokio::time::sleep_until(deadline) => {
-                    warn!(in_flight = self.in_flight_events,
+                    warn!(in_flight = self.budget.events(),
                         "shutdown timeout: unacked events will be resent on restart");
                     break;
                 }
