@@ -15,6 +15,8 @@ pub const DEFAULT_PUBLICATION: &str = "pgoutbox_pub";
 pub struct Config {
     /// libpq-style URL or key=value string; may hold a password, so never logged.
     pub postgres_url: String,
+    /// Password that overrides the URL's (from the environment or a secret file).
+    pub postgres_password: Option<String>,
     /// Logical replication slot; created on first start if missing. Default `pgoutbox`.
     pub slot: String,
     /// Publication covering the outbox table. Default `pgoutbox_pub`.
@@ -40,7 +42,27 @@ impl std::fmt::Debug for Config {
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("outbox", &self.outbox)
+            .field(
+                "postgres_password",
+                &self.postgres_password.as_ref().map(|_| "***"),
+            )
             .field("kafka_brokers", &self.kafka.brokers)
+            .field(
+                "kafka_properties",
+                &self
+                    .kafka
+                    .properties
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = if is_secret_property(k) {
+                            "***"
+                        } else {
+                            v.as_str()
+                        };
+                        format!("{k}={v}")
+                    })
+                    .collect::<Vec<_>>(),
+            )
             .field("status_interval", &self.status_interval)
             .field("max_in_flight_events", &self.max_in_flight_events)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
@@ -64,6 +86,7 @@ impl Config {
     pub fn new(postgres_url: impl Into<String>, kafka_brokers: impl Into<String>) -> Self {
         Config {
             postgres_url: postgres_url.into(),
+            postgres_password: None,
             slot: DEFAULT_SLOT.into(),
             publication: DEFAULT_PUBLICATION.into(),
             outbox: OutboxConfig::default(),
@@ -87,6 +110,9 @@ impl Config {
                 .map_err(|e: tokio_postgres::Error| {
                     ConfigError::PostgresUrl(redact_secrets(&e.to_string(), &self.postgres_url))
                 })?;
+        if let Some(pw) = &self.postgres_password {
+            cfg.password(pw.as_bytes());
+        }
         // An unreachable host must fail (and be retried), not hang: 10 s unless the URL says.
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(std::time::Duration::from_secs(10));
@@ -117,6 +143,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether a librdkafka property holds a secret (passwords, keys, tokens): redacted in logs.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token"]
+        .iter()
+        .any(|s| k.contains(s))
+        || k.ends_with(".pem")
+        || k.contains("key.pem")
 }
 
 /// The URL with any password replaced by `***`, for logs.
@@ -172,8 +208,18 @@ mod tests {
             redact_url("host=h password=s3cret user=u"),
             "host=h password=*** user=u"
         );
-        let c = Config::new("postgres://u:s3cret@h/db", "k");
-        assert!(!format!("{c:?}").contains("s3cret"));
+        let mut c = Config::new("postgres://u:s3cret@h/db", "k");
+        c.postgres_password = Some("pw-override".into());
+        c.kafka.properties = vec![
+            ("sasl.password".into(), "kafka-pw".into()),
+            ("ssl.key.pem".into(), "PEMDATA".into()),
+            ("linger.ms".into(), "5".into()),
+        ];
+        let shown = format!("{c:?}");
+        for secret in ["s3cret", "pw-override", "kafka-pw", "PEMDATA"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("linger.ms=5"));
     }
 
     #[test]

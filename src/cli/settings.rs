@@ -1,0 +1,263 @@
+//! Layered settings: flag > environment (`PGOUTBOX_…`) > TOML file (`--config`) > default.
+//!
+//! Each key is declared once in `settings!` below, which generates the clap flags (each with
+//! its environment variable), the strict TOML struct (unknown keys are errors naming the key)
+//! and the merge. Defaults are documented here and in README's configuration table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use pgoutbox::config::{Config, DEFAULT_PUBLICATION, DEFAULT_SLOT};
+use pgoutbox::outbox::{OutboxConfig, TableName, TopicTemplate};
+use pgoutbox::sink::kafka::KafkaConfig;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
+        /// Settings given on the command line or in the environment (`None` = not given).
+        #[derive(Debug, Default, clap::Args)]
+        pub struct SettingArgs {
+            /// TOML configuration file; flags and environment variables override it.
+            #[arg(long, env = "PGOUTBOX_CONFIG", value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            /// Any librdkafka producer property, key=value; repeatable (env: separated by ';').
+            /// Overrides the file's [kafka] table.
+            #[arg(short = 'X', long = "kafka-property", env = "PGOUTBOX_KAFKA_PROPERTIES",
+                  value_delimiter = ';', value_name = "KEY=VALUE")]
+            pub kafka_properties: Vec<String>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env, hide_env_values = true)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// The TOML file. Unknown keys are rejected.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileSettings {
+            /// librdkafka producer properties, e.g. `"sasl.mechanism" = "SCRAM-SHA-512"`.
+            #[serde(default)]
+            pub kafka: BTreeMap<String, toml::Value>,
+            $( pub $name: Option<$ty>, )*
+        }
+
+        /// Every setting, resolved.
+        #[derive(Clone)]
+        pub struct Settings {
+            /// librdkafka properties, file first, then flags/env (later wins).
+            pub kafka_properties: Vec<(String, String)>,
+            $( pub $name: $ty, )*
+        }
+
+        impl Settings {
+            fn merge(args: SettingArgs, file: FileSettings) -> anyhow::Result<Settings> {
+                let mut kafka_properties = Vec::new();
+                for (k, v) in file.kafka {
+                    let v = match v {
+                        toml::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    kafka_properties.push((k, v));
+                }
+                for p in args.kafka_properties.iter().filter(|p| !p.trim().is_empty()) {
+                    kafka_properties.push(KafkaConfig::parse_property(p)?);
+                }
+                Ok(Settings {
+                    kafka_properties,
+                    $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )*
+                })
+            }
+        }
+    };
+}
+
+settings! {
+    /// PostgreSQL URL or key=value string, e.g. postgres://pgoutbox@db:5432/app (required)
+    postgres_url: String = String::new(), "PGOUTBOX_POSTGRES_URL";
+    /// Password for PostgreSQL (prefer the environment or postgres_password_file to a flag)
+    postgres_password: String = String::new(), "PGOUTBOX_POSTGRES_PASSWORD";
+    /// File holding the PostgreSQL password (trailing newline ignored)
+    postgres_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_PASSWORD_FILE";
+    /// Kafka bootstrap servers, e.g. kafka-1:9092,kafka-2:9092 (required)
+    kafka_brokers: String = String::new(), "PGOUTBOX_KAFKA_BROKERS";
+    /// File holding the Kafka SASL password (sets sasl.password)
+    kafka_sasl_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_KAFKA_SASL_PASSWORD_FILE";
+    /// Logical replication slot, created on first start if missing [default: pgoutbox]
+    slot: String = DEFAULT_SLOT.into(), "PGOUTBOX_SLOT";
+    /// Publication covering the outbox table [default: pgoutbox_pub]
+    publication: String = DEFAULT_PUBLICATION.into(), "PGOUTBOX_PUBLICATION";
+    /// The outbox table, schema-qualified [default: public.outbox]
+    table: String = "public.outbox".into(), "PGOUTBOX_TABLE";
+    /// Topic per event; ${routedByValue} is the route column's value [default: outbox.event.${routedByValue}]
+    topic_template: String = TopicTemplate::DEFAULT.into(), "PGOUTBOX_TOPIC_TEMPLATE";
+    /// Column that becomes the `id` header [default: id]
+    id_column: String = "id".into(), "PGOUTBOX_ID_COLUMN";
+    /// Column that fills the topic template [default: aggregatetype]
+    route_column: String = "aggregatetype".into(), "PGOUTBOX_ROUTE_COLUMN";
+    /// Column that becomes the record key [default: aggregateid]
+    key_column: String = "aggregateid".into(), "PGOUTBOX_KEY_COLUMN";
+    /// Column that becomes the `type` header [default: type]
+    type_column: String = "type".into(), "PGOUTBOX_TYPE_COLUMN";
+    /// Column that becomes the record value [default: payload]
+    payload_column: String = "payload".into(), "PGOUTBOX_PAYLOAD_COLUMN";
+    /// Milliseconds between standby status updates [default: 1000]
+    status_interval_ms: u64 = 1000, "PGOUTBOX_STATUS_INTERVAL_MS";
+    /// Pause reading WAL while this many events await acks [default: 10000]
+    max_in_flight_events: usize = 10_000, "PGOUTBOX_MAX_IN_FLIGHT_EVENTS";
+    /// Pause reading WAL while in-flight events hold this many bytes [default: 33554432]
+    max_in_flight_bytes: usize = 32 << 20, "PGOUTBOX_MAX_IN_FLIGHT_BYTES";
+    /// Seconds to wait for in-flight acks on SIGTERM/SIGINT [default: 10]
+    shutdown_timeout_secs: u64 = 10, "PGOUTBOX_SHUTDOWN_TIMEOUT_SECS";
+    /// Create the slot when it is missing at start (true/false) [default: true]
+    create_slot: bool = true, "PGOUTBOX_CREATE_SLOT";
+    /// Log format: text or json [default: text]
+    log_format: LogFormat = LogFormat::Text, "PGOUTBOX_LOG_FORMAT";
+}
+
+impl Settings {
+    /// Reads the file named by `--config` (if any) and merges it under flags and env.
+    pub fn load(args: SettingArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        Settings::merge(args, file)
+    }
+
+    /// The streamer configuration; fails on missing or contradictory settings.
+    pub fn streamer_config(&self) -> anyhow::Result<Config> {
+        if self.postgres_url.is_empty() {
+            bail!("no PostgreSQL URL: set postgres_url in the config file, PGOUTBOX_POSTGRES_URL or --postgres-url");
+        }
+        if self.kafka_brokers.is_empty() {
+            bail!("no Kafka brokers: set kafka_brokers in the config file, PGOUTBOX_KAFKA_BROKERS or --kafka-brokers");
+        }
+        let mut cfg = Config::new(self.postgres_url.clone(), self.kafka_brokers.clone());
+        cfg.postgres_password = self.postgres_password()?;
+        cfg.slot = self.slot.clone();
+        cfg.publication = self.publication.clone();
+        cfg.outbox = OutboxConfig {
+            table: TableName::parse(&self.table).map_err(anyhow::Error::msg)?,
+            id_column: self.id_column.clone(),
+            route_column: self.route_column.clone(),
+            key_column: self.key_column.clone(),
+            type_column: self.type_column.clone(),
+            payload_column: self.payload_column.clone(),
+            topic_template: self.topic_template.parse()?,
+        };
+        cfg.kafka.properties = self.kafka_properties.clone();
+        if !self.kafka_sasl_password_file.as_os_str().is_empty() {
+            let pw = read_secret(&self.kafka_sasl_password_file)?;
+            cfg.kafka.properties.push(("sasl.password".into(), pw));
+        }
+        cfg.kafka.producer_config()?;
+        cfg.status_interval = Duration::from_millis(self.status_interval_ms);
+        cfg.max_in_flight_events = self.max_in_flight_events;
+        cfg.max_in_flight_bytes = self.max_in_flight_bytes;
+        cfg.shutdown_timeout = Duration::from_secs(self.shutdown_timeout_secs);
+        cfg.create_slot = self.create_slot;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The password from `postgres_password` or `postgres_password_file` (not both).
+    fn postgres_password(&self) -> anyhow::Result<Option<String>> {
+        let file = !self.postgres_password_file.as_os_str().is_empty();
+        match (self.postgres_password.is_empty(), file) {
+            (true, false) => Ok(None),
+            (false, false) => Ok(Some(self.postgres_password.clone())),
+            (true, true) => read_secret(&self.postgres_password_file).map(Some),
+            (false, true) => bail!("set postgres_password or postgres_password_file, not both"),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    // toml's message names the offending key and its line, e.g. "unknown field `slott`".
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "config file {}: {}",
+            path.display(),
+            e.to_string().replace('\n', " ").trim()
+        )
+    })
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("reading secret file {}", path.display()))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileSettings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn precedence_flag_env_over_file_over_default() {
+        let args = SettingArgs {
+            slot: Some("from_flag".into()),
+            ..Default::default()
+        };
+        let f = file("slot = 'from_file'\npublication = 'pub_file'\n");
+        let s = Settings::merge(args, f).unwrap();
+        assert_eq!(s.slot, "from_flag");
+        assert_eq!(s.publication, "pub_file");
+        assert_eq!(s.table, "public.outbox");
+        assert_eq!(s.status_interval_ms, 1000);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = toml::from_str::<FileSettings>("slott = 'x'").unwrap_err();
+        assert!(e.to_string().contains("slott"), "{e}");
+    }
+
+    #[test]
+    fn kafka_table_then_flags() {
+        let args = SettingArgs {
+            kafka_properties: vec!["linger.ms=20".into()],
+            ..Default::default()
+        };
+        let f = file("[kafka]\n\"linger.ms\" = 10\n\"compression.type\" = \"zstd\"\n");
+        let s = Settings::merge(args, f).unwrap();
+        assert_eq!(
+            s.kafka_properties,
+            vec![
+                ("compression.type".to_owned(), "zstd".to_owned()),
+                ("linger.ms".to_owned(), "10".to_owned()),
+                ("linger.ms".to_owned(), "20".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn password_from_file_and_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        let mut s = Settings::merge(SettingArgs::default(), FileSettings::default()).unwrap();
+        s.postgres_password_file = p;
+        assert_eq!(s.postgres_password().unwrap().as_deref(), Some("s3cret"));
+        s.postgres_password = "other".into();
+        assert!(s.postgres_password().is_err());
+    }
+}
