@@ -7,6 +7,7 @@
 //! [`pipeline`] wires them together; [`preflight`] checks the database setup;
 //! [`embedded`] starts throwaway Postgres and Kafka for the demo and tests.
 
+pub mod checks;
 pub mod config;
 pub mod embedded;
 pub mod lsn;
@@ -16,7 +17,9 @@ pub mod pgtime;
 pub mod pipeline;
 pub mod preflight;
 pub mod replication;
+pub mod setup;
 pub mod sink;
+pub mod status;
 pub mod watermark;
 
 pub use config::Config;

@@ -3,7 +3,7 @@
 use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
-use crate::outbox::TableName;
+use crate::outbox::{OutboxConfig, TableName};
 
 /// A setup problem the operator must fix; pgoutbox exits non-zero with this line.
 #[derive(Debug, thiserror::Error)]
@@ -12,10 +12,10 @@ pub enum PreflightError {
         "wal_level is '{0}' but pgoutbox needs 'logical': run `ALTER SYSTEM SET wal_level = logical;` and restart PostgreSQL"
     )]
     WalLevel(String),
-    #[error("table {0} does not exist: run `psql -f sql/setup.sql` (or create it and add it to the publication)")]
+    #[error("table {0} does not exist: run `pgoutbox setup` or `psql -f sql/setup.sql`")]
     NoTable(TableName),
     #[error(
-        "publication {0:?} does not exist: run `psql -f sql/setup.sql` or `CREATE PUBLICATION {0} FOR TABLE {1} WITH (publish = 'insert');`"
+        "publication {0:?} does not exist: run `pgoutbox setup` or `CREATE PUBLICATION {0} FOR TABLE {1} WITH (publish = 'insert');`"
     )]
     NoPublication(String, TableName),
     #[error(
@@ -46,6 +46,33 @@ pub enum PreflightError {
         "replication slot {0:?} does not exist and slot creation is off: create it with `SELECT pg_create_logical_replication_slot('{0}', 'pgoutput');`"
     )]
     NoSlot(String),
+    #[error(
+        "table {table} has no column {column:?} (the {role} column): add it, or set {role_key} to the column to use"
+    )]
+    MissingColumn {
+        table: TableName,
+        column: String,
+        role: &'static str,
+        role_key: &'static str,
+    },
+    #[error(
+        "column {column:?} of {table} has type {ty}; the payload must be jsonb, json, bytea, text or varchar"
+    )]
+    PayloadType {
+        table: TableName,
+        column: String,
+        ty: String,
+    },
+    #[error("role {0:?} may not replicate: run `ALTER ROLE {0} REPLICATION;` as a superuser")]
+    NoReplication(String),
+    #[error(
+        "all {max} replication slots are in use: drop an unused slot or raise max_replication_slots (restart required)"
+    )]
+    NoSlotHeadroom { max: i64 },
+    #[error(
+        "all {max} WAL senders are in use: stop another replication client or raise max_wal_senders (restart required)"
+    )]
+    NoSenderHeadroom { max: i64 },
     #[error("checking PostgreSQL setup: {0}")]
     Query(#[from] tokio_postgres::Error),
 }
@@ -64,13 +91,23 @@ pub struct SlotInfo {
     pub active_pid: Option<i32>,
 }
 
-/// Verifies wal_level, the table, the publication and the slot (if it exists).
+/// The checks the streamer runs before streaming; the first failure stops it.
 pub async fn check(
     pg: &Client,
-    table: &TableName,
+    outbox: &OutboxConfig,
     publication: &str,
     slot: &str,
 ) -> Result<Option<SlotInfo>, PreflightError> {
+    wal_level(pg).await?;
+    table_exists(pg, &outbox.table).await?;
+    columns(pg, outbox).await?;
+    publication_covers(pg, publication, &outbox.table).await?;
+    replication_role(pg).await?;
+    slot_state(pg, slot).await
+}
+
+/// `wal_level` must be `logical`.
+pub async fn wal_level(pg: &Client) -> Result<(), PreflightError> {
     let wal_level: String = pg
         .query_one("SELECT current_setting('wal_level')", &[])
         .await?
@@ -78,7 +115,11 @@ pub async fn check(
     if wal_level != "logical" {
         return Err(PreflightError::WalLevel(wal_level));
     }
+    Ok(())
+}
 
+/// The outbox table exists.
+pub async fn table_exists(pg: &Client, table: &TableName) -> Result<(), PreflightError> {
     let exists = pg
         .query_one(
             "SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL",
@@ -89,7 +130,62 @@ pub async fn check(
     if !exists {
         return Err(PreflightError::NoTable(table.clone()));
     }
+    Ok(())
+}
 
+/// Every configured column exists; the payload has a type whose bytes make a record value.
+pub async fn columns(pg: &Client, outbox: &OutboxConfig) -> Result<(), PreflightError> {
+    let rows = pg
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL)
+             FROM pg_attribute a
+             WHERE a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text))
+               AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&outbox.table.schema, &outbox.table.name],
+        )
+        .await?;
+    let ty = |col: &str| -> Option<String> {
+        rows.iter()
+            .find(|r| r.get::<_, String>(0) == col)
+            .map(|r| r.get(1))
+    };
+    let wanted = [
+        (&outbox.id_column, "event id", "id_column"),
+        (&outbox.route_column, "route", "route_column"),
+        (&outbox.key_column, "key", "key_column"),
+        (&outbox.type_column, "type", "type_column"),
+        (&outbox.payload_column, "payload", "payload_column"),
+    ];
+    for (column, role, role_key) in wanted {
+        if ty(column).is_none() {
+            return Err(PreflightError::MissingColumn {
+                table: outbox.table.clone(),
+                column: column.clone(),
+                role,
+                role_key,
+            });
+        }
+    }
+    let payload_ty = ty(&outbox.payload_column).unwrap_or_default();
+    if !matches!(
+        payload_ty.as_str(),
+        "jsonb" | "json" | "bytea" | "text" | "character varying"
+    ) {
+        return Err(PreflightError::PayloadType {
+            table: outbox.table.clone(),
+            column: outbox.payload_column.clone(),
+            ty: payload_ty,
+        });
+    }
+    Ok(())
+}
+
+/// The publication exists, publishes inserts and includes the table.
+pub async fn publication_covers(
+    pg: &Client,
+    publication: &str,
+    table: &TableName,
+) -> Result<(), PreflightError> {
     let pubinsert = pg
         .query_opt(
             "SELECT pubinsert FROM pg_publication WHERE pubname = $1",
@@ -120,7 +216,49 @@ pub async fn check(
             table.clone(),
         ));
     }
+    Ok(())
+}
 
+/// The connecting role has REPLICATION (or is a superuser).
+pub async fn replication_role(pg: &Client) -> Result<(), PreflightError> {
+    let row = pg
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    if !row.get::<_, bool>(1) {
+        return Err(PreflightError::NoReplication(row.get(0)));
+    }
+    Ok(())
+}
+
+/// Room for one more slot (unless ours exists) and one more WAL sender (unless ours runs).
+pub async fn headroom(pg: &Client, slot: &str) -> Result<(i64, i64), PreflightError> {
+    let r = pg
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::bigint,
+                    (SELECT count(*) FROM pg_replication_slots),
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                    current_setting('max_wal_senders')::bigint,
+                    (SELECT count(*) FROM pg_stat_replication),
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)",
+            &[&slot],
+        )
+        .await?;
+    let (max_slots, slots, ours): (i64, i64, bool) = (r.get(0), r.get(1), r.get(2));
+    let (max_senders, senders, ours_active): (i64, i64, bool) = (r.get(3), r.get(4), r.get(5));
+    if !ours && slots >= max_slots {
+        return Err(PreflightError::NoSlotHeadroom { max: max_slots });
+    }
+    if !ours_active && senders >= max_senders {
+        return Err(PreflightError::NoSenderHeadroom { max: max_senders });
+    }
+    Ok((max_slots - slots, max_senders - senders))
+}
+
+/// The slot, if it exists, is a pgoutput slot of this database that is not invalidated.
+pub async fn slot_state(pg: &Client, slot: &str) -> Result<Option<SlotInfo>, PreflightError> {
     let slot_row = pg
         .query_opt(
             "SELECT plugin::text, database::text, current_database()::text, \

@@ -57,7 +57,9 @@ async fn missing_table_publication_and_coverage_are_reported() {
     let (ok, line) = run_binary(&url, &[]).await;
     assert!(!ok);
     assert!(
-        line.contains("table public.outbox does not exist: run `psql -f sql/setup.sql`"),
+        line.contains(
+            "table public.outbox does not exist: run `pgoutbox setup` or `psql -f sql/setup.sql`"
+        ),
         "{line}"
     );
 

@@ -15,8 +15,7 @@ use pgoutbox::embedded::{TempKafka, TempPostgres, TopicReader};
 use pgoutbox::pipeline::AckedEvent;
 use pgoutbox::{Config, Streamer};
 
-/// The DDL `sql/setup.sql` holds; the demo applies the very same file.
-const SETUP_SQL: &str = include_str!("../../sql/setup.sql");
+use pgoutbox::setup::SETUP_SQL;
 
 const TOPICS: [&str; 2] = ["outbox.event.order", "outbox.event.customer"];
 const PARTITIONS: i32 = 3;

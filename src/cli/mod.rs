@@ -1,5 +1,6 @@
 //! Command-line interface: subcommands, and settings layered flag > env > file > default.
 
+mod admin;
 mod demo;
 mod run;
 mod settings;
@@ -29,20 +30,46 @@ pub struct Cli {
 enum Command {
     /// Stream outbox inserts to Kafka (the default).
     Run(Box<SettingArgs>),
+    /// Create the outbox table, publication, role (sql/setup.sql) and the slot; idempotent.
+    Setup(Box<SettingArgs>),
+    /// Check PostgreSQL and Kafka setup: one line per check, non-zero exit on any failure.
+    Check(Box<SettingArgs>),
+    /// Show the slot: active pid, confirmed and restart LSN, retained WAL, lag.
+    Status(StatusArgs),
     /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker.
     Demo(demo::DemoArgs),
 }
 
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    settings: Box<SettingArgs>,
+}
+
 /// Runs the chosen subcommand.
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
-    let args = match cli.command {
+    let admin = |args: Box<SettingArgs>| -> anyhow::Result<pgoutbox::Config> {
+        let settings = Settings::load(*args)?;
+        init_logging("warn", settings.log_format);
+        settings.config(false)
+    };
+    match cli.command {
         Some(Command::Demo(args)) => {
             init_logging("warn", LogFormat::Text);
-            return demo::main(args).await;
+            demo::main(args).await
         }
-        Some(Command::Run(args)) => args,
-        None => cli.settings,
-    };
+        Some(Command::Setup(args)) => admin::setup(admin(args)?).await,
+        Some(Command::Check(args)) => admin::check(admin(args)?).await,
+        Some(Command::Status(a)) => admin::status(admin(a.settings)?, a.json).await,
+        Some(Command::Run(args)) => run(args).await,
+        None => run(cli.settings).await,
+    }
+}
+
+async fn run(args: Box<SettingArgs>) -> anyhow::Result<()> {
     let settings = Settings::load(*args)?;
     init_logging("info", settings.log_format);
     run::main(settings).await

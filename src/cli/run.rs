@@ -8,7 +8,7 @@ use pgoutbox::Streamer;
 use super::Settings;
 
 pub async fn main(settings: Settings) -> anyhow::Result<()> {
-    let cfg = settings.streamer_config()?;
+    let cfg = settings.config(true)?;
     // One line with the effective configuration; Config's Debug redacts every secret.
     info!(config = ?cfg, "pgoutbox starting");
     let streamer = Streamer::new(cfg)?;

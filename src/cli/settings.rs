@@ -136,12 +136,13 @@ impl Settings {
         Settings::merge(args, file)
     }
 
-    /// The streamer configuration; fails on missing or contradictory settings.
-    pub fn streamer_config(&self) -> anyhow::Result<Config> {
+    /// The configuration; fails on missing or contradictory settings. Admin commands that
+    /// never produce pass `need_kafka = false`.
+    pub fn config(&self, need_kafka: bool) -> anyhow::Result<Config> {
         if self.postgres_url.is_empty() {
             bail!("no PostgreSQL URL: set postgres_url in the config file, PGOUTBOX_POSTGRES_URL or --postgres-url");
         }
-        if self.kafka_brokers.is_empty() {
+        if need_kafka && self.kafka_brokers.is_empty() {
             bail!("no Kafka brokers: set kafka_brokers in the config file, PGOUTBOX_KAFKA_BROKERS or --kafka-brokers");
         }
         let mut cfg = Config::new(self.postgres_url.clone(), self.kafka_brokers.clone());
@@ -162,7 +163,9 @@ impl Settings {
             let pw = read_secret(&self.kafka_sasl_password_file)?;
             cfg.kafka.properties.push(("sasl.password".into(), pw));
         }
-        cfg.kafka.producer_config()?;
+        if need_kafka {
+            cfg.kafka.producer_config()?;
+        }
         cfg.status_interval = Duration::from_millis(self.status_interval_ms);
         cfg.max_in_flight_events = self.max_in_flight_events;
         cfg.max_in_flight_bytes = self.max_in_flight_bytes;

@@ -48,7 +48,7 @@ pub(super) async fn run(
     let slot = {
         let (client, connection) = pg_cfg.connect(NoTls).await?;
         let conn = tokio::spawn(connection);
-        let slot = preflight::check(&client, &cfg.outbox.table, &cfg.publication, &cfg.slot).await;
+        let slot = preflight::check(&client, &cfg.outbox, &cfg.publication, &cfg.slot).await;
         drop(client);
         let _ = conn.await;
         slot?

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-pub const SETUP_SQL: &str = include_str!("../../sql/setup.sql");
+pub use pgoutbox::setup::SETUP_SQL;
 pub const PARTITIONS: i32 = 3;
 pub const AGGREGATE_TYPES: [&str; 3] = ["order", "customer", "invoice"];
 

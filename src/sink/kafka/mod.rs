@@ -11,4 +11,4 @@ pub mod producer;
 
 pub use config::{KafkaConfig, KafkaConfigError};
 pub use error::{classify, ErrorClass};
-pub use producer::{Acked, Delivery, DeliveryError, KafkaSink, SendError, SinkError};
+pub use producer::{probe, Acked, Delivery, DeliveryError, KafkaSink, SendError, SinkError};

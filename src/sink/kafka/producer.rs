@@ -135,4 +135,18 @@ pub enum SinkError {
     Config(#[from] KafkaConfigError),
     #[error("creating the Kafka producer: {0}")]
     Create(KafkaError),
+    #[error("Kafka brokers unreachable: {0}")]
+    Unreachable(KafkaError),
+}
+
+/// Asks the cluster for metadata with the producer's settings: how many brokers answered.
+/// Blocking (librdkafka); call it from a blocking thread.
+pub fn probe(cfg: &KafkaConfig, timeout: std::time::Duration) -> Result<usize, SinkError> {
+    let producer: rdkafka::producer::BaseProducer =
+        cfg.producer_config()?.create().map_err(SinkError::Create)?;
+    let md = producer
+        .client()
+        .fetch_metadata(None, timeout)
+        .map_err(SinkError::Unreachable)?;
+    Ok(md.brokers().len())
 }

@@ -1,0 +1,162 @@
+//! `pgoutbox check`: every setup check, run to the end, each failure with its fix.
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::config::Config;
+use crate::preflight::{self, PreflightError};
+use crate::sink::kafka;
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub name: &'static str,
+    pub ok: bool,
+    /// What was found, or (on failure) what is wrong and what to run.
+    pub detail: String,
+}
+
+impl std::fmt::Display for CheckResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mark = if self.ok { '✔' } else { '✘' };
+        write!(f, "{mark} {}: {}", self.name, self.detail)
+    }
+}
+
+fn result(name: &'static str, r: Result<String, PreflightError>) -> CheckResult {
+    match r {
+        Ok(detail) => CheckResult {
+            name,
+            ok: true,
+            detail,
+        },
+        Err(e) => CheckResult {
+            name,
+            ok: false,
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Runs every check; PostgreSQL checks are skipped (and fail) if the server is unreachable.
+pub async fn run(cfg: &Config) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let pg = match cfg.pg_config() {
+        Err(e) => Err(e.to_string()),
+        Ok(c) => c.connect(NoTls).await.map_err(|e| e.to_string()),
+    };
+    match pg {
+        Err(e) => out.push(CheckResult {
+            name: "PostgreSQL reachable",
+            ok: false,
+            detail: format!(
+                "{e}: check postgres_url, that the server listens there and that pg_hba.conf admits this client"
+            ),
+        }),
+        Ok((client, conn)) => {
+            let conn = tokio::spawn(conn);
+            out.push(CheckResult {
+                name: "PostgreSQL reachable",
+                ok: true,
+                detail: server_version(&client).await,
+            });
+            postgres_checks(&client, cfg, &mut out).await;
+            drop(client);
+            let _ = conn.await;
+        }
+    }
+    let kcfg = cfg.kafka.clone();
+    let probe = tokio::task::spawn_blocking(move || kafka::probe(&kcfg, Duration::from_secs(5)))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    out.push(match probe {
+        Ok(n) => CheckResult {
+            name: "Kafka reachable",
+            ok: true,
+            detail: format!("{n} broker(s) at {}", cfg.kafka.brokers),
+        },
+        Err(e) => CheckResult {
+            name: "Kafka reachable",
+            ok: false,
+            detail: format!(
+                "{e}: check kafka_brokers and the Kafka properties (security.protocol, sasl.*)"
+            ),
+        },
+    });
+    out
+}
+
+async fn server_version(pg: &tokio_postgres::Client) -> String {
+    match pg
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+    {
+        Ok(r) => format!("PostgreSQL {}", r.get::<_, String>(0)),
+        Err(e) => e.to_string(),
+    }
+}
+
+async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Vec<CheckResult>) {
+    let t = &cfg.outbox.table;
+    out.push(result(
+        "wal_level",
+        preflight::wal_level(pg).await.map(|()| "logical".into()),
+    ));
+    out.push(result(
+        "replication headroom",
+        preflight::headroom(pg, &cfg.slot)
+            .await
+            .map(|(slots, senders)| format!("{slots} slot(s) and {senders} WAL sender(s) free")),
+    ));
+    let table = preflight::table_exists(pg, t).await;
+    let table_ok = table.is_ok();
+    out.push(result(
+        "outbox table",
+        table.map(|()| format!("{t} exists")),
+    ));
+    if table_ok {
+        out.push(result(
+            "outbox columns",
+            preflight::columns(pg, &cfg.outbox).await.map(|()| {
+                let o = &cfg.outbox;
+                format!(
+                    "id={}, route={}, key={}, type={}, payload={}",
+                    o.id_column, o.route_column, o.key_column, o.type_column, o.payload_column
+                )
+            }),
+        ));
+    }
+    out.push(result(
+        "publication",
+        preflight::publication_covers(pg, &cfg.publication, t)
+            .await
+            .map(|()| format!("{} publishes inserts of {t}", cfg.publication)),
+    ));
+    out.push(result(
+        "REPLICATION privilege",
+        preflight::replication_role(pg)
+            .await
+            .map(|()| "the role may replicate".into()),
+    ));
+    out.push(result(
+        "replication slot",
+        preflight::slot_state(pg, &cfg.slot)
+            .await
+            .and_then(|s| match s {
+                Some(s) => Ok(format!(
+                    "{} at {}{}",
+                    cfg.slot,
+                    s.confirmed_flush.map_or("?".into(), |l| l.to_string()),
+                    s.active_pid
+                        .map_or(String::new(), |p| format!(", streaming to pid {p}"))
+                )),
+                None if cfg.create_slot => Ok(format!(
+                    "{} does not exist yet; it is created on first start",
+                    cfg.slot
+                )),
+                None => Err(PreflightError::NoSlot(cfg.slot.clone())),
+            }),
+    ));
+}

@@ -1,0 +1,97 @@
+//! `setup`, `check` and `status`: what an operator runs around `run`.
+
+use anyhow::{bail, Context};
+use tokio_postgres::NoTls;
+
+use pgoutbox::config::Config;
+use pgoutbox::outbox::TableName;
+use pgoutbox::{checks, setup, status};
+
+/// A normal connection for admin commands.
+async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = cfg
+        .pg_config()?
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+pub async fn setup(cfg: Config) -> anyhow::Result<()> {
+    let pg = connect(&cfg).await?;
+    let report = setup::apply(&pg, &cfg.slot)
+        .await
+        .context("applying sql/setup.sql")?;
+    println!("✔ applied sql/setup.sql: table public.outbox, publication pgoutbox_pub (insert), role pgoutbox");
+    match report.created_slot_at {
+        Some(lsn) => println!(
+            "✔ created replication slot {} (pgoutput) at {lsn}",
+            cfg.slot
+        ),
+        None => println!("✔ replication slot {} already exists", cfg.slot),
+    }
+    let default_table = TableName::parse("public.outbox").map_err(anyhow::Error::msg)?;
+    if cfg.outbox.table != default_table || cfg.publication != pgoutbox::config::DEFAULT_PUBLICATION
+    {
+        println!(
+            "! you configured table {} and publication {}; sql/setup.sql creates the defaults: \
+             create yours with the same DDL, then run `pgoutbox check`",
+            cfg.outbox.table, cfg.publication
+        );
+    }
+    println!("  next: give the role a password (ALTER ROLE pgoutbox PASSWORD '…') and run `pgoutbox check`");
+    Ok(())
+}
+
+pub async fn check(cfg: Config) -> anyhow::Result<()> {
+    let results = checks::run(&cfg).await;
+    for r in &results {
+        println!("{r}");
+    }
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        bail!("{failed} of {} checks failed", results.len());
+    }
+    Ok(())
+}
+
+pub async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
+    let pg = connect(&cfg).await?;
+    let s = status::slot_status(&pg, &cfg.slot).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    if !s.exists {
+        println!(
+            "slot {}: does not exist (current WAL {})",
+            s.slot, s.current_wal_lsn
+        );
+        return Ok(());
+    }
+    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("slot                 {}", s.slot);
+    println!(
+        "active               {}",
+        match s.active_pid {
+            Some(pid) => format!("yes (walsender pid {pid})"),
+            None => "no".into(),
+        }
+    );
+    println!("confirmed_flush_lsn  {}", or(&s.confirmed_flush_lsn));
+    println!("restart_lsn          {}", or(&s.restart_lsn));
+    println!("current WAL          {}", s.current_wal_lsn);
+    println!("wal_status           {}", or(&s.wal_status));
+    println!("retained WAL         {}", bytes(s.retained_wal_bytes));
+    println!("lag (unconfirmed)    {}", bytes(s.lag_bytes));
+    Ok(())
+}
+
+fn bytes(b: Option<i64>) -> String {
+    match b {
+        None => "-".into(),
+        Some(b) if b < 1 << 20 => format!("{b} bytes"),
+        Some(b) => format!("{:.1} MiB ({b} bytes)", b as f64 / f64::from(1 << 20)),
+    }
+}

@@ -1,0 +1,105 @@
+//! `setup`, `check` and `status` through the real binary against a real server and broker.
+
+mod common;
+
+use pgoutbox::embedded::{TempKafka, TempPostgres};
+use tokio::process::Command;
+
+async fn pgoutbox(args: &[&str], url: &str, brokers: &str) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+        .args(args)
+        .env("PGOUTBOX_POSTGRES_URL", url)
+        .env("PGOUTBOX_KAFKA_BROKERS", brokers)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn line<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find(|l| l[l.char_indices().nth(2).map_or(0, |(i, _)| i)..].starts_with(name))
+        .unwrap_or_else(|| panic!("no {name:?} line in:\n{out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_setup_check_status() {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let kafka = TempKafka::start(1).unwrap();
+    let (url, brokers) = (pg.url(), kafka.bootstrap_servers().to_owned());
+
+    // Nothing set up yet: check fails, naming each problem and its fix.
+    let (ok, out, err) = pgoutbox(&["check"], &url, &brokers).await;
+    assert!(!ok);
+    assert!(err.contains("checks failed"), "{err}");
+    assert!(line(&out, "PostgreSQL reachable").starts_with('✔'), "{out}");
+    assert!(line(&out, "wal_level").starts_with('✔'), "{out}");
+    assert!(
+        line(&out, "outbox table")
+            .starts_with("✘ outbox table: table public.outbox does not exist: run"),
+        "{out}"
+    );
+    assert!(line(&out, "publication").starts_with('✘'), "{out}");
+    assert!(
+        line(&out, "Kafka reachable").starts_with("✔ Kafka reachable: 1 broker(s)"),
+        "{out}"
+    );
+
+    // setup is idempotent and creates the slot once.
+    let (ok, out, err) = pgoutbox(&["setup"], &url, "").await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("✔ created replication slot pgoutbox (pgoutput) at "),
+        "{out}"
+    );
+    let (ok, out, _) = pgoutbox(&["setup"], &url, "").await;
+    assert!(ok);
+    assert!(
+        out.contains("✔ replication slot pgoutbox already exists"),
+        "{out}"
+    );
+
+    let (ok, out, err) = pgoutbox(&["check"], &url, &brokers).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('✔')).count(),
+        out.lines().count(),
+        "{out}"
+    );
+    assert!(out.lines().count() >= 9, "{out}");
+
+    // A role without REPLICATION is caught with its fix; Kafka down is caught too.
+    pg.psql("CREATE ROLE plain LOGIN").unwrap();
+    let plain = pg.url_for("plain", "postgres");
+    let (ok, out, _) = pgoutbox(&["check"], &plain, "127.0.0.1:9").await;
+    assert!(!ok);
+    assert!(
+        line(&out, "REPLICATION privilege").contains("run `ALTER ROLE plain REPLICATION;`"),
+        "{out}"
+    );
+    assert!(line(&out, "Kafka reachable").starts_with('✘'), "{out}");
+
+    // status, text and JSON.
+    pg.psql(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('a','b','c','{}')",
+    )
+    .unwrap();
+    let (ok, out, _) = pgoutbox(&["status"], &url, "").await;
+    assert!(ok);
+    assert!(out.contains("active               no"), "{out}");
+    let (ok, out, _) = pgoutbox(&["status", "--json"], &url, "").await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["exists"], true);
+    assert_eq!(v["active"], false);
+    assert!(v["lag_bytes"].as_i64().unwrap() > 0, "{v}");
+    assert!(v["retained_wal_bytes"].as_i64().unwrap() >= v["lag_bytes"].as_i64().unwrap());
+}
