@@ -162,15 +162,28 @@ impl<'a> Session<'a> {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // A record librdkafka's queue had no room for; sent again before reading more.
         let mut pending: Option<(OutboxRecord, Ticket)> = None;
+        // Set by shutdown: stop at the next transaction boundary, then drain acks.
+        let mut stop_by: Option<tokio::time::Instant> = None;
         loop {
             if let Some((rec, ticket)) = pending.take() {
                 pending = self.produce(sink, rec, ticket)?;
             }
+            if let Some(deadline) = stop_by {
+                // A transaction read only in part could never be confirmed, so its events
+                // would be sent again after a restart: finish it first.
+                if (self.tx.is_none() && pending.is_none())
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return self.drain(stream, &mut acks, deadline).await;
+                }
+            }
             let can_read = pending.is_none() && self.budget.has_room();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    return self.drain(stream, &mut acks).await;
+                _ = shutdown.cancelled(), if stop_by.is_none() => {
+                    info!(in_transaction = self.tx.is_some(), in_flight = self.budget.events(),
+                        "shutting down: finishing the current transaction and in-flight acks");
+                    stop_by = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
                 }
                 // Status first: it must flow whatever else is busy (wal_sender_timeout).
                 _ = tick.tick() => self.send_status(stream, false).await?,
@@ -181,6 +194,7 @@ impl<'a> Session<'a> {
                     Step::Produce(rec, ticket) => pending = self.produce(sink, rec, ticket)?,
                 },
                 _ = tokio::time::sleep(Duration::from_millis(5)), if pending.is_some() => {}
+                _ = sleep_until_opt(stop_by) => {}
             }
             progress.confirmed = self.wm.confirmed();
         }
@@ -311,25 +325,21 @@ impl<'a> Session<'a> {
             .await
     }
 
-    /// Graceful stop: read no more, wait for in-flight acks, confirm, say goodbye.
+    /// Graceful stop: read no more, wait (until `deadline`) for in-flight acks, confirm, close.
     async fn drain(
         &mut self,
         stream: &mut ReplicationStream,
         acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
+        deadline: tokio::time::Instant,
     ) -> Result<(), StreamError> {
-        info!(
-            in_flight = self.budget.events(),
-            "shutting down: waiting for in-flight acks"
-        );
-        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
         let mut tick = tokio::time::interval(self.cfg.status_interval);
         while self.budget.events() > 0 {
             tokio::select! {
                 Some(d) = acks.recv() => self.on_delivery(d)?,
                 _ = tick.tick() => self.send_status(stream, false).await?,
                 _ = tokio::time::sleep_until(deadline) => {
-                    warn!(in_flight = self.budget.events(),
-                        "shutdown timeout: unacked events will be resent on restart");
+                    warn!(in_flight = self.budget.events(), open_transaction = self.tx.is_some(),
+                        "shutdown timeout: unconfirmed events will be sent again on restart");
                     break;
                 }
             }
@@ -339,6 +349,14 @@ impl<'a> Session<'a> {
         info!(confirmed = %self.wm.confirmed(), delivered = self.delivered,
             ignored = self.ignored, "stopped");
         Ok(())
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
