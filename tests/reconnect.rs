@@ -1,0 +1,143 @@
+//! Reconnects: a terminated walsender and a PostgreSQL restart are survived without loss; a
+//! slot dropped while in use stops the streamer with an error instead of being recreated.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+
+/// Commits `txs` with a small pause between transactions, in the background.
+async fn load(env: &Env, txs: Vec<Vec<Event>>) -> tokio::task::JoinHandle<()> {
+    let url = env.pg.url();
+    tokio::spawn(async move {
+        let mut db = connect(&url).await;
+        for tx in &txs {
+            // The server may be restarting: retry the transaction until it commits.
+            loop {
+                match db.batch_execute(&tx_sql(tx, "COMMIT")).await {
+                    Ok(()) => break,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if let Ok((c, conn)) = url
+                            .parse::<tokio_postgres::Config>()
+                            .unwrap()
+                            .connect(tokio_postgres::NoTls)
+                            .await
+                        {
+                            tokio::spawn(conn);
+                            db = c;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+async fn assert_all_arrive(env: &Env, ids: &HashSet<String>) {
+    let reader = env.reader();
+    let got = read_until_all(&reader, ids, Duration::from_secs(90)).await;
+    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
+    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
+    assert_eq!(order_violations(&got), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walsender_terminated_under_load_loses_nothing() {
+    let env = Env::start().await;
+    let running = env.spawn_streamer(env.config());
+    env.wait_streaming().await;
+    let txs = workload(0, 300);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let writer = load(&env, txs).await;
+    let mut terminated = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let n: i64 = env
+            .db
+            .query_one(
+                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots
+                 WHERE slot_name = 'pgoutbox' AND active_pid IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        terminated += n;
+        env.wait_streaming().await;
+    }
+    assert!(
+        terminated >= 2,
+        "the walsender was terminated {terminated} times"
+    );
+    writer.await.unwrap();
+    assert_all_arrive(&env, &ids).await;
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_under_load_loses_nothing() {
+    let mut env = Env::start().await;
+    let running = env.spawn_streamer(env.config());
+    env.wait_streaming().await;
+    let txs = workload(0, 300);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let writer = load(&env, txs).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pg = env.pg;
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart("fast").unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    env.pg = pg;
+    env.db = connect(&env.pg.url()).await;
+    writer.await.unwrap();
+    assert_all_arrive(&env, &ids).await;
+    env.wait_streaming().await;
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_dropped_while_running_is_an_error_not_a_new_slot() {
+    let env = Env::start().await;
+    let running = env.spawn_streamer(env.config());
+    env.wait_streaming().await;
+    // Kick the walsender and drop the slot before the streamer's reconnect (≥ 250 ms backoff).
+    wait_for("slot dropped", Duration::from_secs(10), || async {
+        let _ = env
+            .db
+            .batch_execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                 WHERE slot_name = 'pgoutbox' AND active_pid IS NOT NULL",
+            )
+            .await;
+        env.db
+            .batch_execute("SELECT pg_drop_replication_slot('pgoutbox')")
+            .await
+            .is_ok()
+    })
+    .await;
+    let result = tokio::time::timeout(Duration::from_secs(30), running.task)
+        .await
+        .expect("streamer stops")
+        .unwrap();
+    let err = result.expect_err("a lost slot must stop the streamer");
+    assert!(err.is_fatal());
+    assert!(
+        err.to_string().contains("events may have been missed"),
+        "{err}"
+    );
+    assert!(
+        env.confirmed_flush().await.is_none(),
+        "the slot was silently recreated"
+    );
+}
