@@ -33,6 +33,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Create the slot when it does not exist at start. Default true.
     pub create_slot: bool,
+    /// Emit `pg_logical_emit_message(false, 'pgoutbox.heartbeat', '')` this often, so the slot
+    /// advances even on a database that writes nothing. Default off.
+    pub heartbeat_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Config {
@@ -99,6 +102,7 @@ impl Config {
             max_in_flight_bytes: 32 << 20,
             shutdown_timeout: Duration::from_secs(10),
             create_slot: true,
+            heartbeat_interval: None,
         }
     }
 

@@ -123,6 +123,22 @@ impl Watermark {
         Ok(())
     }
 
+    /// A position outside any transaction that needs no delivery (a non-transactional logical
+    /// message we do not publish, such as a heartbeat): complete at once, like an empty
+    /// transaction (rule 1), yet confirmed only after every earlier transaction (rule 2).
+    pub fn passed(&mut self, lsn: Lsn) {
+        self.observe(lsn);
+        if self.open.is_some() {
+            // Inside a transaction the Commit decides.
+            return;
+        }
+        self.txs.push_back(Tx {
+            end_lsn: Some(lsn),
+            outstanding: 0,
+        });
+        self.advance();
+    }
+
     /// A keepalive reporting the server's WAL end (rule 4: idle advance when nothing is pending).
     pub fn keepalive(&mut self, wal_end: Lsn) {
         self.observe(wal_end);
@@ -261,6 +277,22 @@ mod tests {
         assert_eq!(w.confirmed(), Lsn(100));
         w.commit(tx, Lsn(450)).unwrap();
         assert_eq!(w.confirmed(), Lsn(450));
+    }
+
+    #[test]
+    fn passed_position_completes_at_once_but_waits_behind_unacked() {
+        let mut w = Watermark::new(Lsn(100));
+        w.passed(Lsn(150));
+        assert_eq!(w.confirmed(), Lsn(150));
+        let a = tx_with_events(&mut w, 1, 200);
+        w.passed(Lsn(250));
+        assert_eq!(w.confirmed(), Lsn(150));
+        w.ack(a).unwrap();
+        assert_eq!(w.confirmed(), Lsn(250));
+        let t = w.begin().unwrap();
+        w.passed(Lsn(300));
+        w.commit(t, Lsn(310)).unwrap();
+        assert_eq!(w.confirmed(), Lsn(310));
     }
 
     #[test]

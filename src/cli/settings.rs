@@ -122,6 +122,8 @@ settings! {
     shutdown_timeout_secs: u64 = 10, "PGOUTBOX_SHUTDOWN_TIMEOUT_SECS";
     /// Create the slot when it is missing at start (true/false) [default: true]
     create_slot: bool = true, "PGOUTBOX_CREATE_SLOT";
+    /// Seconds between heartbeat messages (pg_logical_emit_message) so an idle database's slot advances; 0 = off [default: 0]
+    heartbeat_interval_secs: u64 = 0, "PGOUTBOX_HEARTBEAT_INTERVAL_SECS";
     /// Log format: text or json [default: text]
     log_format: LogFormat = LogFormat::Text, "PGOUTBOX_LOG_FORMAT";
 }
@@ -171,6 +173,8 @@ impl Settings {
         cfg.max_in_flight_bytes = self.max_in_flight_bytes;
         cfg.shutdown_timeout = Duration::from_secs(self.shutdown_timeout_secs);
         cfg.create_slot = self.create_slot;
+        cfg.heartbeat_interval = (self.heartbeat_interval_secs > 0)
+            .then(|| Duration::from_secs(self.heartbeat_interval_secs));
         cfg.validate()?;
         Ok(cfg)
     }

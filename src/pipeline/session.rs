@@ -88,6 +88,10 @@ pub(super) async fn run(
         other => other?,
     };
     info!(slot = %cfg.slot, start = %start, "streaming");
+    // Aborted when the session ends, whichever way.
+    let _heartbeat = cfg
+        .heartbeat_interval
+        .map(|every| AbortOnDrop(tokio::spawn(heartbeat(pg_cfg.clone(), every))));
     progress.streaming_since = Some(Instant::now());
     progress.confirmed = start;
 
@@ -106,6 +110,48 @@ pub(super) async fn run(
     // Dropping the producer blocks briefly while librdkafka shuts down.
     let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
     result
+}
+
+/// Writes a tiny non-transactional logical message every `every`, so the slot has WAL of its
+/// own database to pass even when the application writes nothing. Errors are logged only: a
+/// missed heartbeat delays slot advance, it never loses data.
+async fn heartbeat(pg_cfg: tokio_postgres::Config, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut client = None;
+    loop {
+        tick.tick().await;
+        if client.is_none() {
+            match pg_cfg.connect(NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    client = Some(c);
+                }
+                Err(e) => {
+                    warn!(error = %e, "heartbeat: cannot connect");
+                    continue;
+                }
+            }
+        }
+        if let Some(c) = &client {
+            let r = c
+                .batch_execute("SELECT pg_logical_emit_message(false, 'pgoutbox.heartbeat', '')")
+                .await;
+            if let Err(e) = r {
+                warn!(error = %e, "heartbeat failed");
+                client = None;
+            }
+        }
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the event loop does after handling one replication message.
@@ -298,6 +344,10 @@ impl<'a> Session<'a> {
             }
             Message::Message(m) => {
                 trace!(prefix = %m.prefix, lsn = %m.lsn, "logical decoding message ignored");
+                if !m.transactional {
+                    // Heartbeats land here: nothing to deliver, so the slot may pass them.
+                    self.wm.passed(m.lsn);
+                }
             }
             Message::Origin(_) | Message::Type(_) => {}
         }
