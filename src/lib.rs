@@ -11,6 +11,7 @@ pub mod checks;
 pub mod config;
 pub mod embedded;
 pub mod lsn;
+pub mod metrics;
 pub mod outbox;
 pub mod pgoutput;
 pub mod pgtime;

@@ -12,7 +12,8 @@ use tokio::process::Command;
 
 fn pgoutbox() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pgoutbox"));
-    c.stdout(Stdio::null())
+    c.env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .env_remove("RUST_LOG");

@@ -18,6 +18,7 @@ fn spawn_binary(env: &Env, log: &std::path::Path) -> Child {
         .unwrap();
     Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
         .arg("run")
+        .env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
         .env("PGOUTBOX_POSTGRES_URL", env.pg.url())
         .env("PGOUTBOX_KAFKA_BROKERS", env.kafka.bootstrap_servers())
         .env("PGOUTBOX_STATUS_INTERVAL_MS", "100")

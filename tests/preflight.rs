@@ -13,6 +13,7 @@ async fn run_binary(url: &str, extra: &[&str]) -> (bool, String) {
         Duration::from_secs(30),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
             .arg("run")
+            .env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
             .args(extra)
             .env("PGOUTBOX_POSTGRES_URL", url)
             .env("PGOUTBOX_KAFKA_BROKERS", "127.0.0.1:9")

@@ -17,6 +17,7 @@ fn spawn_binary(env: &Env, log: &std::path::Path) -> Child {
         .open(log)
         .unwrap();
     Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+        .env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
         .env("PGOUTBOX_POSTGRES_URL", env.pg.url())
         .env("PGOUTBOX_KAFKA_BROKERS", env.kafka.bootstrap_servers())
         .env("RUST_LOG", "info")

@@ -2,6 +2,7 @@
 
 mod admin;
 mod demo;
+mod http;
 mod run;
 mod settings;
 

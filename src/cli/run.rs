@@ -12,6 +12,14 @@ pub async fn main(settings: Settings) -> anyhow::Result<()> {
     // One line with the effective configuration; Config's Debug redacts every secret.
     info!(config = ?cfg, "pgoutbox starting");
     let streamer = Streamer::new(cfg)?;
+    if !settings.metrics_addr.is_empty() {
+        super::http::serve(
+            &settings.metrics_addr,
+            streamer.health(),
+            settings.ready_max_lag_bytes,
+        )
+        .await?;
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     streamer.run(shutdown).await?;

@@ -124,6 +124,10 @@ settings! {
     create_slot: bool = true, "PGOUTBOX_CREATE_SLOT";
     /// Seconds between heartbeat messages (pg_logical_emit_message) so an idle database's slot advances; 0 = off [default: 0]
     heartbeat_interval_secs: u64 = 0, "PGOUTBOX_HEARTBEAT_INTERVAL_SECS";
+    /// Address of the HTTP listener for /metrics, /healthz, /readyz; empty = off [default: 127.0.0.1:9187]
+    metrics_addr: String = "127.0.0.1:9187".into(), "PGOUTBOX_METRICS_ADDR";
+    /// /readyz fails while the slot's unconfirmed lag exceeds this many bytes [default: 268435456]
+    ready_max_lag_bytes: i64 = 256 << 20, "PGOUTBOX_READY_MAX_LAG_BYTES";
     /// Log format: text or json [default: text]
     log_format: LogFormat = LogFormat::Text, "PGOUTBOX_LOG_FORMAT";
 }

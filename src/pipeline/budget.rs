@@ -42,6 +42,11 @@ impl Budget {
     pub fn events(&self) -> usize {
         self.events
     }
+
+    /// Bytes in flight.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 #[cfg(test)]

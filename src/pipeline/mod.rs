@@ -3,8 +3,11 @@
 
 mod backoff;
 mod budget;
+mod health;
+mod monitor;
 mod session;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,6 +17,7 @@ use tracing::{error, info, warn};
 
 pub use backoff::Backoff;
 pub use budget::Budget;
+pub use health::Health;
 
 use crate::config::{Config, ConfigError};
 use crate::lsn::Lsn;
@@ -71,6 +75,15 @@ impl StreamError {
     }
 }
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// An event Kafka acknowledged, for observers (the demo, later metrics).
 #[derive(Debug, Clone)]
 pub struct AckedEvent {
@@ -93,6 +106,7 @@ pub struct Progress {
 pub struct Streamer {
     cfg: Config,
     observer: Option<mpsc::UnboundedSender<AckedEvent>>,
+    health: Arc<Health>,
 }
 
 impl Streamer {
@@ -101,7 +115,13 @@ impl Streamer {
         Ok(Streamer {
             cfg,
             observer: None,
+            health: Arc::default(),
         })
+    }
+
+    /// Streaming state and slot lag, for health endpoints.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// Reports every acked event to `tx`.
@@ -115,6 +135,9 @@ impl Streamer {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut slot_known = false;
+        // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.
+        let monitor = tokio::spawn(monitor::run(self.cfg.clone(), self.health.clone()));
+        let _stop_monitor = AbortOnDrop(monitor);
         loop {
             let mut progress = Progress::default();
             let result = session::run(
@@ -123,6 +146,7 @@ impl Streamer {
                 &shutdown,
                 self.observer.as_ref(),
                 &mut progress,
+                &self.health,
             )
             .await;
             match result {
@@ -146,6 +170,7 @@ impl Streamer {
                         _ = tokio::time::sleep(wait) => {}
                     }
                     info!("reconnecting");
+                    metrics::counter!(crate::metrics::RECONNECTS).increment(1);
                 }
             }
         }

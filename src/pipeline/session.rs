@@ -2,6 +2,7 @@
 //! shutdown or an error. Reading pauses when the in-flight budget is spent; acks and status
 //! updates keep flowing regardless, so `wal_sender_timeout` never fires on a paused reader.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -11,16 +12,17 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
-use super::{AckedEvent, Budget, Progress, StreamError};
+use super::{AbortOnDrop, AckedEvent, Budget, Health, Progress, StreamError};
 use crate::config::Config;
 use crate::lsn::Lsn;
+use crate::metrics as m;
 use crate::outbox::{OutboxMapper, OutboxRecord};
 use crate::pgoutput::{self, Message, RelationCache};
 use crate::preflight::{self, PreflightError};
 use crate::replication::{
     ConnectConfig, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
 };
-use crate::sink::kafka::{Delivery, KafkaSink, SendError};
+use crate::sink::kafka::{Delivery, ErrorClass, KafkaSink, SendError};
 use crate::watermark::{TxId, Watermark};
 
 /// SQLSTATE undefined_object: START_REPLICATION on a slot that is gone.
@@ -33,6 +35,8 @@ struct Ticket {
     bytes: usize,
     commit_time: i64,
     event_id: Bytes,
+    /// Index into the session's per-topic delivered counters.
+    topic: u32,
 }
 
 /// Runs one session. `slot_known` survives reconnects: a slot that existed once and is gone
@@ -43,6 +47,7 @@ pub(super) async fn run(
     shutdown: &CancellationToken,
     observer: Option<&mpsc::UnboundedSender<AckedEvent>>,
     progress: &mut Progress,
+    health: &Health,
 ) -> Result<(), StreamError> {
     let pg_cfg = cfg.pg_config()?;
     let slot = {
@@ -88,6 +93,8 @@ pub(super) async fn run(
         other => other?,
     };
     info!(slot = %cfg.slot, start = %start, "streaming");
+    health.set_streaming(true);
+    let _not_streaming = OnDrop(|| health.set_streaming(false));
     // Aborted when the session ends, whichever way.
     let _heartbeat = cfg
         .heartbeat_interval
@@ -145,12 +152,12 @@ async fn heartbeat(pg_cfg: tokio_postgres::Config, every: Duration) {
     }
 }
 
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
 
-impl Drop for AbortOnDrop {
+impl<F: FnMut()> Drop for OnDrop<F> {
     fn drop(&mut self) {
-        self.0.abort();
+        (self.0)()
     }
 }
 
@@ -175,6 +182,57 @@ struct Session<'a> {
     observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
     delivered: u64,
     ignored: u64,
+    meters: Meters,
+}
+
+/// Metric handles, resolved once per session instead of once per event.
+struct Meters {
+    topic_ids: HashMap<String, u32>,
+    delivered: Vec<metrics::Counter>,
+    in_flight_events: metrics::Gauge,
+    in_flight_bytes: metrics::Gauge,
+    received_lsn: metrics::Gauge,
+    confirmed_lsn: metrics::Gauge,
+    commit_to_ack: metrics::Histogram,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Meters {
+            topic_ids: HashMap::new(),
+            delivered: Vec::new(),
+            in_flight_events: metrics::gauge!(m::IN_FLIGHT_EVENTS),
+            in_flight_bytes: metrics::gauge!(m::IN_FLIGHT_BYTES),
+            received_lsn: metrics::gauge!(m::RECEIVED_LSN),
+            confirmed_lsn: metrics::gauge!(m::CONFIRMED_LSN),
+            commit_to_ack: metrics::histogram!(m::COMMIT_TO_ACK),
+        }
+    }
+
+    fn topic_id(&mut self, topic: &str) -> u32 {
+        if let Some(id) = self.topic_ids.get(topic) {
+            return *id;
+        }
+        let id = self.delivered.len() as u32;
+        self.delivered
+            .push(metrics::counter!(m::EVENTS_DELIVERED, "topic" => topic.to_owned()));
+        self.topic_ids.insert(topic.to_owned(), id);
+        id
+    }
+
+    fn in_flight(&self, budget: &Budget) {
+        self.in_flight_events.set(budget.events() as f64);
+        self.in_flight_bytes.set(budget.bytes() as f64);
+    }
+}
+
+fn count_error(class: ErrorClass) {
+    let kind = match class {
+        ErrorClass::Backpressure => "backpressure",
+        ErrorClass::Retriable => "retriable",
+        ErrorClass::Final => "final",
+    };
+    metrics::counter!(m::DELIVERY_ERRORS, "kind" => kind).increment(1);
 }
 
 impl<'a> Session<'a> {
@@ -193,6 +251,7 @@ impl<'a> Session<'a> {
             observer,
             delivered: 0,
             ignored: 0,
+            meters: Meters::new(),
         }
     }
 
@@ -257,26 +316,42 @@ impl<'a> Session<'a> {
         match sink.send(&rec, ticket) {
             Ok(()) => {
                 self.budget.take(bytes);
+                self.meters.in_flight(&self.budget);
                 Ok(None)
             }
-            Err(SendError::QueueFull(ticket)) => Ok(Some((rec, ticket))),
-            Err(SendError::Rejected(_, e)) => Err(e.into()),
+            Err(SendError::QueueFull(ticket)) => {
+                count_error(ErrorClass::Backpressure);
+                Ok(Some((rec, ticket)))
+            }
+            Err(SendError::Rejected(_, e)) => {
+                count_error(e.class);
+                Err(e.into())
+            }
         }
     }
 
     fn on_delivery(&mut self, d: Delivery<Ticket>) -> Result<(), StreamError> {
         let Delivery { ticket, result } = d;
-        let acked = result?;
+        let acked = result.inspect_err(|e| count_error(e.class))?;
         self.wm.ack(ticket.tx)?;
         self.budget.release(ticket.bytes);
+        self.meters.in_flight(&self.budget);
         self.delivered += 1;
+        if let Some(c) = self.meters.delivered.get(ticket.topic as usize) {
+            c.increment(1);
+        }
+        let commit_time = crate::pgtime::to_system_time(ticket.commit_time);
+        let acked_at = SystemTime::now();
+        if let Ok(latency) = acked_at.duration_since(commit_time) {
+            self.meters.commit_to_ack.record(latency.as_secs_f64());
+        }
         if let Some(obs) = self.observer {
             let _ = obs.send(AckedEvent {
                 event_id: ticket.event_id,
                 partition: acked.partition,
                 offset: acked.offset,
-                commit_time: crate::pgtime::to_system_time(ticket.commit_time),
-                acked_at: SystemTime::now(),
+                commit_time,
+                acked_at,
             });
         }
         Ok(())
@@ -330,6 +405,7 @@ impl<'a> Session<'a> {
                         bytes: rec.size(),
                         commit_time,
                         event_id: rec.event_id.clone(),
+                        topic: self.meters.topic_id(&rec.topic),
                     };
                     return Ok(Step::Produce(rec, ticket));
                 }
@@ -370,6 +446,8 @@ impl<'a> Session<'a> {
     ) -> Result<(), ReplicationError> {
         trace!(write = %self.wm.received(), flush = %self.wm.confirmed(),
             in_flight = self.budget.events(), "status update");
+        self.meters.received_lsn.set(self.wm.received().0 as f64);
+        self.meters.confirmed_lsn.set(self.wm.confirmed().0 as f64);
         stream
             .send_status(self.wm.received(), self.wm.confirmed(), reply)
             .await

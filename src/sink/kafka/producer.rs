@@ -49,7 +49,13 @@ pub struct AckContext<T> {
     acks: mpsc::UnboundedSender<Delivery<T>>,
 }
 
-impl<T: Send + Sync + 'static> ClientContext for AckContext<T> {}
+impl<T: Send + Sync + 'static> ClientContext for AckContext<T> {
+    /// librdkafka's global errors (a broker down, a transport failure) are retried by
+    /// librdkafka itself: a warning, not an error. Failed deliveries are reported separately.
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client");
+    }
+}
 
 impl<T: Send + Sync + 'static> ProducerContext for AckContext<T> {
     type DeliveryOpaque = Box<T>;

@@ -1,0 +1,80 @@
+//! The HTTP listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (streaming,
+//! lag within bound).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::info;
+
+use pgoutbox::pipeline::Health;
+
+#[derive(Clone)]
+struct App {
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+    max_lag_bytes: i64,
+}
+
+/// Installs the Prometheus recorder and serves the endpoints on `addr` in the background.
+/// Fails (so `run` exits) when the address cannot be bound.
+pub async fn serve(addr: &str, health: Arc<Health>, max_lag_bytes: i64) -> anyhow::Result<()> {
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(pgoutbox::metrics::COMMIT_TO_ACK.into()),
+            pgoutbox::metrics::COMMIT_TO_ACK_BUCKETS,
+        )?
+        .install_recorder()?;
+    pgoutbox::metrics::describe();
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("metrics_addr {addr:?} is not host:port"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (metrics_addr); choose another or set it empty to disable")
+    })?;
+    info!(addr = %listener.local_addr()?, "metrics on /metrics, health on /healthz and /readyz");
+    // Histograms keep raw samples until upkeep folds them in.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(App {
+            metrics,
+            health,
+            max_lag_bytes,
+        });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn render(State(app): State<App>) -> String {
+    app.metrics.render()
+}
+
+async fn ready(State(app): State<App>) -> (StatusCode, String) {
+    match app.health.readiness(app.max_lag_bytes) {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}

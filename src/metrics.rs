@@ -1,0 +1,63 @@
+//! Metric names (all prefixed `pgoutbox_`) and their descriptions. The library records
+//! through the `metrics` facade; the binary decides how to export (Prometheus).
+
+/// Events Kafka acknowledged, by `topic`.
+pub const EVENTS_DELIVERED: &str = "pgoutbox_events_delivered_total";
+/// Failed deliveries by `kind`: `backpressure`, `retriable`, `final`.
+pub const DELIVERY_ERRORS: &str = "pgoutbox_delivery_errors_total";
+/// Events handed to the producer and not yet acked.
+pub const IN_FLIGHT_EVENTS: &str = "pgoutbox_in_flight_events";
+/// Bytes of those events.
+pub const IN_FLIGHT_BYTES: &str = "pgoutbox_in_flight_bytes";
+/// Last WAL position received from the server (status update `write`).
+pub const RECEIVED_LSN: &str = "pgoutbox_received_lsn";
+/// Position confirmed to the slot (status update `flush`).
+pub const CONFIRMED_LSN: &str = "pgoutbox_confirmed_lsn";
+/// WAL the server retains for the slot (current WAL − restart_lsn), polled.
+pub const SLOT_RETAINED_WAL: &str = "pgoutbox_slot_retained_wal_bytes";
+/// Current WAL − confirmed_flush_lsn, polled.
+pub const SLOT_LAG: &str = "pgoutbox_slot_lag_bytes";
+/// Sessions restarted after an error.
+pub const RECONNECTS: &str = "pgoutbox_reconnects_total";
+/// 1 while streaming, 0 otherwise.
+pub const STREAMING: &str = "pgoutbox_streaming";
+/// Seconds from the transaction's commit in PostgreSQL to Kafka's ack, per event.
+pub const COMMIT_TO_ACK: &str = "pgoutbox_commit_to_ack_seconds";
+
+/// Histogram buckets for [`COMMIT_TO_ACK`], 1 ms to 1 min.
+pub const COMMIT_TO_ACK_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Registers help texts with whatever recorder is installed.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(EVENTS_DELIVERED, "Events acknowledged by Kafka, by topic");
+    describe_counter!(
+        DELIVERY_ERRORS,
+        "Failed deliveries by kind (backpressure, retriable, final)"
+    );
+    describe_gauge!(
+        IN_FLIGHT_EVENTS,
+        "Events handed to the producer, not yet acked"
+    );
+    describe_gauge!(IN_FLIGHT_BYTES, Unit::Bytes, "Bytes of in-flight events");
+    describe_gauge!(RECEIVED_LSN, "Last WAL position received from PostgreSQL");
+    describe_gauge!(
+        CONFIRMED_LSN,
+        "WAL position confirmed to the replication slot"
+    );
+    describe_gauge!(SLOT_RETAINED_WAL, Unit::Bytes, "WAL retained by the slot");
+    describe_gauge!(
+        SLOT_LAG,
+        Unit::Bytes,
+        "Current WAL position minus the slot's confirmed position"
+    );
+    describe_counter!(RECONNECTS, "Sessions restarted after an error");
+    describe_gauge!(STREAMING, "1 while the replication stream is running");
+    describe_histogram!(
+        COMMIT_TO_ACK,
+        Unit::Seconds,
+        "PostgreSQL commit to Kafka ack, per event"
+    );
+}

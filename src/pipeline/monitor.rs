@@ -1,0 +1,59 @@
+//! Polls the slot every few seconds: retained WAL and lag, for metrics and `/readyz`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+use tracing::debug;
+
+use super::Health;
+use crate::config::Config;
+use crate::metrics as m;
+use crate::status::slot_status;
+
+/// How often the slot is polled.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs until aborted. Failures are logged at debug level and retried: the stream itself
+/// reports connection problems loudly.
+pub async fn run(cfg: Config, health: Arc<Health>) {
+    let retained = metrics::gauge!(m::SLOT_RETAINED_WAL);
+    let lag = metrics::gauge!(m::SLOT_LAG);
+    let mut client = None;
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    loop {
+        tick.tick().await;
+        if client.is_none() {
+            let connected = match cfg.pg_config() {
+                Ok(c) => c.connect(NoTls).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match connected {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    client = Some(c);
+                }
+                Err(e) => {
+                    debug!(error = %e, "slot monitor cannot connect");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &client else { continue };
+        match slot_status(c, &cfg.slot).await {
+            Ok(s) => {
+                if let Some(r) = s.retained_wal_bytes {
+                    retained.set(r as f64);
+                }
+                if let Some(l) = s.lag_bytes {
+                    lag.set(l as f64);
+                    health.set_lag_bytes(l);
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "slot monitor query failed");
+                client = None;
+            }
+        }
+    }
+}
