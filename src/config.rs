@@ -36,6 +36,8 @@ pub struct Config {
     /// Emit `pg_logical_emit_message(false, 'pgoutbox.heartbeat', '')` this often, so the slot
     /// advances even on a database that writes nothing. Default off.
     pub heartbeat_interval: Option<Duration>,
+    /// Hot standby: stream only while holding the HA advisory lock for the slot. Default off.
+    pub ha: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -103,6 +105,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(10),
             create_slot: true,
             heartbeat_interval: None,
+            ha: false,
         }
     }
 

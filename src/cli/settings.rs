@@ -124,6 +124,8 @@ settings! {
     create_slot: bool = true, "PGOUTBOX_CREATE_SLOT";
     /// Seconds between heartbeat messages (pg_logical_emit_message) so an idle database's slot advances; 0 = off [default: 0]
     heartbeat_interval_secs: u64 = 0, "PGOUTBOX_HEARTBEAT_INTERVAL_SECS";
+    /// Hot standby: stream only while holding the slot's HA lock (true/false) [default: false]
+    ha: bool = false, "PGOUTBOX_HA";
     /// Address of the HTTP listener for /metrics, /healthz, /readyz; empty = off [default: 127.0.0.1:9187]
     metrics_addr: String = "127.0.0.1:9187".into(), "PGOUTBOX_METRICS_ADDR";
     /// /readyz fails while the slot's unconfirmed lag exceeds this many bytes [default: 268435456]
@@ -177,6 +179,7 @@ impl Settings {
         cfg.max_in_flight_bytes = self.max_in_flight_bytes;
         cfg.shutdown_timeout = Duration::from_secs(self.shutdown_timeout_secs);
         cfg.create_slot = self.create_slot;
+        cfg.ha = self.ha;
         cfg.heartbeat_interval = (self.heartbeat_interval_secs > 0)
             .then(|| Duration::from_secs(self.heartbeat_interval_secs));
         cfg.validate()?;

@@ -3,6 +3,7 @@
 
 mod backoff;
 mod budget;
+mod ha;
 mod health;
 mod monitor;
 mod session;
@@ -132,7 +133,38 @@ impl Streamer {
 
     /// Streams until `shutdown` is cancelled (Ok) or a fatal error (Err). Transient errors
     /// reconnect with capped exponential backoff and resume from the slot's confirmed LSN.
+    /// With `ha`, streams only while holding the HA lock, and waits as a standby otherwise.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
+        if !self.cfg.ha {
+            return self.stream(shutdown).await;
+        }
+        loop {
+            let Some(mut leadership) = ha::acquire(&self.cfg, &shutdown).await? else {
+                return Ok(());
+            };
+            info!(slot = %self.cfg.slot, "leader: holding the HA lock, streaming");
+            // Losing the lock ends this term gracefully; shutdown ends it for good.
+            let term = shutdown.child_token();
+            let stream = self.stream(term.clone());
+            tokio::pin!(stream);
+            let result = tokio::select! {
+                r = &mut stream => r,
+                _ = leadership.lost() => {
+                    warn!("lost the HA lock session: stepping down");
+                    term.cancel();
+                    stream.await
+                }
+            };
+            drop(leadership);
+            result?;
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Streams with reconnects until `shutdown` or a fatal error.
+    async fn stream(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut slot_known = false;
         // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.

@@ -1,0 +1,102 @@
+//! High availability: instances contend for a PostgreSQL advisory lock keyed by the slot; only
+//! the holder streams. The lock lives as long as its session, so a leader that dies (or loses
+//! its connection) releases it and a standby takes over, resuming from the slot's confirmed LSN.
+//! The slot itself admits one streamer at a time, so even a split second of overlap is safe.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::StreamError;
+use crate::config::Config;
+
+/// First key of the two-key advisory lock: "pgob" in ASCII, so pgoutbox's locks are
+/// recognisable in `pg_locks` (classid) and cannot collide with an application's one-key locks.
+pub const LOCK_CLASS: i32 = 0x7067_6F62;
+
+/// How often a standby tries the lock, and the leader checks its lock session.
+const POLL: Duration = Duration::from_secs(1);
+
+/// A held lock: the session that holds it.
+pub struct Leadership {
+    client: Client,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Resolves when the lock session is gone or stops answering: leadership is lost.
+    pub async fn lost(&mut self) {
+        loop {
+            tokio::select! {
+                _ = &mut self.conn => return,
+                _ = tokio::time::sleep(POLL * 2) => {
+                    let ping = tokio::time::timeout(POLL * 5, self.client.simple_query("SELECT 1"));
+                    if !matches!(ping.await, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        // Closing the session releases the lock at once.
+        self.conn.abort();
+    }
+}
+
+/// Waits until this instance holds the lock (`Some`) or shutdown is requested (`None`).
+pub async fn acquire(
+    cfg: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Leadership>, StreamError> {
+    let pg_cfg = cfg.pg_config()?;
+    let mut announced = false;
+    loop {
+        match try_lock(&pg_cfg, &cfg.slot).await {
+            Ok(Some(l)) => return Ok(Some(l)),
+            Ok(None) => {
+                if !announced {
+                    info!(slot = %cfg.slot, "standby: another instance holds the HA lock");
+                    announced = true;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "standby: cannot reach PostgreSQL to contend for the HA lock")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+async fn try_lock(
+    pg_cfg: &tokio_postgres::Config,
+    slot: &str,
+) -> Result<Option<Leadership>, tokio_postgres::Error> {
+    let (client, conn) = pg_cfg.connect(NoTls).await?;
+    let conn = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "HA lock session ended");
+        }
+    });
+    let got: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LOCK_CLASS, &slot],
+        )
+        .await?
+        .get(0);
+    if got {
+        Ok(Some(Leadership { client, conn }))
+    } else {
+        conn.abort();
+        Ok(None)
+    }
+}
