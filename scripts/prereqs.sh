@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pgoutbox's demo and tests need on Debian/Ubuntu, and only what is missing:
 #   - PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) for throwaway clusters;
-#   - a C toolchain, make and perl, which rdkafka uses to build librdkafka from source.
+#   - a C toolchain, make, perl and OpenSSL headers, which rdkafka uses to build librdkafka
+#     (with TLS and SASL PLAIN/SCRAM for Kafka) from source.
 # Idempotent; uses sudo when not root. Set PGOUTBOX_PG_BIN to use binaries elsewhere.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ fi
 for tool in cc make perl pkg-config; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 pkgs=()

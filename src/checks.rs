@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use crate::config::Config;
 use crate::preflight::{self, PreflightError};
 use crate::sink::kafka;
@@ -42,10 +40,7 @@ fn result(name: &'static str, r: Result<String, PreflightError>) -> CheckResult 
 /// Runs every check; PostgreSQL checks are skipped (and fail) if the server is unreachable.
 pub async fn run(cfg: &Config) -> Vec<CheckResult> {
     let mut out = Vec::new();
-    let pg = match cfg.pg_config() {
-        Err(e) => Err(e.to_string()),
-        Ok(c) => c.connect(NoTls).await.map_err(|e| e.to_string()),
-    };
+    let pg = crate::pg::connect(cfg).await.map_err(|e| e.to_string());
     match pg {
         Err(e) => out.push(CheckResult {
             name: "PostgreSQL reachable",
@@ -55,7 +50,6 @@ pub async fn run(cfg: &Config) -> Vec<CheckResult> {
             ),
         }),
         Ok((client, conn)) => {
-            let conn = tokio::spawn(conn);
             out.push(CheckResult {
                 name: "PostgreSQL reachable",
                 ok: true,

@@ -17,6 +17,10 @@ pub struct Config {
     pub postgres_url: String,
     /// Password that overrides the URL's (from the environment or a secret file).
     pub postgres_password: Option<String>,
+    /// TLS mode; overrides the URL's `sslmode` (libpq's default, `prefer`, when neither says).
+    pub sslmode: Option<crate::tls::SslMode>,
+    /// Root certificate(s) for verify-ca/verify-full; overrides the URL's `sslrootcert`.
+    pub sslrootcert: Option<std::path::PathBuf>,
     /// Logical replication slot; created on first start if missing. Default `pgoutbox`.
     pub slot: String,
     /// Publication covering the outbox table. Default `pgoutbox_pub`.
@@ -84,6 +88,8 @@ pub enum ConfigError {
     SlotName(String),
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Config {
@@ -92,6 +98,8 @@ impl Config {
         Config {
             postgres_url: postgres_url.into(),
             postgres_password: None,
+            sslmode: None,
+            sslrootcert: None,
             slot: DEFAULT_SLOT.into(),
             publication: DEFAULT_PUBLICATION.into(),
             outbox: OutboxConfig::default(),
@@ -111,12 +119,16 @@ impl Config {
 
     /// The parsed Postgres connection settings.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        let mut cfg: tokio_postgres::Config =
-            self.postgres_url
-                .parse()
-                .map_err(|e: tokio_postgres::Error| {
-                    ConfigError::PostgresUrl(redact_secrets(&e.to_string(), &self.postgres_url))
-                })?;
+        // tokio-postgres knows neither verify-* nor sslrootcert: pgoutbox handles TLS itself.
+        let (url, _, _) = crate::tls::split_tls_params(&self.postgres_url);
+        let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            ConfigError::PostgresUrl(redact_secrets(&e.to_string(), &self.postgres_url))
+        })?;
+        cfg.ssl_mode(match self.tls_settings()?.mode {
+            crate::tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            crate::tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
         if let Some(pw) = &self.postgres_password {
             cfg.password(pw.as_bytes());
         }
@@ -127,9 +139,24 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `sslmode` and `sslrootcert`: the settings, else the URL's, else `prefer` and none.
+    pub fn tls_settings(&self) -> Result<crate::tls::TlsSettings, ConfigError> {
+        let (_, url_mode, url_root) = crate::tls::split_tls_params(&self.postgres_url);
+        let mode = match (self.sslmode, url_mode) {
+            (Some(m), _) => m,
+            (None, Some(m)) => m.parse()?,
+            (None, None) => crate::tls::SslMode::default(),
+        };
+        Ok(crate::tls::TlsSettings {
+            mode,
+            root_cert: self.sslrootcert.clone().or(url_root.map(Into::into)),
+        })
+    }
+
     /// Checks everything that can be checked without a network.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pg_config()?;
+        self.tls_settings()?.client_config()?;
         let ok = !self.slot.is_empty()
             && self.slot.len() <= 63
             && self

@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod lsn;
 pub mod metrics;
 pub mod outbox;
+pub mod pg;
 pub mod pgoutput;
 pub mod pgtime;
 pub mod pipeline;
@@ -21,6 +22,7 @@ pub mod replication;
 pub mod setup;
 pub mod sink;
 pub mod status;
+pub mod tls;
 pub mod watermark;
 
 pub use config::Config;

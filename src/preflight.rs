@@ -73,7 +73,7 @@ pub enum PreflightError {
         "all {max} WAL senders are in use: stop another replication client or raise max_wal_senders (restart required)"
     )]
     NoSenderHeadroom { max: i64 },
-    #[error("checking PostgreSQL setup: {0}")]
+    #[error("checking PostgreSQL setup: {}", crate::pg::describe(.0))]
     Query(#[from] tokio_postgres::Error),
 }
 

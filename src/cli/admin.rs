@@ -1,7 +1,6 @@
 //! `setup`, `check` and `status`: what an operator runs around `run`.
 
 use anyhow::{bail, Context};
-use tokio_postgres::NoTls;
 
 use pgoutbox::config::Config;
 use pgoutbox::outbox::TableName;
@@ -9,12 +8,9 @@ use pgoutbox::{checks, setup, status};
 
 /// A normal connection for admin commands.
 async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = cfg
-        .pg_config()?
-        .connect(NoTls)
+    let (client, _conn) = pgoutbox::pg::connect(cfg)
         .await
         .context("connecting to PostgreSQL")?;
-    tokio::spawn(conn);
     Ok(client)
 }
 

@@ -90,6 +90,10 @@ settings! {
     postgres_password: String = String::new(), "PGOUTBOX_POSTGRES_PASSWORD";
     /// File holding the PostgreSQL password (trailing newline ignored)
     postgres_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_PASSWORD_FILE";
+    /// TLS to PostgreSQL: disable, prefer, require, verify-ca, verify-full (overrides the URL's sslmode) [default: prefer]
+    postgres_sslmode: String = String::new(), "PGOUTBOX_POSTGRES_SSLMODE";
+    /// Root certificate(s) (PEM) to verify the server with (overrides the URL's sslrootcert)
+    postgres_sslrootcert: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_SSLROOTCERT";
     /// Kafka bootstrap servers, e.g. kafka-1:9092,kafka-2:9092 (required)
     kafka_brokers: String = String::new(), "PGOUTBOX_KAFKA_BROKERS";
     /// File holding the Kafka SASL password (sets sasl.password)
@@ -155,6 +159,12 @@ impl Settings {
         }
         let mut cfg = Config::new(self.postgres_url.clone(), self.kafka_brokers.clone());
         cfg.postgres_password = self.postgres_password()?;
+        if !self.postgres_sslmode.is_empty() {
+            cfg.sslmode = Some(self.postgres_sslmode.parse()?);
+        }
+        if !self.postgres_sslrootcert.as_os_str().is_empty() {
+            cfg.sslrootcert = Some(self.postgres_sslrootcert.clone());
+        }
         cfg.slot = self.slot.clone();
         cfg.publication = self.publication.clone();
         cfg.outbox = OutboxConfig {

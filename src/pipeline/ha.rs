@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -54,10 +54,10 @@ pub async fn acquire(
     cfg: &Config,
     shutdown: &CancellationToken,
 ) -> Result<Option<Leadership>, StreamError> {
-    let pg_cfg = cfg.pg_config()?;
+    cfg.validate()?;
     let mut announced = false;
     loop {
-        match try_lock(&pg_cfg, &cfg.slot).await {
+        match try_lock(cfg).await {
             Ok(Some(l)) => return Ok(Some(l)),
             Ok(None) => {
                 if !announced {
@@ -76,20 +76,13 @@ pub async fn acquire(
     }
 }
 
-async fn try_lock(
-    pg_cfg: &tokio_postgres::Config,
-    slot: &str,
-) -> Result<Option<Leadership>, tokio_postgres::Error> {
-    let (client, conn) = pg_cfg.connect(NoTls).await?;
-    let conn = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "HA lock session ended");
-        }
-    });
+async fn try_lock(cfg: &Config) -> Result<Option<Leadership>, crate::pg::ConnectError> {
+    let (client, conn) = crate::pg::connect(cfg).await?;
+    debug!("contending for the HA lock");
     let got: bool = client
         .query_one(
             "SELECT pg_try_advisory_lock($1, hashtext($2))",
-            &[&LOCK_CLASS, &slot],
+            &[&LOCK_CLASS, &cfg.slot],
         )
         .await?
         .get(0);

@@ -36,8 +36,10 @@ pub enum StreamError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Preflight(#[from] PreflightError),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", crate::pg::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Replication(#[from] ReplicationError),
     #[error("decoding pgoutput: {0}")]
@@ -61,16 +63,24 @@ impl StreamError {
     pub fn is_fatal(&self) -> bool {
         match self {
             StreamError::Config(_)
+            | StreamError::Tls(_)
             | StreamError::Decode(_)
             | StreamError::Map(_)
             | StreamError::Watermark(_)
             | StreamError::Sink(_)
             | StreamError::SlotLost(_) => true,
             StreamError::Preflight(e) => e.is_fatal(),
-            StreamError::Postgres(e) => e
-                .as_db_error()
-                .is_some_and(|d| d.code().code().starts_with("28")),
-            StreamError::Replication(e) => matches!(e, ReplicationError::Auth(_)),
+            StreamError::Postgres(e) => {
+                e.as_db_error()
+                    .is_some_and(|d| d.code().code().starts_with("28"))
+                    || crate::tls::is_certificate_error(e)
+            }
+            StreamError::Replication(e) => {
+                matches!(
+                    e,
+                    ReplicationError::Auth(_) | ReplicationError::Certificate(_)
+                )
+            }
             StreamError::Delivery(e) => e.class == ErrorClass::Final,
         }
     }
@@ -82,6 +92,16 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+impl From<crate::pg::ConnectError> for StreamError {
+    fn from(e: crate::pg::ConnectError) -> Self {
+        match e {
+            crate::pg::ConnectError::Config(e) => StreamError::Config(e),
+            crate::pg::ConnectError::Tls(e) => StreamError::Tls(e),
+            crate::pg::ConnectError::Postgres(e) => StreamError::Postgres(e),
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
 use tracing::debug;
 
 use super::Health;
@@ -24,15 +23,8 @@ pub async fn run(cfg: Config, health: Arc<Health>) {
     loop {
         tick.tick().await;
         if client.is_none() {
-            let connected = match cfg.pg_config() {
-                Ok(c) => c.connect(NoTls).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match connected {
-                Ok((c, conn)) => {
-                    tokio::spawn(conn);
-                    client = Some(c);
-                }
+            match crate::pg::connect(&cfg).await {
+                Ok((c, _conn)) => client = Some(c),
                 Err(e) => {
                     debug!(error = %e, "slot monitor cannot connect");
                     continue;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
@@ -51,15 +50,15 @@ pub(super) async fn run(
 ) -> Result<(), StreamError> {
     let pg_cfg = cfg.pg_config()?;
     let slot = {
-        let (client, connection) = pg_cfg.connect(NoTls).await?;
-        let conn = tokio::spawn(connection);
+        let (client, conn) = crate::pg::connect(cfg).await?;
         let slot = preflight::check(&client, &cfg.outbox, &cfg.publication, &cfg.slot).await;
         drop(client);
         let _ = conn.await;
         slot?
     };
 
-    let mut repl = ReplicationClient::connect(&ConnectConfig::from_pg_config(&pg_cfg)?).await?;
+    let connect = ConnectConfig::from_pg_config(&pg_cfg)?.with_tls(&cfg.tls_settings()?)?;
+    let mut repl = ReplicationClient::connect(&connect).await?;
     let sys = repl.identify_system().await?;
     debug!(system_id = %sys.system_id, timeline = sys.timeline, xlog_pos = %sys.xlog_pos,
         "identified system");
@@ -98,7 +97,7 @@ pub(super) async fn run(
     // Aborted when the session ends, whichever way.
     let _heartbeat = cfg
         .heartbeat_interval
-        .map(|every| AbortOnDrop(tokio::spawn(heartbeat(pg_cfg.clone(), every))));
+        .map(|every| AbortOnDrop(tokio::spawn(heartbeat(cfg.clone(), every))));
     progress.streaming_since = Some(Instant::now());
     progress.confirmed = start;
 
@@ -122,18 +121,15 @@ pub(super) async fn run(
 /// Writes a tiny non-transactional logical message every `every`, so the slot has WAL of its
 /// own database to pass even when the application writes nothing. Errors are logged only: a
 /// missed heartbeat delays slot advance, it never loses data.
-async fn heartbeat(pg_cfg: tokio_postgres::Config, every: Duration) {
+async fn heartbeat(cfg: Config, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut client = None;
     loop {
         tick.tick().await;
         if client.is_none() {
-            match pg_cfg.connect(NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(conn);
-                    client = Some(c);
-                }
+            match crate::pg::connect(&cfg).await {
+                Ok((c, _conn)) => client = Some(c),
                 Err(e) => {
                     warn!(error = %e, "heartbeat: cannot connect");
                     continue;

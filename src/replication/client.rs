@@ -36,6 +36,10 @@ pub enum ReplicationError {
     Frame(#[from] FrameError),
     #[error("replication connection closed by the server")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("TLS: the server's certificate was rejected: {0} (check sslmode and sslrootcert)")]
+    Certificate(String),
 }
 
 impl ReplicationError {
@@ -102,6 +106,10 @@ pub struct ConnectConfig {
     pub dbname: String,
     pub application_name: String,
     pub connect_timeout: Duration,
+    /// TLS for TCP hosts; `None` = plaintext.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Whether a server that declines TLS is acceptable (`sslmode=prefer`).
+    pub tls_optional: bool,
 }
 
 impl std::fmt::Debug for ConnectConfig {
@@ -165,7 +173,16 @@ impl ConnectConfig {
                 .get_connect_timeout()
                 .copied()
                 .unwrap_or(Duration::from_secs(10)),
+            tls: None,
+            tls_optional: true,
         })
+    }
+
+    /// Adds TLS per `sslmode`.
+    pub fn with_tls(mut self, tls: &crate::tls::TlsSettings) -> Result<Self, crate::tls::TlsError> {
+        self.tls = tls.client_config()?;
+        self.tls_optional = tls.mode.allows_plaintext();
+        Ok(self)
     }
 }
 
@@ -250,7 +267,11 @@ impl ReplicationClient {
                         source,
                     })?;
                 s.set_nodelay(true)?;
-                (addr, Box::new(s))
+                let io = match &cfg.tls {
+                    Some(tls) => Self::start_tls(s, name, tls.clone(), cfg.tls_optional).await?,
+                    None => Box::new(s),
+                };
+                (addr, io)
             }
             Host::Unix(dir, port) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -275,6 +296,45 @@ impl ReplicationClient {
         };
         client.startup(cfg).await?;
         Ok(client)
+    }
+
+    /// SSLRequest, then the TLS handshake; plaintext only if the server declines and the
+    /// mode allows it (Unix sockets never use TLS, as with libpq).
+    async fn start_tls(
+        mut s: TcpStream,
+        host: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        optional: bool,
+    ) -> Result<Box<dyn Io>, ReplicationError> {
+        let mut buf = BytesMut::new();
+        frontend::ssl_request(&mut buf);
+        s.write_all(&buf).await?;
+        let mut answer = [0u8; 1];
+        s.read_exact(&mut answer).await?;
+        match answer[0] {
+            b'S' => {
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| ReplicationError::Tls(format!("server name {host:?}: {e}")))?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, s)
+                    .await
+                    .map_err(|e| {
+                        if crate::tls::is_certificate_error(&e) {
+                            ReplicationError::Certificate(e.to_string())
+                        } else {
+                            ReplicationError::Tls(e.to_string())
+                        }
+                    })?;
+                Ok(Box::new(stream))
+            }
+            b'N' if optional => Ok(Box::new(s)),
+            b'N' => Err(ReplicationError::Tls(
+                "the server does not accept TLS connections but sslmode requires TLS".into(),
+            )),
+            other => Err(ReplicationError::Protocol(format!(
+                "unexpected answer {other:#04x} to SSLRequest"
+            ))),
+        }
     }
 
     async fn startup(&mut self, cfg: &ConnectConfig) -> Result<(), ReplicationError> {

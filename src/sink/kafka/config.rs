@@ -110,6 +110,23 @@ mod tests {
         assert!(KafkaConfig::default().producer_config().is_err());
     }
 
+    /// librdkafka is built with OpenSSL: TLS and SASL/SCRAM settings are accepted.
+    #[test]
+    fn tls_and_sasl_properties_are_supported() {
+        let cfg = KafkaConfig {
+            brokers: "127.0.0.1:9".into(),
+            properties: vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+                ("sasl.username".into(), "u".into()),
+                ("sasl.password".into(), "p".into()),
+            ],
+        };
+        let producer: Result<rdkafka::producer::BaseProducer, _> =
+            cfg.producer_config().unwrap().create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
     #[test]
     fn parses_properties() {
         assert_eq!(

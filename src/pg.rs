@@ -1,0 +1,65 @@
+//! Normal (non-replication) PostgreSQL connections: checks, heartbeat, slot monitor, HA lock.
+//! The one place that picks TLS or plaintext, per the configured `sslmode`.
+
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tracing::debug;
+
+use crate::config::{Config, ConfigError};
+use crate::tls::TlsError;
+
+/// Why a normal connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("PostgreSQL: {}", describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// The whole story of a tokio-postgres error. Its `Display` says only "db error" or "error
+/// connecting to server" and keeps the server's message in `source()`, which logs would lose.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!(" hint: {h}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Opens a connection; its I/O runs on a spawned task, which ends when the connection does.
+pub async fn connect(cfg: &Config) -> Result<(Client, JoinHandle<()>), ConnectError> {
+    let pg = cfg.pg_config()?;
+    let tls = cfg.tls_settings()?.client_config()?;
+    let log_end = |r: Result<(), tokio_postgres::Error>| {
+        if let Err(e) = r {
+            debug!(error = %e, "connection ended");
+        }
+    };
+    Ok(match tls {
+        None => {
+            let (client, conn) = pg.connect(NoTls).await?;
+            (client, tokio::spawn(async move { log_end(conn.await) }))
+        }
+        Some(tls) => {
+            let (client, conn) = pg.connect(MakeRustlsConnect::new((*tls).clone())).await?;
+            (client, tokio::spawn(async move { log_end(conn.await) }))
+        }
+    })
+}
