@@ -11,7 +11,7 @@ use common::*;
 use tokio::process::{Child, Command};
 
 /// Instances tell themselves apart by application_name, visible in pg_stat_replication.
-fn instance(env: &Env, name: &str) -> Child {
+fn instance(env: &Env, name: &str, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
         .env(
             "PGOUTBOX_POSTGRES_URL",
@@ -19,7 +19,7 @@ fn instance(env: &Env, name: &str) -> Child {
         )
         .env("PGOUTBOX_KAFKA_BROKERS", env.kafka.bootstrap_servers())
         .env("PGOUTBOX_HA", "true")
-        .env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
+        .env("PGOUTBOX_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -41,9 +41,10 @@ async fn streaming_instances(env: &Env) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_after_leader_is_killed() {
     let env = Env::start().await;
-    let mut a = instance(&env, "instance_a");
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = instance(&env, "instance_a", port_a);
     env.wait_streaming().await;
-    let _b = instance(&env, "instance_b");
+    let _b = instance(&env, "instance_b", port_b);
     // b starts, finds the lock taken and waits: only a streams.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(streaming_instances(&env).await, ["instance_a"]);
@@ -57,6 +58,15 @@ async fn standby_takes_over_after_leader_is_killed() {
         .unwrap()
         .get(0);
     assert_eq!(locks, 1, "exactly one instance holds the HA lock");
+    // Both are ready, each in its role, so a rolling update of the pair can proceed.
+    assert_eq!(
+        get(port_a, "/readyz").await,
+        Some((200, "ready (streaming)\n".into()))
+    );
+    assert_eq!(
+        get(port_b, "/readyz").await,
+        Some((200, "ready (standby)\n".into()))
+    );
 
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
@@ -78,6 +88,12 @@ async fn standby_takes_over_after_leader_is_killed() {
     })
     .await;
     let takeover = killed.elapsed();
+    wait_for(
+        "b ready as the streamer",
+        Duration::from_secs(10),
+        || async { get(port_b, "/readyz").await == Some((200, "ready (streaming)\n".into())) },
+    )
+    .await;
     eprintln!("HA takeover after SIGKILL: {:.1} s", takeover.as_secs_f64());
     assert!(takeover < Duration::from_secs(10));
 

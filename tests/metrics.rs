@@ -7,22 +7,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A plain HTTP/1.0 GET: (status code, body).
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((code, body))
-}
 
 /// The value of the first sample whose line starts with `prefix`.
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
@@ -36,11 +20,7 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints() {
     let env = Env::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
         .env("PGOUTBOX_POSTGRES_URL", env.pg.url())
         .env("PGOUTBOX_KAFKA_BROKERS", env.kafka.bootstrap_servers())

@@ -71,7 +71,7 @@ async fn render(State(app): State<App>) -> String {
 
 async fn ready(State(app): State<App>) -> (StatusCode, String) {
     match app.health.readiness(app.max_lag_bytes) {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Ok(role) => (StatusCode::OK, format!("ready ({role})\n")),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::StreamError;
+use super::{Health, StreamError};
 use crate::config::Config;
 
 /// First key of the two-key advisory lock: "pgob" in ASCII, so pgoutbox's locks are
@@ -53,19 +53,25 @@ impl Drop for Leadership {
 pub async fn acquire(
     cfg: &Config,
     shutdown: &CancellationToken,
+    health: &Health,
 ) -> Result<Option<Leadership>, StreamError> {
     cfg.validate()?;
     let mut announced = false;
     loop {
         match try_lock(cfg).await {
-            Ok(Some(l)) => return Ok(Some(l)),
+            Ok(Some(l)) => {
+                health.set_standby(None);
+                return Ok(Some(l));
+            }
             Ok(None) => {
+                health.set_standby(Some(true));
                 if !announced {
                     info!(slot = %cfg.slot, "standby: another instance holds the HA lock");
                     announced = true;
                 }
             }
             Err(e) => {
+                health.set_standby(Some(false));
                 warn!(error = %e, "standby: cannot reach PostgreSQL to contend for the HA lock")
             }
         }

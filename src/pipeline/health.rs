@@ -1,6 +1,10 @@
 //! Liveness and readiness facts the pipeline publishes for the health endpoints.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+
+const NOT_STANDBY: u8 = 0;
+const STANDBY_OK: u8 = 1;
+const STANDBY_UNREACHABLE: u8 = 2;
 
 /// Shared between the streamer and whoever serves `/readyz`.
 #[derive(Debug)]
@@ -8,6 +12,8 @@ pub struct Health {
     streaming: AtomicBool,
     /// Current WAL − confirmed position, in bytes; −1 until first measured.
     lag_bytes: AtomicI64,
+    /// HA standby state: not a standby, or waiting with/without a reachable database.
+    standby: AtomicU8,
 }
 
 impl Default for Health {
@@ -15,6 +21,7 @@ impl Default for Health {
         Health {
             streaming: AtomicBool::new(false),
             lag_bytes: AtomicI64::new(-1),
+            standby: AtomicU8::new(NOT_STANDBY),
         }
     }
 }
@@ -38,16 +45,32 @@ impl Health {
         Some(self.lag_bytes.load(Ordering::Relaxed)).filter(|l| *l >= 0)
     }
 
-    /// Ready = streaming and (once measured) lag at most `max_lag_bytes`; else the reason.
-    pub fn readiness(&self, max_lag_bytes: i64) -> Result<(), String> {
+    /// HA: `Some(reachable)` while waiting for the lock, `None` once leader (or without HA).
+    pub fn set_standby(&self, state: Option<bool>) {
+        let v = match state {
+            None => NOT_STANDBY,
+            Some(true) => STANDBY_OK,
+            Some(false) => STANDBY_UNREACHABLE,
+        };
+        self.standby.store(v, Ordering::Relaxed);
+    }
+
+    /// Ready = doing its job: streaming with (once measured) lag at most `max_lag_bytes`, or,
+    /// under HA, standing by with the database reachable (so rolling updates of a two-replica
+    /// deployment can proceed). `Ok` carries the role, `Err` the reason.
+    pub fn readiness(&self, max_lag_bytes: i64) -> Result<&'static str, String> {
         if !self.streaming() {
-            return Err("not streaming".into());
+            return match self.standby.load(Ordering::Relaxed) {
+                STANDBY_OK => Ok("standby"),
+                STANDBY_UNREACHABLE => Err("standby cannot reach PostgreSQL".into()),
+                _ => Err("not streaming".into()),
+            };
         }
         match self.lag_bytes() {
             Some(lag) if lag > max_lag_bytes => {
                 Err(format!("slot lag {lag} bytes exceeds {max_lag_bytes}"))
             }
-            _ => Ok(()),
+            _ => Ok("streaming"),
         }
     }
 }
@@ -65,6 +88,17 @@ mod tests {
         h.set_lag_bytes(500);
         assert!(h.readiness(100).unwrap_err().contains("500"));
         h.set_lag_bytes(50);
-        assert!(h.readiness(100).is_ok());
+        assert_eq!(h.readiness(100), Ok("streaming"));
+    }
+
+    #[test]
+    fn a_healthy_standby_is_ready() {
+        let h = Health::default();
+        h.set_standby(Some(true));
+        assert_eq!(h.readiness(100), Ok("standby"));
+        h.set_standby(Some(false));
+        assert!(h.readiness(100).unwrap_err().contains("cannot reach"));
+        h.set_standby(None);
+        assert_eq!(h.readiness(100), Err("not streaming".into()));
     }
 }

@@ -159,7 +159,8 @@ impl Streamer {
             return self.stream(shutdown).await;
         }
         loop {
-            let Some(mut leadership) = ha::acquire(&self.cfg, &shutdown).await? else {
+            let Some(mut leadership) = ha::acquire(&self.cfg, &shutdown, &self.health).await?
+            else {
                 return Ok(());
             };
             info!(slot = %self.cfg.slot, "leader: holding the HA lock, streaming");
