@@ -75,7 +75,17 @@ impl std::fmt::Debug for Config {
             .field("status_interval", &self.status_interval)
             .field("max_in_flight_events", &self.max_in_flight_events)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
-            .finish_non_exhaustive()
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("create_slot", &self.create_slot)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("ha", &self.ha)
+            .field(
+                "tls",
+                &self
+                    .tls_settings()
+                    .map_or_else(|e| format!("invalid: {e}"), |t| format!("{t:?}")),
+            )
+            .finish()
     }
 }
 

@@ -115,3 +115,37 @@ async fn sigterm_under_load_then_restart_sends_nothing_twice() {
     );
     assert!(sigterm(&mut child).await.success());
 }
+
+/// A second SIGTERM while the first is still waiting for acks exits at once (code 130).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_binary(&env, &dir.path().join("log"));
+    env.wait_streaming().await;
+    // With the brokers down, events stay in flight and the graceful stop has to wait.
+    env.kafka.set_brokers_up(false).unwrap();
+    env.commit(&workload(0, 5)).await;
+    let end = env.current_lsn().await;
+    wait_for("events read", Duration::from_secs(10), || async {
+        env.reported_write().await.is_some_and(|w| w >= end)
+    })
+    .await;
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for acks"
+    );
+    let t = std::time::Instant::now();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("exits at once")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(t.elapsed() < Duration::from_secs(2));
+    env.kafka.set_brokers_up(true).unwrap();
+}

@@ -37,6 +37,8 @@ enum Command {
     Check(Box<SettingArgs>),
     /// Show the slot: active pid, confirmed and restart LSN, retained WAL, lag.
     Status(StatusArgs),
+    /// Print the effective configuration (secrets redacted) without connecting anywhere.
+    Config(Box<SettingArgs>),
     /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker.
     Demo(demo::DemoArgs),
 }
@@ -65,6 +67,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Setup(args)) => admin::setup(admin(args)?).await,
         Some(Command::Check(args)) => admin::check(admin(args)?).await,
         Some(Command::Status(a)) => admin::status(admin(a.settings)?, a.json).await,
+        Some(Command::Config(args)) => {
+            let settings = Settings::load(*args)?;
+            let cfg = settings.config(true)?;
+            // Config's Debug redacts every secret.
+            println!("{cfg:#?}");
+            Ok(())
+        }
         Some(Command::Run(args)) => run(args).await,
         None => run(cli.settings).await,
     }
