@@ -63,3 +63,36 @@ pub async fn connect(cfg: &Config) -> Result<(Client, JoinHandle<()>), ConnectEr
         }
     })
 }
+
+/// A connection opened on first use and reopened after a failure, for periodic background
+/// work (heartbeat, slot monitor) that must survive database restarts.
+pub struct LazyClient {
+    cfg: Config,
+    client: Option<Client>,
+}
+
+impl LazyClient {
+    pub fn new(cfg: Config) -> Self {
+        LazyClient { cfg, client: None }
+    }
+
+    /// Runs `f` on the connection, connecting first if needed; a failure drops the connection
+    /// so the next call reconnects. Errors come back as text for logging.
+    pub async fn with<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, String> {
+        if self.client.is_none() {
+            let (client, _conn) = connect(&self.cfg).await.map_err(|e| e.to_string())?;
+            self.client = Some(client);
+        }
+        let Some(client) = &self.client else {
+            return Err("not connected".into());
+        };
+        let r = f(client).await.map_err(|e| describe(&e));
+        if r.is_err() {
+            self.client = None;
+        }
+        r
+    }
+}

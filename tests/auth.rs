@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
@@ -87,29 +86,5 @@ async fn least_privilege_role_streams_with_scram() {
     );
     let mut cfg = Config::new(url, kafka.bootstrap_servers());
     cfg.status_interval = Duration::from_millis(200);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let streamer = pgoutbox::Streamer::new(cfg).unwrap();
-    let task = {
-        let s = shutdown.clone();
-        tokio::spawn(async move { streamer.run(s).await })
-    };
-    let e = Event::new(1, "order", "o-1");
-    wait_slot_active(&db).await;
-    db.batch_execute(&tx_sql(std::slice::from_ref(&e), "COMMIT"))
-        .await
-        .unwrap();
-    let reader = pgoutbox::embedded::TopicReader::new(
-        kafka.bootstrap_servers(),
-        &[("outbox.event.order", 1)],
-    )
-    .unwrap();
-    let got = read_until_all(
-        &reader,
-        &HashSet::from([e.id.clone()]),
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(got.len(), 1);
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    deliver_one_event(cfg, &db).await.stop().await;
 }

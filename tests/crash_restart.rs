@@ -4,53 +4,23 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use tokio::process::{Child, Command};
-
-fn spawn_binary(env: &Env, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
-        .arg("run")
-        .env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
-        .env("PGOUTBOX_POSTGRES_URL", env.pg.url())
-        .env("PGOUTBOX_KAFKA_BROKERS", env.kafka.bootstrap_servers())
-        .env("PGOUTBOX_STATUS_INTERVAL_MS", "100")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn pgoutbox")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing() {
     let env = Env::start().await;
     let logdir = tempfile::tempdir().unwrap();
     let log = logdir.path().join("pgoutbox.log");
-    let mut child = spawn_binary(&env, &log);
+    let status_100ms = [("PGOUTBOX_STATUS_INTERVAL_MS", "100")];
+    let mut child = env.spawn_binary(&log, &status_100ms);
     env.wait_streaming().await;
 
     // Continuous load: 400 transactions of 1–10 events, a few milliseconds apart.
     let txs = workload(0, 400);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let writer = {
-        let db = connect(&env.pg.url()).await;
-        let txs = txs.clone();
-        tokio::spawn(async move {
-            for tx in &txs {
-                db.batch_execute(&tx_sql(tx, "COMMIT")).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(4)).await;
-            }
-        })
-    };
+    let writer = env.spawn_writer(txs, Duration::from_millis(4));
 
     // Kill -9 three times under load; each time restart after a short outage.
     let mut kills_with_unconfirmed_wal = 0;
@@ -62,7 +32,7 @@ async fn sigkill_mid_stream_loses_nothing() {
             kills_with_unconfirmed_wal += 1;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        child = spawn_binary(&env, &log);
+        child = env.spawn_binary(&log, &status_100ms);
     }
     writer.await.unwrap();
     let end = env.current_lsn().await;

@@ -70,15 +70,7 @@ async fn standby_takes_over_after_leader_is_killed() {
 
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let writer = {
-        let db = connect(&env.pg.url()).await;
-        tokio::spawn(async move {
-            for tx in &txs {
-                db.batch_execute(&tx_sql(tx, "COMMIT")).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = env.spawn_writer(txs, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(700)).await;
     a.start_kill().unwrap();
     a.wait().await.unwrap();

@@ -8,35 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Commits `txs` with a small pause between transactions, in the background.
-async fn load(env: &Env, txs: Vec<Vec<Event>>) -> tokio::task::JoinHandle<()> {
-    let url = env.pg.url();
-    tokio::spawn(async move {
-        let mut db = connect(&url).await;
-        for tx in &txs {
-            // The server may be restarting: retry the transaction until it commits.
-            loop {
-                match db.batch_execute(&tx_sql(tx, "COMMIT")).await {
-                    Ok(()) => break,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        if let Ok((c, conn)) = url
-                            .parse::<tokio_postgres::Config>()
-                            .unwrap()
-                            .connect(tokio_postgres::NoTls)
-                            .await
-                        {
-                            tokio::spawn(conn);
-                            db = c;
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-}
-
 async fn assert_all_arrive(env: &Env, ids: &HashSet<String>) {
     let reader = env.reader();
     let got = read_until_all(&reader, ids, Duration::from_secs(90)).await;
@@ -52,7 +23,7 @@ async fn walsender_terminated_under_load_loses_nothing() {
     env.wait_streaming().await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let writer = load(&env, txs).await;
+    let writer = env.spawn_writer(txs, Duration::from_millis(5));
     let mut terminated = 0;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -87,7 +58,7 @@ async fn postgres_restart_under_load_loses_nothing() {
     env.wait_streaming().await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let writer = load(&env, txs).await;
+    let writer = env.spawn_writer(txs, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pg = env.pg;
     let pg = tokio::task::spawn_blocking(move || {

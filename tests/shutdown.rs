@@ -4,32 +4,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-fn spawn_binary(env: &Env, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
-        .env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
-        .env("PGOUTBOX_POSTGRES_URL", env.pg.url())
-        .env("PGOUTBOX_KAFKA_BROKERS", env.kafka.bootstrap_servers())
-        .env("RUST_LOG", "info")
-        // A small budget keeps the reader paused inside large transactions, so a stop
-        // usually lands mid-transaction: the case that must not cause duplicates.
-        .env("PGOUTBOX_MAX_IN_FLIGHT_EVENTS", "50")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
+/// A small budget keeps the reader paused inside large transactions, so a stop usually lands
+/// mid-transaction: the case that must not cause duplicates.
+const SMALL_BUDGET: [(&str, &str); 1] = [("PGOUTBOX_MAX_IN_FLIGHT_EVENTS", "50")];
 
 async fn sigterm(child: &mut Child) -> std::process::ExitStatus {
     // SAFETY: kill(2) on our own child.
@@ -45,7 +27,7 @@ async fn sigterm_under_load_then_restart_sends_nothing_twice() {
     let env = Env::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("pgoutbox.log");
-    let mut child = spawn_binary(&env, &log);
+    let mut child = env.spawn_binary(&log, &SMALL_BUDGET);
     env.wait_streaming().await;
 
     // 30 transactions of 300 events.
@@ -64,16 +46,7 @@ async fn sigterm_under_load_then_restart_sends_nothing_twice() {
         })
         .collect();
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let writer = {
-        let db = connect(&env.pg.url()).await;
-        let txs = txs.clone();
-        tokio::spawn(async move {
-            for tx in &txs {
-                db.batch_execute(&tx_sql(tx, "COMMIT")).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(40)).await;
-            }
-        })
-    };
+    let writer = env.spawn_writer(txs, Duration::from_millis(40));
 
     // Two graceful stops in the middle of the load, each followed by a restart.
     let mut stops_with_pending_wal = 0;
@@ -85,7 +58,7 @@ async fn sigterm_under_load_then_restart_sends_nothing_twice() {
         if env.confirmed_flush().await.unwrap() < env.current_lsn().await {
             stops_with_pending_wal += 1;
         }
-        child = spawn_binary(&env, &log);
+        child = env.spawn_binary(&log, &SMALL_BUDGET);
     }
     writer.await.unwrap();
 
@@ -121,7 +94,7 @@ async fn sigterm_under_load_then_restart_sends_nothing_twice() {
 async fn second_signal_exits_at_once() {
     let env = Env::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_binary(&env, &dir.path().join("log"));
+    let mut child = env.spawn_binary(&dir.path().join("log"), &[]);
     env.wait_streaming().await;
     // With the brokers down, events stay in flight and the graceful stop has to wait.
     env.kafka.set_brokers_up(false).unwrap();

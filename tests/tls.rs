@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -214,29 +213,7 @@ async fn streams_over_verify_full_tls() {
     cfg.sslrootcert = Some(pki.ca.clone());
     cfg.kafka.brokers = kafka.bootstrap_servers().to_owned();
     cfg.heartbeat_interval = Some(Duration::from_secs(1));
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let streamer = pgoutbox::Streamer::new(cfg).unwrap();
-    let task = {
-        let s = shutdown.clone();
-        tokio::spawn(async move { streamer.run(s).await })
-    };
-    wait_slot_active(&db).await;
-    let e = Event::new(1, "order", "o-1");
-    db.batch_execute(&tx_sql(std::slice::from_ref(&e), "COMMIT"))
-        .await
-        .unwrap();
-    let reader = pgoutbox::embedded::TopicReader::new(
-        kafka.bootstrap_servers(),
-        &[("outbox.event.order", 1)],
-    )
-    .unwrap();
-    let got = read_until_all(
-        &reader,
-        &HashSet::from([e.id.clone()]),
-        Duration::from_secs(30),
-    )
-    .await;
-    assert_eq!(got.len(), 1);
+    let running = deliver_one_event(cfg, &db).await;
     // The walsender and every session of tls_user (preflight, heartbeat, monitor) use TLS.
     let walsender_ssl: bool = db
         .query_one(
@@ -257,6 +234,5 @@ async fn streams_over_verify_full_tls() {
         .unwrap()
         .get(0);
     assert_eq!(plaintext, 0);
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }

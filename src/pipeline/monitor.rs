@@ -18,21 +18,12 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn run(cfg: Config, health: Arc<Health>) {
     let retained = metrics::gauge!(m::SLOT_RETAINED_WAL);
     let lag = metrics::gauge!(m::SLOT_LAG);
-    let mut client = None;
+    let slot = cfg.slot.clone();
+    let mut pg = crate::pg::LazyClient::new(cfg);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     loop {
         tick.tick().await;
-        if client.is_none() {
-            match crate::pg::connect(&cfg).await {
-                Ok((c, _conn)) => client = Some(c),
-                Err(e) => {
-                    debug!(error = %e, "slot monitor cannot connect");
-                    continue;
-                }
-            }
-        }
-        let Some(c) = &client else { continue };
-        match slot_status(c, &cfg.slot).await {
+        match pg.with(async |c| slot_status(c, &slot).await).await {
             Ok(s) => {
                 if let Some(r) = s.retained_wal_bytes {
                     retained.set(r as f64);
@@ -42,10 +33,7 @@ pub async fn run(cfg: Config, health: Arc<Health>) {
                     health.set_lag_bytes(l);
                 }
             }
-            Err(e) => {
-                debug!(error = %e, "slot monitor query failed");
-                client = None;
-            }
+            Err(e) => debug!(error = %e, "slot monitor query failed"),
         }
     }
 }

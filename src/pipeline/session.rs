@@ -124,26 +124,17 @@ pub(super) async fn run(
 async fn heartbeat(cfg: Config, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut client = None;
+    let mut pg = crate::pg::LazyClient::new(cfg);
     loop {
         tick.tick().await;
-        if client.is_none() {
-            match crate::pg::connect(&cfg).await {
-                Ok((c, _conn)) => client = Some(c),
-                Err(e) => {
-                    warn!(error = %e, "heartbeat: cannot connect");
-                    continue;
-                }
-            }
-        }
-        if let Some(c) = &client {
-            let r = c
-                .batch_execute("SELECT pg_logical_emit_message(false, 'pgoutbox.heartbeat', '')")
-                .await;
-            if let Err(e) = r {
-                warn!(error = %e, "heartbeat failed");
-                client = None;
-            }
+        let beat = pg
+            .with(async |c| {
+                c.batch_execute("SELECT pg_logical_emit_message(false, 'pgoutbox.heartbeat', '')")
+                    .await
+            })
+            .await;
+        if let Err(e) = beat {
+            warn!(error = %e, "heartbeat failed");
         }
     }
 }

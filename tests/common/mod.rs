@@ -56,11 +56,51 @@ impl Env {
 
     /// Runs the streamer in-process until the returned token is cancelled.
     pub fn spawn_streamer(&self, cfg: Config) -> Running {
-        let shutdown = CancellationToken::new();
-        let streamer = Streamer::new(cfg).unwrap();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move { streamer.run(token).await });
-        Running { shutdown, task }
+        spawn_streamer(cfg)
+    }
+
+    /// The real binary against this Postgres and Kafka (metrics on an ephemeral port), its
+    /// stderr appended to `log`; `extra` adds environment variables.
+    pub fn spawn_binary(
+        &self,
+        log: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> tokio::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+            .arg("run")
+            .env("PGOUTBOX_POSTGRES_URL", self.pg.url())
+            .env("PGOUTBOX_KAFKA_BROKERS", self.kafka.bootstrap_servers())
+            .env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .envs(extra.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn pgoutbox")
+    }
+
+    /// Commits `txs` in the background, `pause` apart. A transaction whose connection broke
+    /// (the server may be restarting) is retried on a new connection until it commits.
+    pub fn spawn_writer(&self, txs: Vec<Vec<Event>>, pause: Duration) -> JoinHandle<()> {
+        let url = self.pg.url();
+        tokio::spawn(async move {
+            let mut db = connect(&url).await;
+            for tx in &txs {
+                while db.batch_execute(&tx_sql(tx, "COMMIT")).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Ok(c) = try_connect(&url).await {
+                        db = c;
+                    }
+                }
+                tokio::time::sleep(pause).await;
+            }
+        })
     }
 
     /// A reader of every outbox topic from the beginning.
@@ -142,6 +182,36 @@ impl Env {
     }
 }
 
+/// Runs a streamer in-process until the returned token is cancelled.
+pub fn spawn_streamer(cfg: Config) -> Running {
+    let shutdown = CancellationToken::new();
+    let streamer = Streamer::new(cfg).unwrap();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { streamer.run(token).await });
+    Running { shutdown, task }
+}
+
+/// Starts a streamer with `cfg` (whose Kafka has topic `outbox.event.order`, 1 partition),
+/// commits one event through `db` and checks a consumer reads it. Returns the running streamer.
+pub async fn deliver_one_event(cfg: Config, db: &Client) -> Running {
+    let brokers = cfg.kafka.brokers.clone();
+    let running = spawn_streamer(cfg);
+    wait_slot_active(db).await;
+    let e = Event::new(1, "order", "o-1");
+    db.batch_execute(&tx_sql(std::slice::from_ref(&e), "COMMIT"))
+        .await
+        .unwrap();
+    let reader = TopicReader::new(&brokers, &[("outbox.event.order", 1)]).unwrap();
+    let got = read_until_all(
+        &reader,
+        &std::collections::HashSet::from([e.id.clone()]),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    running
+}
+
 /// Waits until slot `pgoutbox` is being streamed.
 pub async fn wait_slot_active(db: &Client) {
     wait_for("slot active", Duration::from_secs(30), || async {
@@ -175,14 +245,17 @@ impl Running {
 }
 
 pub async fn connect(url: &str) -> Client {
+    try_connect(url).await.unwrap()
+}
+
+pub async fn try_connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, conn) = url
         .parse::<tokio_postgres::Config>()
         .unwrap()
         .connect(NoTls)
-        .await
-        .unwrap();
+        .await?;
     tokio::spawn(conn);
-    client
+    Ok(client)
 }
 
 pub fn topic(aggregate_type: &str) -> String {
