@@ -132,7 +132,7 @@ impl Config {
         // tokio-postgres knows neither verify-* nor sslrootcert: pgoutbox handles TLS itself.
         let (url, _, _) = crate::tls::split_tls_params(&self.postgres_url);
         let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            ConfigError::PostgresUrl(redact_secrets(&e.to_string(), &self.postgres_url))
+            ConfigError::PostgresUrl(redact_secrets(&crate::pg::describe(&e), &self.postgres_url))
         })?;
         cfg.ssl_mode(match self.tls_settings()?.mode {
             crate::tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,

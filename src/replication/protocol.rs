@@ -5,6 +5,9 @@ use postgres_protocol::message::backend;
 
 use crate::lsn::Lsn;
 
+/// A backend message as postgres-protocol parses it (all but CopyBothResponse).
+pub use postgres_protocol::message::backend::Message as BackendMessage;
+
 /// A message the server sends inside CopyData during `START_REPLICATION`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationMessage {

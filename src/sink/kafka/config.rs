@@ -25,6 +25,8 @@ pub enum KafkaConfigError {
     },
     #[error("invalid Kafka property {0:?}: expected key=value")]
     Malformed(String),
+    #[error("Kafka configuration rejected by librdkafka: {0}")]
+    Rejected(String),
 }
 
 /// Properties we set unless the user overrides them (documented in README).
@@ -77,6 +79,9 @@ impl KafkaConfig {
         for (k, ok, _) in ENFORCED {
             c.set(*k, ok[0]);
         }
+        // librdkafka checks names and values here, without any network: a typo fails at start.
+        c.create_native_config()
+            .map_err(|e| KafkaConfigError::Rejected(e.to_string()))?;
         Ok(c)
     }
 }
@@ -125,6 +130,18 @@ mod tests {
         let producer: Result<rdkafka::producer::BaseProducer, _> =
             cfg.producer_config().unwrap().create();
         assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
+    fn unknown_and_invalid_properties_fail_early() {
+        for (k, v) in [("no.such.property", "1"), ("linger.ms", "soon")] {
+            let cfg = KafkaConfig {
+                brokers: "b".into(),
+                properties: vec![(k.into(), v.into())],
+            };
+            let e = cfg.producer_config().unwrap_err().to_string();
+            assert!(e.contains(k), "{e}");
+        }
     }
 
     #[test]
