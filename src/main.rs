@@ -21,8 +21,17 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::main(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, what went wrong and (from the library's messages) what to do.
-            eprintln!("pgoutbox: error: {e:#}");
+            // One line: what went wrong and (from the library's messages) what to do, with
+            // each cause once even if a message already quotes it.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !line.contains(&c) {
+                    line.push_str(": ");
+                    line.push_str(&c);
+                }
+            }
+            eprintln!("pgoutbox: error: {line}");
             ExitCode::FAILURE
         }
     }

@@ -16,8 +16,15 @@ pub enum ConnectError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    // Rendered by describe(), so not also a `source()`.
     #[error("PostgreSQL: {}", describe(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for ConnectError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ConnectError::Postgres(e)
+    }
 }
 
 /// The whole story of a tokio-postgres error. Its `Display` says only "db error" or "error

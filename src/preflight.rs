@@ -73,8 +73,15 @@ pub enum PreflightError {
         "all {max} WAL senders are in use: stop another replication client or raise max_wal_senders (restart required)"
     )]
     NoSenderHeadroom { max: i64 },
+    // Rendered by describe(), so not also a `source()`.
     #[error("checking PostgreSQL setup: {}", crate::pg::describe(.0))]
-    Query(#[from] tokio_postgres::Error),
+    Query(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for PreflightError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PreflightError::Query(e)
+    }
 }
 
 impl PreflightError {

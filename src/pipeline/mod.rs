@@ -36,8 +36,10 @@ pub enum StreamError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    // Display renders the cause (pg::describe), so it is not also a `source()`: the CLI prints
+    // the chain, and the server's message would appear twice.
     #[error("PostgreSQL: {}", crate::pg::describe(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
@@ -52,6 +54,21 @@ pub enum StreamError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    #[error("delivering event {event} ({bytes} bytes to topic {topic}, WAL {lsn}) failed: {error}{hint}",
+        error = .cause.error,
+        hint = refusal_hint(.cause))]
+    Refused {
+        event: String,
+        topic: String,
+        bytes: usize,
+        lsn: Lsn,
+        /// Rendered in the message, so deliberately not a `source()`.
+        cause: Box<DeliveryError>,
+    },
+    #[error(
+        "replication slot {slot:?} is in use by PID {pid} (another pgoutbox or replication client): waiting for it to be released; run standbys with ha = true, or give each instance its own slot"
+    )]
+    SlotBusy { slot: String, pid: String },
     #[error(
         "replication slot {0:?} disappeared while pgoutbox was using it: events may have been missed; recreate the slot and resync deliberately"
     )]
@@ -82,6 +99,8 @@ impl StreamError {
                 )
             }
             StreamError::Delivery(e) => e.class == ErrorClass::Final,
+            StreamError::Refused { cause, .. } => cause.class == ErrorClass::Final,
+            StreamError::SlotBusy { .. } => false,
         }
     }
 }
@@ -92,6 +111,29 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+impl From<tokio_postgres::Error> for StreamError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StreamError::Postgres(e)
+    }
+}
+
+/// What to change when Kafka refuses a record for good.
+fn refusal_hint(e: &DeliveryError) -> &'static str {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+    match &e.error {
+        KafkaError::MessageProduction(C::MessageSizeTooLarge) => {
+            "; raise the producer's message.max.bytes (-X) and the topic's max.message.bytes, or make the payload smaller"
+        }
+        KafkaError::MessageProduction(C::UnknownTopicOrPartition | C::UnknownTopic) => {
+            "; create the topic, or enable topic auto-creation on the brokers"
+        }
+        KafkaError::MessageProduction(C::TopicAuthorizationFailed) => {
+            "; grant this client WRITE (and IDEMPOTENT_WRITE) on the topic"
+        }
+        _ => "",
     }
 }
 
@@ -216,8 +258,12 @@ impl Streamer {
                         backoff.reset();
                     }
                     let wait = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?wait, confirmed = %progress.confirmed,
-                        "stream stopped; reconnecting and resuming from the slot");
+                    if progress.streaming_since.is_some() {
+                        warn!(error = %e, retry_in = ?wait, confirmed = %progress.confirmed,
+                            "stream stopped; reconnecting and resuming from the slot");
+                    } else {
+                        warn!(error = %e, retry_in = ?wait, "cannot stream yet; retrying");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}

@@ -26,6 +26,8 @@ use crate::watermark::{TxId, Watermark};
 
 /// SQLSTATE undefined_object: START_REPLICATION on a slot that is gone.
 const UNDEFINED_OBJECT: &str = "42704";
+/// SQLSTATE object_in_use: the slot is streamed by another process.
+const OBJECT_IN_USE: &str = "55006";
 
 /// Travels with each record through librdkafka and comes back in its delivery report.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ struct Ticket {
     event_id: Bytes,
     /// Index into the session's per-topic delivered counters.
     topic: u32,
+    /// WAL position of the insert, for error messages.
+    lsn: Lsn,
 }
 
 /// Runs one session. `slot_known` survives reconnects: a slot that existed once and is gone
@@ -88,6 +92,14 @@ pub(super) async fn run(
     {
         Err(e) if e.sqlstate() == Some(UNDEFINED_OBJECT) && *slot_known => {
             return Err(StreamError::SlotLost(cfg.slot.clone()))
+        }
+        Err(ReplicationError::Server(db)) if db.code == OBJECT_IN_USE => {
+            // "replication slot "x" is active for PID 123": name the holder.
+            let pid = db.message.rsplit(' ').next().unwrap_or("?").to_owned();
+            return Err(StreamError::SlotBusy {
+                slot: cfg.slot.clone(),
+                pid,
+            });
         }
         other => other?,
     };
@@ -310,16 +322,29 @@ impl<'a> Session<'a> {
                 count_error(ErrorClass::Backpressure);
                 Ok(Some((rec, ticket)))
             }
-            Err(SendError::Rejected(_, e)) => {
+            Err(SendError::Rejected(ticket, e)) => {
                 count_error(e.class);
-                Err(e.into())
+                Err(refused(&ticket, &rec.topic, e))
             }
         }
     }
 
     fn on_delivery(&mut self, d: Delivery<Ticket>) -> Result<(), StreamError> {
         let Delivery { ticket, result } = d;
-        let acked = result.inspect_err(|e| count_error(e.class))?;
+        let acked = match result {
+            Ok(a) => a,
+            Err(e) => {
+                count_error(e.class);
+                let topic = self
+                    .meters
+                    .topic_ids
+                    .iter()
+                    .find(|(_, id)| **id == ticket.topic)
+                    .map(|(t, _)| t.clone())
+                    .unwrap_or_default();
+                return Err(refused(&ticket, &topic, e));
+            }
+        };
         self.wm.ack(ticket.tx)?;
         self.budget.release(ticket.bytes);
         self.meters.in_flight(&self.budget);
@@ -393,6 +418,7 @@ impl<'a> Session<'a> {
                         commit_time,
                         event_id: rec.event_id.clone(),
                         topic: self.meters.topic_id(&rec.topic),
+                        lsn: rec.lsn,
                     };
                     return Ok(Step::Produce(rec, ticket));
                 }
@@ -472,6 +498,17 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A delivery error with the event it concerns.
+fn refused(ticket: &Ticket, topic: &str, cause: crate::sink::kafka::DeliveryError) -> StreamError {
+    StreamError::Refused {
+        event: String::from_utf8_lossy(&ticket.event_id).into_owned(),
+        topic: topic.to_owned(),
+        bytes: ticket.bytes,
+        lsn: ticket.lsn,
+        cause: Box::new(cause),
     }
 }
 
