@@ -42,6 +42,9 @@ pub struct Config {
     pub heartbeat_interval: Option<Duration>,
     /// Hot standby: stream only while holding the HA advisory lock for the slot. Default off.
     pub ha: bool,
+    /// A replication connection that delivers nothing for this long (while pgoutbox is waiting
+    /// on it, and although it asked the server for a reply) is dead: reconnect. Default 60 s.
+    pub replication_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -79,6 +82,7 @@ impl std::fmt::Debug for Config {
             .field("create_slot", &self.create_slot)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("ha", &self.ha)
+            .field("replication_timeout", &self.replication_timeout)
             .field(
                 "tls",
                 &self
@@ -100,6 +104,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("replication_timeout must be more than twice the status interval")]
+    ReplicationTimeout,
 }
 
 impl Config {
@@ -124,6 +130,7 @@ impl Config {
             create_slot: true,
             heartbeat_interval: None,
             ha: false,
+            replication_timeout: Duration::from_secs(60),
         }
     }
 
@@ -184,6 +191,9 @@ impl Config {
         }
         if self.status_interval.is_zero() {
             return Err(ConfigError::Zero("status_interval"));
+        }
+        if self.replication_timeout <= self.status_interval * 2 {
+            return Err(ConfigError::ReplicationTimeout);
         }
         Ok(())
     }

@@ -122,6 +122,8 @@ settings! {
     max_in_flight_events: usize = 10_000, "PGOUTBOX_MAX_IN_FLIGHT_EVENTS";
     /// Pause reading WAL while in-flight events hold this many bytes [default: 33554432]
     max_in_flight_bytes: usize = 32 << 20, "PGOUTBOX_MAX_IN_FLIGHT_BYTES";
+    /// Seconds without any message from PostgreSQL (a reply is requested first) before the replication connection counts as dead [default: 60]
+    replication_timeout_secs: u64 = 60, "PGOUTBOX_REPLICATION_TIMEOUT_SECS";
     /// Seconds to wait for in-flight acks on SIGTERM/SIGINT [default: 10]
     shutdown_timeout_secs: u64 = 10, "PGOUTBOX_SHUTDOWN_TIMEOUT_SECS";
     /// Create the slot when it is missing at start (true/false) [default: true]
@@ -188,6 +190,7 @@ impl Settings {
         cfg.max_in_flight_events = self.max_in_flight_events;
         cfg.max_in_flight_bytes = self.max_in_flight_bytes;
         cfg.shutdown_timeout = Duration::from_secs(self.shutdown_timeout_secs);
+        cfg.replication_timeout = Duration::from_secs(self.replication_timeout_secs);
         cfg.create_slot = self.create_slot;
         cfg.ha = self.ha;
         cfg.heartbeat_interval = (self.heartbeat_interval_secs > 0)

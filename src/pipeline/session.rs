@@ -268,6 +268,9 @@ impl<'a> Session<'a> {
         let mut pending: Option<(OutboxRecord, Ticket)> = None;
         // Set by shutdown: stop at the next transaction boundary, then drain acks.
         let mut stop_by: Option<tokio::time::Instant> = None;
+        // Last time the server was heard from, counted only while we wait on the socket.
+        let mut heard = Instant::now();
+        let timeout = self.cfg.replication_timeout;
         loop {
             if let Some((rec, ticket)) = pending.take() {
                 pending = self.produce(sink, rec, ticket)?;
@@ -282,6 +285,10 @@ impl<'a> Session<'a> {
                 }
             }
             let can_read = pending.is_none() && self.budget.has_room();
+            if !can_read {
+                // Not reading on purpose (backpressure): silence proves nothing.
+                heard = Instant::now();
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if stop_by.is_none() => {
@@ -290,13 +297,23 @@ impl<'a> Session<'a> {
                     stop_by = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
                 }
                 // Status first: it must flow whatever else is busy (wal_sender_timeout).
-                _ = tick.tick() => self.send_status(stream, false).await?,
+                _ = tick.tick() => {
+                    let silent = heard.elapsed();
+                    if silent > timeout {
+                        return Err(StreamError::Replication(ReplicationError::Silent(silent)));
+                    }
+                    // Past half the timeout, ask for a reply: a live server answers at once.
+                    self.send_status(stream, silent > timeout / 2).await?;
+                }
                 Some(d) = acks.recv() => self.on_delivery(d)?,
-                msg = stream.recv(), if can_read => match self.on_message(msg?)? {
-                    Step::Continue => {}
-                    Step::Reply => self.send_status(stream, false).await?,
-                    Step::Produce(rec, ticket) => pending = self.produce(sink, rec, ticket)?,
-                },
+                msg = stream.recv(), if can_read => {
+                    heard = Instant::now();
+                    match self.on_message(msg?)? {
+                        Step::Continue => {}
+                        Step::Reply => self.send_status(stream, false).await?,
+                        Step::Produce(rec, ticket) => pending = self.produce(sink, rec, ticket)?,
+                    }
+                }
                 _ = tokio::time::sleep(Duration::from_millis(5)), if pending.is_some() => {}
                 _ = sleep_until_opt(stop_by) => {}
             }

@@ -40,6 +40,8 @@ pub enum ReplicationError {
     Tls(String),
     #[error("TLS: the server's certificate was rejected: {0} (check sslmode and sslrootcert)")]
     Certificate(String),
+    #[error("nothing received from the server for {0:.0?} although a reply was requested: connection presumed dead")]
+    Silent(Duration),
 }
 
 impl ReplicationError {
@@ -243,7 +245,17 @@ impl ReplicationClient {
     pub async fn connect(cfg: &ConnectConfig) -> Result<Self, ReplicationError> {
         let mut last = None;
         for host in &cfg.hosts {
-            match Self::connect_one(cfg, host).await {
+            // Bounds the whole handshake (TCP, TLS, startup, authentication): a link that
+            // accepts but never answers must not hang a reconnect.
+            let attempt = tokio::time::timeout(cfg.connect_timeout, Self::connect_one(cfg, host))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ReplicationError::Connect {
+                        addr: format!("{host:?}"),
+                        source: io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"),
+                    })
+                });
+            match attempt {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     warn!(?host, error = %e, "replication connection attempt failed");

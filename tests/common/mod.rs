@@ -3,6 +3,8 @@
 //! to read what a consumer and `pg_replication_slots` actually say.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,90 @@
+//! The link to PostgreSQL cut, and stalled longer than wal_sender_timeout and the streamer's
+//! replication timeout: the dead link is detected while still stalled, and after it heals
+//! every event arrives.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::proxy::Proxy;
+use common::*;
+
+async fn through_proxy(env: &Env) -> (Proxy, tempfile::TempDir, tokio::process::Child) {
+    for sql in [
+        "ALTER SYSTEM SET wal_sender_timeout = '2s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        env.db.batch_execute(sql).await.unwrap();
+    }
+    let proxy = Proxy::start(env.pg.port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=2",
+        proxy.port
+    );
+    let child = env.spawn_binary(
+        &dir.path().join("log"),
+        &[
+            ("PGOUTBOX_POSTGRES_URL", &url),
+            ("PGOUTBOX_STATUS_INTERVAL_MS", "200"),
+            ("PGOUTBOX_REPLICATION_TIMEOUT_SECS", "3"),
+        ],
+    );
+    env.wait_streaming().await;
+    (proxy, dir, child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_link_is_detected_and_nothing_is_lost() {
+    let env = Env::start().await;
+    let (proxy, dir, _child) = through_proxy(&env).await;
+    let log = dir.path().join("log");
+    let before = workload(0, 20);
+    let during = workload(10_000, 20);
+    let ids: HashSet<String> = before
+        .iter()
+        .chain(&during)
+        .flatten()
+        .map(|e| e.id.clone())
+        .collect();
+    env.commit(&before).await;
+
+    proxy.stall();
+    env.commit(&during).await;
+    // Detected while the link is still stalled: nothing arrives although a reply was asked.
+    wait_for("dead link detected", Duration::from_secs(15), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("connection presumed dead")
+    })
+    .await;
+    proxy.pass();
+
+    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(60)).await;
+    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
+    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
+    assert_eq!(order_violations(&got), 0);
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_link_under_load_loses_nothing() {
+    let env = Env::start().await;
+    let (proxy, _dir, _child) = through_proxy(&env).await;
+    let txs = workload(0, 300);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let writer = env.spawn_writer(txs, Duration::from_millis(5));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.cut();
+    }
+    writer.await.unwrap();
+    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(60)).await;
+    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
+    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
+    assert_eq!(order_violations(&got), 0);
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+}
