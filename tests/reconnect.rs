@@ -53,6 +53,17 @@ async fn walsender_terminated_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_under_load_loses_nothing() {
+    restart_under_load("fast").await;
+}
+
+/// `-m immediate` is a crash: PostgreSQL recovers, and the slot may fall back to its last
+/// checkpointed position, so events are resent (duplicates) but never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crash_restart_under_load_loses_nothing() {
+    restart_under_load("immediate").await;
+}
+
+async fn restart_under_load(mode: &'static str) {
     let mut env = Env::start().await;
     let running = env.spawn_streamer(env.config());
     env.wait_streaming().await;
@@ -62,7 +73,7 @@ async fn postgres_restart_under_load_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pg = env.pg;
     let pg = tokio::task::spawn_blocking(move || {
-        pg.restart("fast").unwrap();
+        pg.restart(mode).unwrap();
         pg
     })
     .await
