@@ -26,7 +26,9 @@ async fn sigkill_mid_stream_loses_nothing() {
     // Continuous load sized to the kills: transactions of 1–10 events, a few ms apart.
     let txs = workload(0, cycles * 60);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let writer = env.spawn_writer(txs, Duration::from_millis(4));
+    let (committed, writer) = checker::spawn_tracked_writer(&env, txs, Duration::from_millis(4));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = checker::spawn_sampler(&env, committed, stop.clone());
 
     // Kill -9 at a random instant, restart after a random outage, `cycles` times.
     let mut rng = rand::rng();
@@ -43,6 +45,9 @@ async fn sigkill_mid_stream_loses_nothing() {
     }
     writer.await.unwrap();
     let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(60)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let lsn = sampler.await.unwrap();
 
     let reader = env.reader();
     let got = read_until_all(&reader, &ids, Duration::from_secs(90)).await;
@@ -52,10 +57,17 @@ async fn sigkill_mid_stream_loses_nothing() {
     assert_eq!(lost, 0, "{lost} events lost; streamer log:\n{log_text}");
     assert_eq!(order_violations(&got), 0);
     eprintln!(
-        "kill -9 run: {cycles} kills ({kills_with_unconfirmed_wal} with unconfirmed WAL), {} events inserted, {} distinct delivered, {lost} lost, {} duplicates, 0 order violations",
+        "kill -9 run: {cycles} kills ({kills_with_unconfirmed_wal} with unconfirmed WAL), {} events inserted, {} distinct delivered, {lost} lost, {} duplicates, 0 order violations, confirmed LSN sampled {} times, passed an unacked transaction {} times",
         ids.len(),
         seen.len(),
         got.len() - seen.len(),
+        lsn.samples,
+        lsn.early_confirms,
+    );
+    assert!(lsn.samples >= 5, "too few LSN samples to mean anything");
+    assert_eq!(
+        lsn.early_confirms, 0,
+        "confirmed_flush_lsn passed an unacked transaction"
     );
     assert!(
         kills_with_unconfirmed_wal > 0,

@@ -3,6 +3,7 @@
 //! to read what a consumer and `pg_replication_slots` actually say.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod proxy;
 
 use std::collections::HashMap;
