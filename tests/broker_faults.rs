@@ -18,6 +18,7 @@ async fn brokers_down_30s_under_load() {
     // About 40 s of continuous load.
     let txs = workload(0, 1_600);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let checker = env.lsn_checker();
     let writer = env.spawn_writer(txs, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -45,6 +46,7 @@ async fn brokers_down_30s_under_load() {
     let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
     assert_eq!(ids.difference(&seen).count(), 0, "events lost");
     assert_eq!(order_violations(&got), 0);
+    checker.finish().await;
     eprintln!(
         "30 s outage: {} events, {} records ({} duplicates), {samples} LSN samples",
         ids.len(),

@@ -26,9 +26,8 @@ async fn sigkill_mid_stream_loses_nothing() {
     // Continuous load sized to the kills: transactions of 1–10 events, a few ms apart.
     let txs = workload(0, cycles * 60);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let (committed, writer) = checker::spawn_tracked_writer(&env, txs, Duration::from_millis(4));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = checker::spawn_sampler(&env, committed, stop.clone());
+    let checker = env.lsn_checker();
+    let writer = env.spawn_writer(txs, Duration::from_millis(4));
 
     // Kill -9 at a random instant, restart after a random outage, `cycles` times.
     let mut rng = rand::rng();
@@ -46,8 +45,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     writer.await.unwrap();
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(60)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let lsn = sampler.await.unwrap();
+    let lsn = checker.finish().await;
 
     let reader = env.reader();
     let got = read_until_all(&reader, &ids, Duration::from_secs(90)).await;

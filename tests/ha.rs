@@ -70,6 +70,7 @@ async fn standby_takes_over_after_leader_is_killed() {
 
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let checker = env.lsn_checker();
     let writer = env.spawn_writer(txs, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(700)).await;
     a.start_kill().unwrap();
@@ -98,4 +99,5 @@ async fn standby_takes_over_after_leader_is_killed() {
         "events lost across the takeover"
     );
     assert_eq!(order_violations(&got), 0);
+    checker.finish().await;
 }

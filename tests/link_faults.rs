@@ -75,6 +75,7 @@ async fn cut_link_under_load_loses_nothing() {
     let (proxy, _dir, _child) = through_proxy(&env).await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let checker = env.lsn_checker();
     let writer = env.spawn_writer(txs, Duration::from_millis(5));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -85,6 +86,7 @@ async fn cut_link_under_load_loses_nothing() {
     let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
     assert_eq!(ids.difference(&seen).count(), 0, "events lost");
     assert_eq!(order_violations(&got), 0);
+    checker.finish().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
 }

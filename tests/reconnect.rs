@@ -23,6 +23,7 @@ async fn walsender_terminated_under_load_loses_nothing() {
     env.wait_streaming().await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let checker = env.lsn_checker();
     let writer = env.spawn_writer(txs, Duration::from_millis(5));
     let mut terminated = 0;
     for _ in 0..3 {
@@ -46,6 +47,7 @@ async fn walsender_terminated_under_load_loses_nothing() {
     );
     writer.await.unwrap();
     assert_all_arrive(&env, &ids).await;
+    checker.finish().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
     running.stop().await;
@@ -69,6 +71,7 @@ async fn restart_under_load(mode: &'static str) {
     env.wait_streaming().await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let checker = env.lsn_checker();
     let writer = env.spawn_writer(txs, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pg = env.pg;
@@ -82,6 +85,7 @@ async fn restart_under_load(mode: &'static str) {
     env.db = connect(&env.pg.url()).await;
     writer.await.unwrap();
     assert_all_arrive(&env, &ids).await;
+    checker.finish().await;
     env.wait_streaming().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;

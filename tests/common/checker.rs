@@ -22,30 +22,56 @@ use super::{connect, topic, tx_sql, Env, Event, AGGREGATE_TYPES, PARTITIONS};
 /// Transactions committed so far: their event ids and the WAL position right after commit.
 pub type Committed = Arc<Mutex<Vec<(Vec<String>, Lsn)>>>;
 
-/// Like `Env::spawn_writer`, but records each commit's upper-bound LSN.
+/// Commits `txs` one by one, `pause` apart, recording each commit's upper-bound LSN in
+/// `committed`. A transaction whose connection broke (the server may be restarting) is retried
+/// until it has committed once (ids are unique, so the table tells whether it did).
 pub fn spawn_tracked_writer(
-    env: &Env,
+    url: String,
+    committed: Committed,
     txs: Vec<Vec<Event>>,
     pause: Duration,
-) -> (Committed, JoinHandle<()>) {
-    let committed: Committed = Arc::default();
-    let log = committed.clone();
-    let url = env.pg.url();
-    let task = tokio::spawn(async move {
-        let db = connect(&url).await;
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut db = connect(&url).await;
         for tx in &txs {
-            db.batch_execute(&tx_sql(tx, "COMMIT")).await.unwrap();
-            let lsn: String = db
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await
-                .unwrap()
-                .get(0);
+            let lsn = loop {
+                let done = async {
+                    db.batch_execute(&tx_sql(tx, "COMMIT")).await?;
+                    db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await
+                }
+                .await;
+                if let Ok(row) = done {
+                    break row.get::<_, String>(0);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Ok(c) = super::try_connect(&url).await {
+                    db = c;
+                }
+                if committed_already(&db, tx).await {
+                    if let Ok(r) = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await {
+                        break r.get::<_, String>(0);
+                    }
+                }
+            };
             let ids = tx.iter().map(|e| e.id.clone()).collect();
-            log.lock().unwrap().push((ids, lsn.parse().unwrap()));
+            committed.lock().unwrap().push((ids, lsn.parse().unwrap()));
             tokio::time::sleep(pause).await;
         }
-    });
-    (committed, task)
+    })
+}
+
+/// Whether the transaction's first event is in the table (a commit whose reply was lost).
+async fn committed_already(db: &tokio_postgres::Client, tx: &[Event]) -> bool {
+    let Some(first) = tx.first() else {
+        return true;
+    };
+    db.query_opt(
+        &format!("SELECT 1 FROM outbox WHERE id = '{}'", first.id),
+        &[],
+    )
+    .await
+    .map(|r| r.is_some())
+    .unwrap_or(false)
 }
 
 /// What the sampler found.
@@ -65,7 +91,7 @@ pub fn spawn_sampler(
     let url = env.pg.url();
     let brokers = env.kafka.bootstrap_servers().to_owned();
     tokio::spawn(async move {
-        let db = connect(&url).await;
+        let mut db = connect(&url).await;
         let mut seen = Seen::new(&brokers);
         let mut report = LsnReport::default();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -77,6 +103,10 @@ pub fn spawn_sampler(
                 )
                 .await
             else {
+                // The server may be restarting.
+                if let Ok(c) = super::try_connect(&url).await {
+                    db = c;
+                }
                 continue;
             };
             let confirmed: Lsn = row.get::<_, String>(0).parse().unwrap();
@@ -103,6 +133,35 @@ pub fn spawn_sampler(
         }
         report
     })
+}
+
+/// A running sampler; [`LsnChecker::finish`] stops it and asserts it found nothing.
+pub struct LsnChecker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<LsnReport>,
+}
+
+impl LsnChecker {
+    pub fn start(env: &Env) -> LsnChecker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = spawn_sampler(env, env.committed.clone(), stop.clone());
+        LsnChecker { stop, task }
+    }
+
+    /// Stops sampling; asserts the confirmed LSN never passed a transaction not in Kafka.
+    pub async fn finish(self) -> LsnReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let report = self.task.await.unwrap();
+        assert!(
+            report.samples > 0,
+            "the LSN sampler never completed a sample"
+        );
+        assert_eq!(
+            report.early_confirms, 0,
+            "confirmed_flush_lsn passed a transaction not yet in Kafka: {report:?}"
+        );
+        report
+    }
 }
 
 fn s_catch_up(seen: &mut Seen) -> bool {

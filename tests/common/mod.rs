@@ -22,6 +22,8 @@ pub const AGGREGATE_TYPES: [&str; 3] = ["order", "customer", "invoice"];
 
 /// Postgres + Kafka for one test; both are torn down on drop.
 pub struct Env {
+    /// Transactions committed by `spawn_writer`, with their LSN bounds (for the LSN checker).
+    pub committed: checker::Committed,
     pub db: Client,
     pub kafka: TempKafka,
     pub pg: TempPostgres,
@@ -47,7 +49,12 @@ impl Env {
         }
         let db = connect(&pg.url()).await;
         db.batch_execute(SETUP_SQL).await.unwrap();
-        Env { db, kafka, pg }
+        Env {
+            committed: Default::default(),
+            db,
+            kafka,
+            pg,
+        }
     }
 
     /// The default configuration, with a short status interval so tests see LSNs move fast.
@@ -88,22 +95,15 @@ impl Env {
             .expect("spawn pgoutbox")
     }
 
-    /// Commits `txs` in the background, `pause` apart. A transaction whose connection broke
-    /// (the server may be restarting) is retried on a new connection until it commits.
+    /// Commits `txs` in the background, `pause` apart, recording each commit's LSN bound for
+    /// the LSN checker; retried across server restarts until each has committed once.
     pub fn spawn_writer(&self, txs: Vec<Vec<Event>>, pause: Duration) -> JoinHandle<()> {
-        let url = self.pg.url();
-        tokio::spawn(async move {
-            let mut db = connect(&url).await;
-            for tx in &txs {
-                while db.batch_execute(&tx_sql(tx, "COMMIT")).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    if let Ok(c) = try_connect(&url).await {
-                        db = c;
-                    }
-                }
-                tokio::time::sleep(pause).await;
-            }
-        })
+        checker::spawn_tracked_writer(self.pg.url(), self.committed.clone(), txs, pause)
+    }
+
+    /// Starts sampling `confirmed_flush_lsn` against what Kafka holds.
+    pub fn lsn_checker(&self) -> checker::LsnChecker {
+        checker::LsnChecker::start(self)
     }
 
     /// A reader of every outbox topic from the beginning.
