@@ -8,9 +8,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::Producer;
 
 use rdkafka::message::Headers;
-use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
@@ -20,6 +20,7 @@ type Reply = std_mpsc::Sender<Result<(), String>>;
 
 enum Cmd {
     CreateTopic(String, i32, Reply),
+    Advertise(i32, u16, Reply),
     BrokersUp(bool, Reply),
     ProduceErrors(Vec<RDKafkaRespErr>, Reply),
 }
@@ -40,12 +41,25 @@ impl TempKafka {
         let thread = std::thread::Builder::new()
             .name("kafka-mock".into())
             .spawn(move || {
-                let cluster = match MockCluster::new(brokers) {
-                    Ok(c) => c,
+                // A client that owns a mock cluster (test.mock.num.brokers) gives access to
+                // the raw handle, for the one call rdkafka's wrapper lacks (set_host_port).
+                let owner: Result<rdkafka::producer::BaseProducer, _> = ClientConfig::new()
+                    .set("test.mock.num.brokers", brokers.to_string())
+                    .create();
+                let owner = match owner {
+                    Ok(o) => o,
                     Err(e) => {
                         let _ = boot_tx.send(Err(e.to_string()));
                         return;
                     }
+                };
+                let Some(cluster) = owner.client().mock_cluster() else {
+                    let _ = boot_tx.send(Err("the client has no mock cluster".into()));
+                    return;
+                };
+                // SAFETY: the handle belongs to `owner`, which outlives every use below.
+                let raw = unsafe {
+                    rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr())
                 };
                 let _ = boot_tx.send(Ok(cluster.bootstrap_servers()));
                 // Runs until every sender is dropped.
@@ -64,6 +78,19 @@ impl TempKafka {
                                 }
                             });
                             let _ = reply.send(r.map_err(|e| e.to_string()));
+                        }
+                        Cmd::Advertise(id, port, reply) => {
+                            let host = c"127.0.0.1";
+                            // SAFETY: `raw` is live (see above); host is a valid C string.
+                            unsafe {
+                                rdkafka::bindings::rd_kafka_mock_broker_set_host_port(
+                                    raw,
+                                    id,
+                                    host.as_ptr(),
+                                    i32::from(port),
+                                )
+                            };
+                            let _ = reply.send(Ok(()));
                         }
                         Cmd::ProduceErrors(errors, reply) => {
                             cluster.request_errors(RDKafkaApiKey::Produce, &errors);
@@ -97,6 +124,12 @@ impl TempKafka {
     /// Creates a topic with `partitions` partitions.
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), EmbeddedError> {
         self.call(|r| Cmd::CreateTopic(name.to_owned(), partitions, r))
+    }
+
+    /// Makes broker `id` (1-based) advertise 127.0.0.1:`port` in metadata, e.g. a proxy's port,
+    /// so clients reach it through that proxy.
+    pub fn advertise(&self, id: i32, port: u16) -> Result<(), EmbeddedError> {
+        self.call(|r| Cmd::Advertise(id, port, r))
     }
 
     /// Takes every broker down (connections refused) or brings them back.
