@@ -13,7 +13,11 @@ use rdkafka::types::RDKafkaRespErr;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_down_30s_under_load() {
     let env = Env::start().await;
-    let running = env.spawn_streamer(env.config());
+    let dir = tempfile::tempdir().unwrap();
+    let _child = env.spawn_binary(
+        &dir.path().join("log"),
+        &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
+    );
     env.wait_streaming().await;
     // About 40 s of continuous load.
     let txs = workload(0, 1_600);
@@ -55,13 +59,16 @@ async fn brokers_down_30s_under_load() {
     );
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
-    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retriable_produce_errors_are_absorbed() {
     let env = Env::start().await;
-    let running = env.spawn_streamer(env.config());
+    let dir = tempfile::tempdir().unwrap();
+    let _child = env.spawn_binary(
+        &dir.path().join("log"),
+        &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
+    );
     env.wait_streaming().await;
     use RDKafkaRespErr::*;
     env.kafka
@@ -89,7 +96,6 @@ async fn retriable_produce_errors_are_absorbed() {
     // The idempotent producer's retries do not duplicate.
     assert_eq!(got.len(), ids.len(), "duplicates after retriable errors");
     assert_eq!(order_violations(&got), 0);
-    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,9 +51,14 @@ async fn proxied(env: &Env) -> (Vec<Proxy>, String) {
 async fn stalled_kafka_link_holds_the_slot_then_catches_up() {
     let env = Env::start().await;
     let (proxies, bootstrap) = proxied(&env).await;
-    let mut cfg = env.config();
-    cfg.kafka.brokers = bootstrap;
-    let running = env.spawn_streamer(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let _child = env.spawn_binary(
+        &dir.path().join("log"),
+        &[
+            ("PGOUTBOX_KAFKA_BROKERS", &bootstrap),
+            ("PGOUTBOX_STATUS_INTERVAL_MS", "200"),
+        ],
+    );
     env.wait_streaming().await;
     let checker = env.lsn_checker();
     let txs = workload(0, 400);
@@ -84,16 +89,20 @@ async fn stalled_kafka_link_holds_the_slot_then_catches_up() {
     assert_eq!(ids.difference(&seen).count(), 0, "events lost");
     assert_eq!(order_violations(&got), 0);
     checker.finish().await;
-    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_kafka_links_under_load_lose_nothing() {
     let env = Env::start().await;
     let (proxies, bootstrap) = proxied(&env).await;
-    let mut cfg = env.config();
-    cfg.kafka.brokers = bootstrap;
-    let running = env.spawn_streamer(cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let _child = env.spawn_binary(
+        &dir.path().join("log"),
+        &[
+            ("PGOUTBOX_KAFKA_BROKERS", &bootstrap),
+            ("PGOUTBOX_STATUS_INTERVAL_MS", "200"),
+        ],
+    );
     env.wait_streaming().await;
     let checker = env.lsn_checker();
     let txs = workload(0, 300);
@@ -114,5 +123,4 @@ async fn cut_kafka_links_under_load_lose_nothing() {
         got.len()
     );
     checker.finish().await;
-    running.stop().await;
 }

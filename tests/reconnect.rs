@@ -19,7 +19,11 @@ async fn assert_all_arrive(env: &Env, ids: &HashSet<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walsender_terminated_under_load_loses_nothing() {
     let env = Env::start().await;
-    let running = env.spawn_streamer(env.config());
+    let dir = tempfile::tempdir().unwrap();
+    let _child = env.spawn_binary(
+        &dir.path().join("log"),
+        &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
+    );
     env.wait_streaming().await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
@@ -50,7 +54,6 @@ async fn walsender_terminated_under_load_loses_nothing() {
     checker.finish().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
-    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +70,11 @@ async fn postgres_crash_restart_under_load_loses_nothing() {
 
 async fn restart_under_load(mode: &'static str) {
     let mut env = Env::start().await;
-    let running = env.spawn_streamer(env.config());
+    let dir = tempfile::tempdir().unwrap();
+    let _child = env.spawn_binary(
+        &dir.path().join("log"),
+        &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
+    );
     env.wait_streaming().await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
@@ -89,7 +96,6 @@ async fn restart_under_load(mode: &'static str) {
     env.wait_streaming().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
-    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
