@@ -268,3 +268,39 @@ async fn unreachable_brokers_hold_the_slot_and_say_so() {
     assert!(env.confirmed_flush().await.unwrap() <= before);
     env.kafka.set_brokers_up(true).unwrap();
 }
+
+/// A NULL aggregateid (possible only if the column allows it; sql/setup.sql says NOT NULL):
+/// delivered without a key, with a warning that per-key order is lost for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_key_is_delivered_keyless_with_a_warning() {
+    let env = Env::start().await;
+    env.db
+        .batch_execute("ALTER TABLE outbox ALTER COLUMN aggregateid DROP NOT NULL")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let _child = env.spawn_binary(&log, &[]);
+    env.wait_streaming().await;
+    env.db
+        .batch_execute(
+            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
+             VALUES ('00000000-0000-4000-8000-00000000000a', 'order', NULL, 'T', '{}')",
+        )
+        .await
+        .unwrap();
+    let got = read_until_all(
+        &env.reader(),
+        &HashSet::from(["00000000-0000-4000-8000-00000000000a".to_owned()]),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key, None);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("NULL key column: delivered without a key, so without per-key order")
+            && text.contains("event=00000000-0000-4000-8000-00000000000a"),
+        "{text}"
+    );
+}

@@ -425,6 +425,12 @@ impl<'a> Session<'a> {
             }
             Message::Insert(ins) => {
                 if let Some(rec) = self.mapper.map_insert(&ins, wal_start)? {
+                    if rec.key.is_none() {
+                        // Keyless records spread over partitions: per-aggregate order is lost.
+                        warn!(event = %String::from_utf8_lossy(&rec.event_id), lsn = %rec.lsn,
+                            column = %self.cfg.outbox.key_column,
+                            "NULL key column: delivered without a key, so without per-key order");
+                    }
                     let (id, commit_time) = self
                         .tx
                         .ok_or_else(|| protocol("Insert outside a transaction"))?;
