@@ -15,23 +15,30 @@ async fn outbox_altered_mid_stream() {
     let running = env.spawn_streamer(env.config());
     env.wait_streaming().await;
     let reader = env.reader();
+    let checker = env.lsn_checker();
 
     let first = workload(0, 10);
-    env.commit(&first).await;
+    env.spawn_writer(first.clone(), Duration::ZERO)
+        .await
+        .unwrap();
     // A new column first in the tuple order would shift positions if they were not relearned.
     env.db
         .batch_execute("ALTER TABLE outbox ADD COLUMN traceparent text DEFAULT '00-abc-def-01'")
         .await
         .unwrap();
     let second = workload(1_000, 10);
-    env.commit(&second).await;
+    env.spawn_writer(second.clone(), Duration::ZERO)
+        .await
+        .unwrap();
     // jsonb → text: same text form, now sent as a text column.
     env.db
         .batch_execute("ALTER TABLE outbox ALTER COLUMN payload TYPE text")
         .await
         .unwrap();
     let third = workload(2_000, 10);
-    env.commit(&third).await;
+    env.spawn_writer(third.clone(), Duration::ZERO)
+        .await
+        .unwrap();
     // text → bytea: the record value must be the raw bytes, not the \\x hex text form.
     env.db
         .batch_execute(
@@ -40,7 +47,9 @@ async fn outbox_altered_mid_stream() {
         .await
         .unwrap();
     let fourth = workload(3_000, 10);
-    env.commit(&fourth).await;
+    env.spawn_writer(fourth.clone(), Duration::ZERO)
+        .await
+        .unwrap();
 
     let all: Vec<&Event> = first
         .iter()
@@ -67,6 +76,7 @@ async fn outbox_altered_mid_stream() {
         );
     }
     assert_eq!(order_violations(&got), 0);
+    checker.finish().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(10)).await;
     running.stop().await;
