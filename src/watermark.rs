@@ -139,6 +139,15 @@ impl Watermark {
         self.advance();
     }
 
+    /// One event outside any transaction (a non-transactional logical message that is
+    /// published): tracked like a one-event transaction ending at `end`.
+    pub fn standalone(&mut self, end: Lsn) -> Result<TxId, WatermarkError> {
+        let tx = self.begin()?;
+        self.add_event(tx)?;
+        self.commit(tx, end)?;
+        Ok(tx)
+    }
+
     /// A keepalive reporting the server's WAL end (rule 4: idle advance when nothing is pending).
     pub fn keepalive(&mut self, wal_end: Lsn) {
         self.observe(wal_end);
@@ -293,6 +302,17 @@ mod tests {
         w.passed(Lsn(300));
         w.commit(t, Lsn(310)).unwrap();
         assert_eq!(w.confirmed(), Lsn(310));
+    }
+
+    #[test]
+    fn standalone_event_waits_for_its_ack_and_for_earlier_ones() {
+        let mut w = Watermark::new(Lsn(100));
+        let a = tx_with_events(&mut w, 1, 200);
+        let s = w.standalone(Lsn(250)).unwrap();
+        w.ack(s).unwrap();
+        assert_eq!(w.confirmed(), Lsn(100));
+        w.ack(a).unwrap();
+        assert_eq!(w.confirmed(), Lsn(250));
     }
 
     #[test]

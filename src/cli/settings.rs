@@ -106,6 +106,8 @@ settings! {
     table: String = "public.outbox".into(), "PGOUTBOX_TABLE";
     /// Topic per event; ${routedByValue} is the route column's value [default: outbox.event.${routedByValue}]
     topic_template: String = TopicTemplate::DEFAULT.into(), "PGOUTBOX_TOPIC_TEMPLATE";
+    /// Prefix of pg_logical_emit_message records that are outbox events (table-less outbox); empty = off [default: outbox]
+    message_prefix: String = "outbox".into(), "PGOUTBOX_MESSAGE_PREFIX";
     /// Column that becomes the `id` header [default: id]
     id_column: String = "id".into(), "PGOUTBOX_ID_COLUMN";
     /// Column that fills the topic template [default: aggregatetype]
@@ -177,6 +179,7 @@ impl Settings {
             type_column: self.type_column.clone(),
             payload_column: self.payload_column.clone(),
             topic_template: self.topic_template.parse()?,
+            message_prefix: Some(self.message_prefix.clone()).filter(|p| !p.is_empty()),
         };
         cfg.kafka.properties = self.kafka_properties.clone();
         if !self.kafka_sasl_password_file.as_os_str().is_empty() {

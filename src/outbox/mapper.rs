@@ -36,6 +36,8 @@ pub enum MapError {
     InvalidTopic { lsn: Lsn, topic: String },
     #[error("outbox row at {lsn}: bytea payload is not in hex format (set bytea_output = 'hex')")]
     ByteaFormat { lsn: Lsn },
+    #[error("outbox message at {lsn} is not valid: {why} (expected JSON with aggregatetype, and optionally aggregateid, type, payload, id, headers)")]
+    BadMessage { lsn: Lsn, why: String },
 }
 
 /// Positions of the configured columns in one relation's tuples.
@@ -285,6 +287,7 @@ mod tests {
             type_column: "name".into(),
             payload_column: "body".into(),
             topic_template: "all-events".parse().unwrap(),
+            message_prefix: None,
         };
         let mut m = OutboxMapper::new(cfg);
         let r = rel(

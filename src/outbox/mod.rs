@@ -2,9 +2,11 @@
 //! (topic, key, headers, value), following Debezium's outbox event router defaults.
 
 mod mapper;
+mod message;
 mod template;
 
 pub use mapper::{MapError, OutboxMapper};
+pub use message::map_message;
 pub use template::{TemplateError, TopicTemplate};
 
 use bytes::Bytes;
@@ -58,6 +60,9 @@ pub struct OutboxConfig {
     pub payload_column: String,
     /// Default `outbox.event.${routedByValue}`.
     pub topic_template: TopicTemplate,
+    /// Logical decoding messages with this prefix are outbox events too (table-less outbox).
+    /// Default `outbox`; `None` turns it off.
+    pub message_prefix: Option<String>,
 }
 
 impl Default for OutboxConfig {
@@ -75,6 +80,7 @@ impl Default for OutboxConfig {
             topic_template: TopicTemplate::DEFAULT
                 .parse()
                 .unwrap_or_else(|_| unreachable!("the default template is valid")),
+            message_prefix: Some("outbox".into()),
         }
     }
 }

@@ -455,11 +455,39 @@ impl<'a> Session<'a> {
                 }
             }
             Message::Message(m) => {
-                trace!(prefix = %m.prefix, lsn = %m.lsn, "logical decoding message ignored");
-                if !m.transactional {
-                    // Heartbeats land here: nothing to deliver, so the slot may pass them.
-                    self.wm.passed(m.lsn);
-                }
+                // PostgreSQL skips a non-transactional message after a restart only if it
+                // starts below the confirmed LSN: confirm one byte into it (still received).
+                // Later commits and idle keepalives usually pass it anyway; this covers a stop
+                // in between.
+                let past = Lsn(m.lsn.0 + 1);
+                let Some(rec) = crate::outbox::map_message(&self.cfg.outbox, &m)? else {
+                    trace!(prefix = %m.prefix, lsn = %m.lsn, "logical decoding message ignored");
+                    if !m.transactional {
+                        // Heartbeats land here: nothing to deliver, so the slot may pass them.
+                        self.wm.passed(past);
+                    }
+                    return Ok(Step::Continue);
+                };
+                let (id, commit_time) = match self.tx {
+                    // Transactional: an event of the enclosing transaction.
+                    Some((id, commit_time)) => {
+                        self.wm.add_event(id)?;
+                        (id, commit_time)
+                    }
+                    None if m.transactional => {
+                        return Err(protocol("transactional message outside a transaction"))
+                    }
+                    None => (self.wm.standalone(past)?, crate::pgtime::now()),
+                };
+                let ticket = Ticket {
+                    tx: id,
+                    bytes: rec.size(),
+                    commit_time,
+                    event_id: rec.event_id.clone(),
+                    topic: self.meters.topic_id(&rec.topic),
+                    lsn: rec.lsn,
+                };
+                return Ok(Step::Produce(rec, ticket));
             }
             Message::Origin(_) | Message::Type(_) => {}
         }
