@@ -118,6 +118,42 @@ async fn rollbacks_and_other_changes_never_reach_kafka() {
     running.stop().await;
 }
 
+/// Header columns: a configured extra column (with an alias), `traceparent` and a `headers`
+/// jsonb column whose entries become record headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_columns_become_record_headers() {
+    let env = Env::start().await;
+    env.db
+        .batch_execute(
+            "ALTER TABLE outbox ADD COLUMN tenant text, ADD COLUMN traceparent text, ADD COLUMN headers jsonb",
+        )
+        .await
+        .unwrap();
+    let mut cfg = env.config();
+    cfg.outbox.additional_headers = vec![("tenant".into(), "x-tenant".into())];
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    env.db
+        .batch_execute(
+            r#"INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, tenant, traceparent, headers)
+               VALUES ('00000000-0000-4000-8000-0000000000b1', 'order', 'o-1', 'T', '{}', 'acme',
+                       '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01', '{"region": "eu"}')"#,
+        )
+        .await
+        .unwrap();
+    let got = env.reader().read(1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(header_str(r, "x-tenant"), "acme");
+    assert_eq!(
+        header_str(r, "traceparent"),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(header_str(r, "region"), "eu");
+    assert_eq!(r.headers.len(), 5, "{:?}", r.headers);
+    running.stop().await;
+}
+
 /// (f) With no outbox traffic but writes to another table, the slot keeps advancing, so an
 /// idle outbox never makes PostgreSQL retain WAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,8 @@ settings! {
     topic_template: String = TopicTemplate::DEFAULT.into(), "PGOUTBOX_TOPIC_TEMPLATE";
     /// Prefix of pg_logical_emit_message records that are outbox events (table-less outbox); empty = off [default: outbox]
     message_prefix: String = "outbox".into(), "PGOUTBOX_MESSAGE_PREFIX";
+    /// Extra columns placed as record headers, column[:header] separated by commas, e.g. tenant_id:x-tenant,region [default: none]
+    additional_headers: String = String::new(), "PGOUTBOX_ADDITIONAL_HEADERS";
     /// Column that becomes the `id` header [default: id]
     id_column: String = "id".into(), "PGOUTBOX_ID_COLUMN";
     /// Column that fills the topic template [default: aggregatetype]
@@ -180,6 +182,16 @@ impl Settings {
             payload_column: self.payload_column.clone(),
             topic_template: self.topic_template.parse()?,
             message_prefix: Some(self.message_prefix.clone()).filter(|p| !p.is_empty()),
+            additional_headers: self
+                .additional_headers
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| match c.split_once(':') {
+                    Some((col, header)) => (col.trim().to_owned(), header.trim().to_owned()),
+                    None => (c.to_owned(), c.to_owned()),
+                })
+                .collect(),
         };
         cfg.kafka.properties = self.kafka_properties.clone();
         if !self.kafka_sasl_password_file.as_os_str().is_empty() {

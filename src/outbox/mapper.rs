@@ -10,6 +10,8 @@ use crate::lsn::Lsn;
 use crate::pgoutput::{Insert, Relation, TupleData, Value};
 
 const BYTEA_OID: u32 = 17;
+const JSON_OID: u32 = 114;
+const JSONB_OID: u32 = 3802;
 
 /// Why an outbox row cannot become a Kafka record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +43,7 @@ pub enum MapError {
 }
 
 /// Positions of the configured columns in one relation's tuples.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Columns {
     id: usize,
     route: usize,
@@ -50,7 +52,16 @@ struct Columns {
     payload: usize,
     payload_is_bytea: bool,
     count: usize,
+    /// Configured extra columns (position, header name), then `traceparent` if present.
+    headers: Vec<(usize, String)>,
+    /// A `headers` jsonb column whose object entries become record headers.
+    headers_json: Option<usize>,
 }
+
+/// A column that becomes the W3C trace-context header when the table has it.
+const TRACEPARENT: &str = "traceparent";
+/// A jsonb column expanded into record headers when the table has it.
+const HEADERS_JSON: &str = "headers";
 
 /// Maps outbox inserts; learns column positions from Relation messages.
 #[derive(Debug)]
@@ -91,6 +102,16 @@ impl OutboxMapper {
                 })
         };
         let payload = find(&self.cfg.payload_column, "payload")?;
+        let mut headers = Vec::new();
+        for (column, header) in &self.cfg.additional_headers {
+            headers.push((find(column, "additional header")?, header.clone()));
+        }
+        let position = |name: &str| rel.columns.iter().position(|c| c.name == name);
+        if let Some(i) = position(TRACEPARENT) {
+            if !headers.iter().any(|(_, h)| h == TRACEPARENT) {
+                headers.push((i, TRACEPARENT.to_owned()));
+            }
+        }
         let cols = Columns {
             id: find(&self.cfg.id_column, "event id")?,
             route: find(&self.cfg.route_column, "route")?,
@@ -99,6 +120,9 @@ impl OutboxMapper {
             payload,
             payload_is_bytea: rel.columns[payload].type_oid == BYTEA_OID,
             count: rel.columns.len(),
+            headers,
+            headers_json: position(HEADERS_JSON)
+                .filter(|i| matches!(rel.columns[*i].type_oid, JSON_OID | JSONB_OID)),
         };
         self.outbox.insert(rel.id, cols);
         Ok(())
@@ -151,6 +175,14 @@ impl OutboxMapper {
         if let Some(t) = value(cols.kind) {
             headers.push(("type".to_owned(), t));
         }
+        for (i, name) in &cols.headers {
+            if let Some(v) = value(*i) {
+                headers.push((name.clone(), v));
+            }
+        }
+        if let Some(obj) = cols.headers_json.and_then(value) {
+            headers.extend(json_headers(&obj, lsn)?);
+        }
         let payload = match value(cols.payload) {
             Some(p) if cols.payload_is_bytea => {
                 Some(decode_bytea_hex(&p).ok_or(MapError::ByteaFormat { lsn })?)
@@ -166,6 +198,26 @@ impl OutboxMapper {
             lsn,
         }))
     }
+}
+
+/// A JSON object's entries as headers: strings as-is, other values as their JSON text.
+fn json_headers(obj: &[u8], lsn: Lsn) -> Result<Vec<(String, Bytes)>, MapError> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(obj).map_err(|e| MapError::BadMessage {
+            lsn,
+            why: format!("headers column is not a JSON object: {e}"),
+        })?;
+    Ok(map
+        .into_iter()
+        .filter(|(k, _)| k != "id" && k != "type")
+        .map(|(k, v)| {
+            let bytes = match v {
+                serde_json::Value::String(s) => Bytes::from(s),
+                other => Bytes::from(other.to_string()),
+            };
+            (k, bytes)
+        })
+        .collect())
 }
 
 /// bytea's text output `\x0a1b…` back to the stored bytes.
@@ -288,6 +340,7 @@ mod tests {
             payload_column: "body".into(),
             topic_template: "all-events".parse().unwrap(),
             message_prefix: None,
+            additional_headers: vec![("kind".into(), "x-kind".into())],
         };
         let mut m = OutboxMapper::new(cfg);
         let r = rel(
@@ -347,6 +400,63 @@ mod tests {
             m.map_insert(&short, Lsn(1)),
             Err(MapError::ColumnCount { .. })
         ));
+    }
+
+    #[test]
+    fn header_columns_traceparent_and_headers_json() {
+        let cfg = OutboxConfig {
+            additional_headers: vec![("tenant".into(), "x-tenant".into())],
+            ..OutboxConfig::default()
+        };
+        let mut m = OutboxMapper::new(cfg);
+        let mut r = outbox_rel(3802);
+        for (name, oid) in [("tenant", 25), ("traceparent", 25), ("headers", 3802)] {
+            r.columns.push(Column {
+                flags: 0,
+                name: name.into(),
+                type_oid: oid,
+                type_modifier: -1,
+            });
+        }
+        m.on_relation(&r).unwrap();
+        let row = row(vec![
+            t("1"),
+            t("order"),
+            t("k"),
+            t("T"),
+            t("{}"),
+            t("x"),
+            t("acme"),
+            t("00-abc-def-01"),
+            t(r#"{"region": "eu", "retries": 3, "id": "ignored"}"#),
+        ]);
+        let rec = m.map_insert(&row, Lsn(1)).unwrap().unwrap();
+        let h: Vec<(&str, &[u8])> = rec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_ref()))
+            .collect();
+        assert_eq!(
+            h,
+            [
+                ("id", &b"1"[..]),
+                ("type", b"T"),
+                ("x-tenant", b"acme"),
+                ("traceparent", b"00-abc-def-01"),
+                ("region", b"eu"),
+                ("retries", b"3"),
+            ]
+        );
+        // A configured header column that the table lacks is an error naming it.
+        let mut m = OutboxMapper::new(OutboxConfig {
+            additional_headers: vec![("nope".into(), "nope".into())],
+            ..OutboxConfig::default()
+        });
+        assert!(m
+            .on_relation(&outbox_rel(3802))
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct OutboxConfig {
     pub payload_column: String,
     /// Default `outbox.event.${routedByValue}`.
     pub topic_template: TopicTemplate,
+    /// Extra columns placed as record headers: (column, header name). Default none.
+    /// A `traceparent` column and a `headers` json(b) column are used whenever present.
+    pub additional_headers: Vec<(String, String)>,
     /// Logical decoding messages with this prefix are outbox events too (table-less outbox).
     /// Default `outbox`; `None` turns it off.
     pub message_prefix: Option<String>,
@@ -81,6 +84,7 @@ impl Default for OutboxConfig {
                 .parse()
                 .unwrap_or_else(|_| unreachable!("the default template is valid")),
             message_prefix: Some("outbox".into()),
+            additional_headers: Vec::new(),
         }
     }
 }
