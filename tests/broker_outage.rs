@@ -77,7 +77,7 @@ async fn slot_holds_while_brokers_are_down_then_catches_up() {
         samples += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(samples > 10);
+    assert!(samples >= 3, "only {samples} LSN samples during the outage");
 
     // Brokers return: every batch-2 event arrives and the slot moves past it.
     env.kafka.set_brokers_up(true).unwrap();

@@ -84,10 +84,7 @@ async fn stalled_kafka_link_holds_the_slot_then_catches_up() {
     proxies.iter().for_each(Proxy::pass);
 
     writer.await.unwrap();
-    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(60)).await;
-    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
-    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
-    assert_eq!(order_violations(&got), 0);
+    assert_all_arrive(&env, &ids).await;
     checker.finish().await;
 }
 
@@ -113,10 +110,7 @@ async fn cut_kafka_links_under_load_lose_nothing() {
         proxies.iter().for_each(Proxy::cut);
     }
     writer.await.unwrap();
-    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(60)).await;
-    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
-    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
-    assert_eq!(order_violations(&got), 0);
+    let got = assert_all_arrive(&env, &ids).await;
     eprintln!(
         "Kafka links cut 3×: {} events, {} records",
         ids.len(),

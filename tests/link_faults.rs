@@ -53,18 +53,21 @@ async fn stalled_link_is_detected_and_nothing_is_lost() {
     proxy.stall();
     env.commit(&during).await;
     // Detected while the link is still stalled: nothing arrives although a reply was asked.
-    wait_for("dead link detected", Duration::from_secs(15), || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("connection presumed dead")
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("connection presumed dead") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead link not detected within 40 s; streamer log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     proxy.pass();
 
-    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(60)).await;
-    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
-    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
-    assert_eq!(order_violations(&got), 0);
+    assert_all_arrive(&env, &ids).await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
 }
@@ -82,10 +85,7 @@ async fn cut_link_under_load_loses_nothing() {
         proxy.cut();
     }
     writer.await.unwrap();
-    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(60)).await;
-    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
-    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
-    assert_eq!(order_violations(&got), 0);
+    assert_all_arrive(&env, &ids).await;
     checker.finish().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;

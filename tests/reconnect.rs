@@ -8,14 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-async fn assert_all_arrive(env: &Env, ids: &HashSet<String>) {
-    let reader = env.reader();
-    let got = read_until_all(&reader, ids, Duration::from_secs(90)).await;
-    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
-    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
-    assert_eq!(order_violations(&got), 0);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walsender_terminated_under_load_loses_nothing() {
     let env = Env::start().await;

@@ -300,7 +300,10 @@ impl<'a> Session<'a> {
                 _ = tick.tick() => {
                     let silent = heard.elapsed();
                     if silent > timeout {
-                        return Err(StreamError::Replication(ReplicationError::Silent(silent)));
+                        let e = ReplicationError::Silent(silent);
+                        // Said now: tearing the session down (the producer) can take a while.
+                        warn!(error = %e, "replication connection is dead; reconnecting");
+                        return Err(StreamError::Replication(e));
                     }
                     // Past half the timeout, ask for a reply: a live server answers at once.
                     self.send_status(stream, silent > timeout / 2).await?;
@@ -435,15 +438,7 @@ impl<'a> Session<'a> {
                         .tx
                         .ok_or_else(|| protocol("Insert outside a transaction"))?;
                     self.wm.add_event(id)?;
-                    let ticket = Ticket {
-                        tx: id,
-                        bytes: rec.size(),
-                        commit_time,
-                        event_id: rec.event_id.clone(),
-                        topic: self.meters.topic_id(&rec.topic),
-                        lsn: rec.lsn,
-                    };
-                    return Ok(Step::Produce(rec, ticket));
+                    return Ok(self.produce_step(rec, id, commit_time));
                 }
                 self.ignore("insert", ins.relation_id);
             }
@@ -479,19 +474,24 @@ impl<'a> Session<'a> {
                     }
                     None => (self.wm.standalone(past)?, crate::pgtime::now()),
                 };
-                let ticket = Ticket {
-                    tx: id,
-                    bytes: rec.size(),
-                    commit_time,
-                    event_id: rec.event_id.clone(),
-                    topic: self.meters.topic_id(&rec.topic),
-                    lsn: rec.lsn,
-                };
-                return Ok(Step::Produce(rec, ticket));
+                return Ok(self.produce_step(rec, id, commit_time));
             }
             Message::Origin(_) | Message::Type(_) => {}
         }
         Ok(Step::Continue)
+    }
+
+    /// An event of transaction `tx`, ready for the producer with the ticket its ack returns.
+    fn produce_step(&mut self, rec: OutboxRecord, tx: TxId, commit_time: i64) -> Step {
+        let ticket = Ticket {
+            tx,
+            bytes: rec.size(),
+            commit_time,
+            event_id: rec.event_id.clone(),
+            topic: self.meters.topic_id(&rec.topic),
+            lsn: rec.lsn,
+        };
+        Step::Produce(rec, ticket)
     }
 
     /// Changes other than outbox inserts are counted and skipped (DESIGN.md).

@@ -410,3 +410,15 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Reads until every id arrived; asserts none is lost and per-key order holds after dedupe.
+pub async fn assert_all_arrive(
+    env: &Env,
+    ids: &std::collections::HashSet<String>,
+) -> Vec<ConsumedRecord> {
+    let got = read_until_all(&env.reader(), ids, Duration::from_secs(90)).await;
+    let seen: std::collections::HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
+    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
+    assert_eq!(order_violations(&got), 0);
+    got
+}
