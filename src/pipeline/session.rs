@@ -53,17 +53,27 @@ pub(super) async fn run(
     health: &Health,
 ) -> Result<(), StreamError> {
     let pg_cfg = cfg.pg_config()?;
+    // Every request/response step is bounded like the stream itself: a link that stalls
+    // mid-handshake must not hang pgoutbox (CREATE_REPLICATION_SLOT excepted: it rightly
+    // waits for open transactions to finish).
+    let limit = cfg.replication_timeout;
     let slot = {
         let (client, conn) = crate::pg::connect(cfg).await?;
-        let slot = preflight::check(&client, &cfg.outbox, &cfg.publication, &cfg.slot).await;
+        let slot = within(limit, "the setup checks", async {
+            Ok(preflight::check(&client, &cfg.outbox, &cfg.publication, &cfg.slot).await?)
+        })
+        .await;
         drop(client);
-        let _ = conn.await;
+        conn.abort();
         slot?
     };
 
     let connect = ConnectConfig::from_pg_config(&pg_cfg)?.with_tls(&cfg.tls_settings()?)?;
     let mut repl = ReplicationClient::connect(&connect).await?;
-    let sys = repl.identify_system().await?;
+    let sys = within(limit, "IDENTIFY_SYSTEM", async {
+        Ok(repl.identify_system().await?)
+    })
+    .await?;
     debug!(system_id = %sys.system_id, timeline = sys.timeline, xlog_pos = %sys.xlog_pos,
         "identified system");
     let start = match slot {
@@ -86,10 +96,16 @@ pub(super) async fn run(
 
     let (ack_tx, acks) = mpsc::unbounded_channel();
     let sink = KafkaSink::new(&cfg.kafka, ack_tx)?;
-    let mut stream = match repl
-        .start_replication(&cfg.slot, start, &cfg.publication)
-        .await
-    {
+    let started = tokio::time::timeout(
+        limit,
+        repl.start_replication(&cfg.slot, start, &cfg.publication),
+    )
+    .await
+    .unwrap_or(Err(ReplicationError::NoAnswer {
+        what: "START_REPLICATION",
+        after: limit,
+    }));
+    let mut stream = match started {
         Err(e) if e.sqlstate() == Some(UNDEFINED_OBJECT) && *slot_known => {
             return Err(StreamError::SlotLost(cfg.slot.clone()))
         }
@@ -158,6 +174,20 @@ impl<F: FnMut()> Drop for OnDrop<F> {
     fn drop(&mut self) {
         (self.0)()
     }
+}
+
+/// Runs `f`, failing with "connection presumed dead" if it takes longer than `limit`.
+async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, StreamError>>,
+) -> Result<T, StreamError> {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or(Err(StreamError::Replication(ReplicationError::NoAnswer {
+            what,
+            after: limit,
+        })))
 }
 
 /// What the event loop does after handling one replication message.

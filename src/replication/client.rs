@@ -42,6 +42,8 @@ pub enum ReplicationError {
     Certificate(String),
     #[error("nothing received from the server for {0:.0?} although a reply was requested: connection presumed dead")]
     Silent(Duration),
+    #[error("no answer to {what} within {after:.0?}: connection presumed dead")]
+    NoAnswer { what: &'static str, after: Duration },
 }
 
 impl ReplicationError {
