@@ -13,12 +13,7 @@ use rdkafka::types::RDKafkaRespErr;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_down_30s_under_load() {
     let env = Env::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let _child = env.spawn_binary(
-        &dir.path().join("log"),
-        &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
-    );
-    env.wait_streaming().await;
+    let _streamer = env.streaming_binary().await;
     // About 40 s of continuous load.
     let txs = workload(0, 1_600);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
@@ -61,12 +56,7 @@ async fn brokers_down_30s_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retriable_produce_errors_are_absorbed() {
     let env = Env::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let _child = env.spawn_binary(
-        &dir.path().join("log"),
-        &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
-    );
-    env.wait_streaming().await;
+    let _streamer = env.streaming_binary().await;
     use RDKafkaRespErr::*;
     env.kafka
         .inject_produce_errors(vec![

@@ -11,12 +11,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walsender_terminated_under_load_loses_nothing() {
     let env = Env::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let _child = env.spawn_binary(
-        &dir.path().join("log"),
-        &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
-    );
-    env.wait_streaming().await;
+    let _streamer = env.streaming_binary().await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
     let checker = env.lsn_checker();
@@ -62,12 +57,7 @@ async fn postgres_crash_restart_under_load_loses_nothing() {
 
 async fn restart_under_load(mode: &'static str) {
     let mut env = Env::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let _child = env.spawn_binary(
-        &dir.path().join("log"),
-        &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
-    );
-    env.wait_streaming().await;
+    let _streamer = env.streaming_binary().await;
     let txs = workload(0, 300);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
     let checker = env.lsn_checker();

@@ -95,6 +95,18 @@ impl Env {
             .expect("spawn pgoutbox")
     }
 
+    /// The real binary (status updates every 200 ms), already streaming. Killed, and its
+    /// log removed, when the returned pair is dropped.
+    pub async fn streaming_binary(&self) -> (tempfile::TempDir, tokio::process::Child) {
+        let dir = tempfile::tempdir().unwrap();
+        let child = self.spawn_binary(
+            &dir.path().join("log"),
+            &[("PGOUTBOX_STATUS_INTERVAL_MS", "200")],
+        );
+        self.wait_streaming().await;
+        (dir, child)
+    }
+
     /// Commits `txs` in the background, `pause` apart, recording each commit's LSN bound for
     /// the LSN checker; retried across server restarts until each has committed once.
     pub fn spawn_writer(&self, txs: Vec<Vec<Event>>, pause: Duration) -> JoinHandle<()> {
