@@ -93,7 +93,6 @@ async fn server_version(pg: &tokio_postgres::Client) -> String {
 }
 
 async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Vec<CheckResult>) {
-    let t = &cfg.outbox.table;
     out.push(result(
         "wal_level",
         preflight::wal_level(pg).await.map(|()| "logical".into()),
@@ -104,30 +103,32 @@ async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Ve
             .await
             .map(|(slots, senders)| format!("{slots} slot(s) and {senders} WAL sender(s) free")),
     ));
-    let table = preflight::table_exists(pg, t).await;
-    let table_ok = table.is_ok();
-    out.push(result(
-        "outbox table",
-        table.map(|()| format!("{t} exists")),
-    ));
-    if table_ok {
+    for o in cfg.outboxes() {
+        let t = &o.table;
+        let table = preflight::table_exists(pg, t).await;
+        let table_ok = table.is_ok();
         out.push(result(
-            "outbox columns",
-            preflight::columns(pg, &cfg.outbox).await.map(|()| {
-                let o = &cfg.outbox;
-                format!(
-                    "id={}, route={}, key={}, type={}, payload={}",
-                    o.id_column, o.route_column, o.key_column, o.type_column, o.payload_column
-                )
-            }),
+            "outbox table",
+            table.map(|()| format!("{t} exists")),
+        ));
+        if table_ok {
+            out.push(result(
+                "outbox columns",
+                preflight::columns(pg, &o).await.map(|()| {
+                    format!(
+                        "id={}, route={}, key={}, type={}, payload={}",
+                        o.id_column, o.route_column, o.key_column, o.type_column, o.payload_column
+                    )
+                }),
+            ));
+        }
+        out.push(result(
+            "publication",
+            preflight::publication_covers(pg, &cfg.publication, t)
+                .await
+                .map(|()| format!("{} publishes inserts of {t}", cfg.publication)),
         ));
     }
-    out.push(result(
-        "publication",
-        preflight::publication_covers(pg, &cfg.publication, t)
-            .await
-            .map(|()| format!("{} publishes inserts of {t}", cfg.publication)),
-    ));
     out.push(result(
         "REPLICATION privilege",
         preflight::replication_role(pg)

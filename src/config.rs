@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
-use crate::outbox::OutboxConfig;
+use crate::outbox::{OutboxConfig, PoisonPolicy, UpdatePolicy};
 use crate::sink::kafka::KafkaConfig;
 
 /// Default slot name.
 pub const DEFAULT_SLOT: &str = "pgoutbox";
+/// Default dead-letter topic.
+pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "pgoutbox.dead-letter";
 /// Default publication name (what `sql/setup.sql` creates).
 pub const DEFAULT_PUBLICATION: &str = "pgoutbox_pub";
 
@@ -25,7 +27,16 @@ pub struct Config {
     pub slot: String,
     /// Publication covering the outbox table. Default `pgoutbox_pub`.
     pub publication: String,
+    /// The outbox table and its routing; its routing also serves the table-less outbox.
     pub outbox: OutboxConfig,
+    /// Further outbox tables in the same publication, each with its own routing. Default none.
+    pub extra_tables: Vec<OutboxConfig>,
+    /// An UPDATE of an outbox row (when the publication publishes updates). Default warn.
+    pub on_update: UpdatePolicy,
+    /// An event that can never be delivered. Default fail.
+    pub on_poison: PoisonPolicy,
+    /// Where `on_poison = dead-letter` writes. Default `pgoutbox.dead-letter`.
+    pub dead_letter_topic: String,
     pub kafka: KafkaConfig,
     /// How often to send a standby status update. Default 1 s.
     pub status_interval: Duration,
@@ -54,6 +65,10 @@ impl std::fmt::Debug for Config {
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("outbox", &self.outbox)
+            .field("extra_tables", &self.extra_tables)
+            .field("on_update", &self.on_update)
+            .field("on_poison", &self.on_poison)
+            .field("dead_letter_topic", &self.dead_letter_topic)
             .field(
                 "postgres_password",
                 &self.postgres_password.as_ref().map(|_| "***"),
@@ -106,6 +121,10 @@ pub enum ConfigError {
     Tls(#[from] crate::tls::TlsError),
     #[error("replication_timeout must be more than twice the status interval")]
     ReplicationTimeout,
+    #[error("outbox table {0} is configured twice")]
+    DuplicateTable(String),
+    #[error("dead_letter_topic {0:?} is not a valid Kafka topic name")]
+    DeadLetterTopic(String),
 }
 
 impl Config {
@@ -119,6 +138,10 @@ impl Config {
             slot: DEFAULT_SLOT.into(),
             publication: DEFAULT_PUBLICATION.into(),
             outbox: OutboxConfig::default(),
+            extra_tables: Vec::new(),
+            on_update: UpdatePolicy::default(),
+            on_poison: PoisonPolicy::default(),
+            dead_letter_topic: DEFAULT_DEAD_LETTER_TOPIC.into(),
             kafka: KafkaConfig {
                 brokers: kafka_brokers.into(),
                 properties: Vec::new(),
@@ -170,8 +193,25 @@ impl Config {
         })
     }
 
+    /// Every outbox table: the main one first, then `extra_tables`.
+    pub fn outboxes(&self) -> Vec<OutboxConfig> {
+        std::iter::once(&self.outbox)
+            .chain(&self.extra_tables)
+            .cloned()
+            .collect()
+    }
+
     /// Checks everything that can be checked without a network.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let tables = self.outboxes();
+        for (i, t) in tables.iter().enumerate() {
+            if tables[..i].iter().any(|o| o.table == t.table) {
+                return Err(ConfigError::DuplicateTable(t.table.to_string()));
+            }
+        }
+        if !crate::outbox::is_valid_topic(&self.dead_letter_topic) {
+            return Err(ConfigError::DeadLetterTopic(self.dead_letter_topic.clone()));
+        }
         self.pg_config()?;
         self.tls_settings()?.client_config()?;
         let ok = !self.slot.is_empty()

@@ -24,6 +24,11 @@ pub const STREAMING: &str = "pgoutbox_streaming";
 /// Seconds from the transaction's commit in PostgreSQL to Kafka's ack, per event.
 pub const COMMIT_TO_ACK: &str = "pgoutbox_commit_to_ack_seconds";
 
+/// UPDATEs of outbox rows seen (`on_update` warn/error), by `table`.
+pub const OUTBOX_UPDATES: &str = "pgoutbox_outbox_updates_total";
+/// Undeliverable events by `action` (`dead-letter`, `skip`) and `reason`.
+pub const POISON_EVENTS: &str = "pgoutbox_poison_events_total";
+
 /// Histogram buckets for [`COMMIT_TO_ACK`], 1 ms to 1 min.
 pub const COMMIT_TO_ACK_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -54,6 +59,11 @@ pub fn describe() {
         "Current WAL position minus the slot's confirmed position"
     );
     describe_counter!(RECONNECTS, "Sessions restarted after an error");
+    describe_counter!(OUTBOX_UPDATES, "UPDATEs of outbox rows seen, by table");
+    describe_counter!(
+        POISON_EVENTS,
+        "Undeliverable events dead-lettered or skipped, by action and reason"
+    );
     describe_gauge!(STREAMING, "1 while the replication stream is running");
     describe_histogram!(
         COMMIT_TO_ACK,

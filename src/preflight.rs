@@ -101,14 +101,16 @@ pub struct SlotInfo {
 /// The checks the streamer runs before streaming; the first failure stops it.
 pub async fn check(
     pg: &Client,
-    outbox: &OutboxConfig,
+    tables: &[OutboxConfig],
     publication: &str,
     slot: &str,
 ) -> Result<Option<SlotInfo>, PreflightError> {
     wal_level(pg).await?;
-    table_exists(pg, &outbox.table).await?;
-    columns(pg, outbox).await?;
-    publication_covers(pg, publication, &outbox.table).await?;
+    for outbox in tables {
+        table_exists(pg, &outbox.table).await?;
+        columns(pg, outbox).await?;
+        publication_covers(pg, publication, &outbox.table).await?;
+    }
     replication_role(pg).await?;
     slot_state(pg, slot).await
 }
@@ -156,13 +158,16 @@ pub async fn columns(pg: &Client, outbox: &OutboxConfig) -> Result<(), Preflight
             .find(|r| r.get::<_, String>(0) == col)
             .map(|r| r.get(1))
     };
-    let wanted = [
+    let mut wanted = vec![
         (&outbox.id_column, "event id", "id_column"),
         (&outbox.route_column, "route", "route_column"),
         (&outbox.key_column, "key", "key_column"),
         (&outbox.type_column, "type", "type_column"),
         (&outbox.payload_column, "payload", "payload_column"),
     ];
+    if let Some(p) = &outbox.partition_column {
+        wanted.push((p, "partition", "partition_column"));
+    }
     for (column, role, role_key) in wanted {
         if ty(column).is_none() {
             return Err(PreflightError::MissingColumn {

@@ -50,6 +50,9 @@ macro_rules! settings {
             /// librdkafka producer properties, e.g. `"sasl.mechanism" = "SCRAM-SHA-512"`.
             #[serde(default)]
             pub kafka: BTreeMap<String, toml::Value>,
+            /// Further outbox tables (`[[tables]]`), each with its own routing.
+            #[serde(default)]
+            pub tables: Vec<TableSettings>,
             $( pub $name: Option<$ty>, )*
         }
 
@@ -58,6 +61,8 @@ macro_rules! settings {
         pub struct Settings {
             /// librdkafka properties, file first, then flags/env (later wins).
             pub kafka_properties: Vec<(String, String)>,
+            /// The file's `[[tables]]`.
+            pub tables: Vec<TableSettings>,
             $( pub $name: $ty, )*
         }
 
@@ -76,6 +81,7 @@ macro_rules! settings {
                 }
                 Ok(Settings {
                     kafka_properties,
+                    tables: file.tables,
                     $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )*
                 })
             }
@@ -120,6 +126,16 @@ settings! {
     type_column: String = "type".into(), "PGOUTBOX_TYPE_COLUMN";
     /// Column that becomes the record value [default: payload]
     payload_column: String = "payload".into(), "PGOUTBOX_PAYLOAD_COLUMN";
+    /// Column whose integer value is the record's partition; empty = the key decides [default: none]
+    partition_column: String = String::new(), "PGOUTBOX_PARTITION_COLUMN";
+    /// A NULL or empty payload becomes a tombstone (true/false); otherwise it is an empty value [default: false]
+    tombstone_on_empty_payload: bool = false, "PGOUTBOX_TOMBSTONE_ON_EMPTY_PAYLOAD";
+    /// An UPDATE of an outbox row (publication publishing updates): warn, error (log and go on) or fatal (stop) [default: warn]
+    on_update: String = "warn".into(), "PGOUTBOX_ON_UPDATE";
+    /// An event Kafka refuses for good or that cannot be routed: fail (stop), dead-letter, or skip (log and count) [default: fail]
+    on_poison: String = "fail".into(), "PGOUTBOX_ON_POISON";
+    /// Topic for on_poison = dead-letter [default: pgoutbox.dead-letter]
+    dead_letter_topic: String = pgoutbox::config::DEFAULT_DEAD_LETTER_TOPIC.into(), "PGOUTBOX_DEAD_LETTER_TOPIC";
     /// Milliseconds between standby status updates [default: 1000]
     status_interval_ms: u64 = 1000, "PGOUTBOX_STATUS_INTERVAL_MS";
     /// Pause reading WAL while this many events await acks [default: 10000]
@@ -173,26 +189,13 @@ impl Settings {
         }
         cfg.slot = self.slot.clone();
         cfg.publication = self.publication.clone();
-        cfg.outbox = OutboxConfig {
-            table: TableName::parse(&self.table).map_err(anyhow::Error::msg)?,
-            id_column: self.id_column.clone(),
-            route_column: self.route_column.clone(),
-            key_column: self.key_column.clone(),
-            type_column: self.type_column.clone(),
-            payload_column: self.payload_column.clone(),
-            topic_template: self.topic_template.parse()?,
-            message_prefix: Some(self.message_prefix.clone()).filter(|p| !p.is_empty()),
-            additional_headers: self
-                .additional_headers
-                .split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(|c| match c.split_once(':') {
-                    Some((col, header)) => (col.trim().to_owned(), header.trim().to_owned()),
-                    None => (c.to_owned(), c.to_owned()),
-                })
-                .collect(),
-        };
+        cfg.outbox = self.outbox_config()?;
+        for t in &self.tables {
+            cfg.extra_tables.push(t.apply(&cfg.outbox)?);
+        }
+        cfg.on_update = self.on_update.parse().map_err(anyhow::Error::msg)?;
+        cfg.on_poison = self.on_poison.parse().map_err(anyhow::Error::msg)?;
+        cfg.dead_letter_topic = self.dead_letter_topic.clone();
         cfg.kafka.properties = self.kafka_properties.clone();
         if !self.kafka_sasl_password_file.as_os_str().is_empty() {
             let pw = read_secret(&self.kafka_sasl_password_file)?;
@@ -214,6 +217,23 @@ impl Settings {
         Ok(cfg)
     }
 
+    /// The main outbox table's routing.
+    fn outbox_config(&self) -> anyhow::Result<OutboxConfig> {
+        Ok(OutboxConfig {
+            table: TableName::parse(&self.table).map_err(anyhow::Error::msg)?,
+            id_column: self.id_column.clone(),
+            route_column: self.route_column.clone(),
+            key_column: self.key_column.clone(),
+            type_column: self.type_column.clone(),
+            payload_column: self.payload_column.clone(),
+            topic_template: self.topic_template.parse()?,
+            message_prefix: Some(self.message_prefix.clone()).filter(|p| !p.is_empty()),
+            additional_headers: parse_headers(&self.additional_headers),
+            partition_column: Some(self.partition_column.clone()).filter(|c| !c.is_empty()),
+            tombstone_on_empty_payload: self.tombstone_on_empty_payload,
+        })
+    }
+
     /// The password from `postgres_password` or `postgres_password_file` (not both).
     fn postgres_password(&self) -> anyhow::Result<Option<String>> {
         let file = !self.postgres_password_file.as_os_str().is_empty();
@@ -223,6 +243,68 @@ impl Settings {
             (true, true) => read_secret(&self.postgres_password_file).map(Some),
             (false, true) => bail!("set postgres_password or postgres_password_file, not both"),
         }
+    }
+}
+
+/// `column[:header],…` → (column, header) pairs.
+fn parse_headers(list: &str) -> Vec<(String, String)> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| match c.split_once(':') {
+            Some((col, header)) => (col.trim().to_owned(), header.trim().to_owned()),
+            None => (c.to_owned(), c.to_owned()),
+        })
+        .collect()
+}
+
+/// One `[[tables]]` entry: another outbox table. Keys left out take the main table's value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSettings {
+    /// Schema-qualified table name (required).
+    pub table: String,
+    pub topic_template: Option<String>,
+    pub additional_headers: Option<String>,
+    pub id_column: Option<String>,
+    pub route_column: Option<String>,
+    pub key_column: Option<String>,
+    pub type_column: Option<String>,
+    pub payload_column: Option<String>,
+    pub partition_column: Option<String>,
+    pub tombstone_on_empty_payload: Option<bool>,
+}
+
+impl TableSettings {
+    /// This table's routing: its own keys over the main table's.
+    fn apply(&self, main: &OutboxConfig) -> anyhow::Result<OutboxConfig> {
+        let pick = |own: &Option<String>, inherited: &String| {
+            own.clone().unwrap_or_else(|| inherited.clone())
+        };
+        Ok(OutboxConfig {
+            table: TableName::parse(&self.table).map_err(anyhow::Error::msg)?,
+            id_column: pick(&self.id_column, &main.id_column),
+            route_column: pick(&self.route_column, &main.route_column),
+            key_column: pick(&self.key_column, &main.key_column),
+            type_column: pick(&self.type_column, &main.type_column),
+            payload_column: pick(&self.payload_column, &main.payload_column),
+            topic_template: match &self.topic_template {
+                Some(t) => t.parse()?,
+                None => main.topic_template.clone(),
+            },
+            additional_headers: match &self.additional_headers {
+                Some(h) => parse_headers(h),
+                None => main.additional_headers.clone(),
+            },
+            partition_column: match &self.partition_column {
+                Some(c) => Some(c.clone()).filter(|c| !c.is_empty()),
+                None => main.partition_column.clone(),
+            },
+            tombstone_on_empty_payload: self
+                .tombstone_on_empty_payload
+                .unwrap_or(main.tombstone_on_empty_payload),
+            message_prefix: None,
+        })
     }
 }
 
@@ -265,6 +347,32 @@ mod tests {
         assert_eq!(s.publication, "pub_file");
         assert_eq!(s.table, "public.outbox");
         assert_eq!(s.status_interval_ms, 1000);
+    }
+
+    #[test]
+    fn tables_inherit_the_main_routing() {
+        let f = file(
+            "table = 'app.outbox'\nkey_column = 'k'\n\n[[tables]]\ntable = 'billing.outbox'\ntopic_template = 'billing.${routedByValue}'\npartition_column = 'shard'\n",
+        );
+        let mut s = Settings::merge(SettingArgs::default(), f).unwrap();
+        s.postgres_url = "postgres://u@h/db".into();
+        let cfg = s.config(false).unwrap();
+        let t = &cfg.extra_tables[0];
+        assert_eq!(t.table.to_string(), "billing.outbox");
+        assert_eq!(t.key_column, "k");
+        assert_eq!(t.partition_column.as_deref(), Some("shard"));
+        assert_eq!(t.topic_template.render("x"), "billing.x");
+        assert!(
+            toml::from_str::<FileSettings>("[[tables]]\ntable = 'a'\ntopik = 'x'")
+                .unwrap_err()
+                .to_string()
+                .contains("topik")
+        );
+        s.tables.push(TableSettings {
+            table: "app.outbox".into(),
+            ..Default::default()
+        });
+        assert!(s.config(false).is_err(), "the same table twice");
     }
 
     #[test]

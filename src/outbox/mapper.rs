@@ -1,4 +1,5 @@
-//! Insert on the outbox table → [`OutboxRecord`].
+//! Insert on an outbox table → [`OutboxRecord`]. Several tables may be outboxes, each with
+//! its own routing.
 
 use std::collections::HashMap;
 
@@ -36,6 +37,14 @@ pub enum MapError {
     NotUtf8 { lsn: Lsn, column: String },
     #[error("outbox row at {lsn}: topic {topic:?} is not a valid Kafka topic name")]
     InvalidTopic { lsn: Lsn, topic: String },
+    #[error(
+        "outbox row at {lsn}: partition {value:?} (column {column:?}) is not a partition number"
+    )]
+    BadPartition {
+        lsn: Lsn,
+        column: String,
+        value: String,
+    },
     #[error("outbox row at {lsn}: bytea payload is not in hex format (set bytea_output = 'hex')")]
     ByteaFormat { lsn: Lsn },
     #[error("outbox message at {lsn} is not valid: {why} (expected JSON with aggregatetype, and optionally aggregateid, type, payload, id, headers)")]
@@ -45,6 +54,8 @@ pub enum MapError {
 /// Positions of the configured columns in one relation's tuples.
 #[derive(Debug, Clone)]
 struct Columns {
+    /// Which configured table this relation is.
+    table: usize,
     id: usize,
     route: usize,
     key: usize,
@@ -56,6 +67,7 @@ struct Columns {
     headers: Vec<(usize, String)>,
     /// A `headers` jsonb column whose object entries become record headers.
     headers_json: Option<usize>,
+    partition: Option<usize>,
 }
 
 /// A column that becomes the W3C trace-context header when the table has it.
@@ -66,44 +78,53 @@ const HEADERS_JSON: &str = "headers";
 /// Maps outbox inserts; learns column positions from Relation messages.
 #[derive(Debug)]
 pub struct OutboxMapper {
-    cfg: OutboxConfig,
-    /// Relation id → column positions, for relations that are the outbox table.
+    tables: Vec<OutboxConfig>,
+    /// Relation id → column positions, for relations that are an outbox table.
     outbox: HashMap<u32, Columns>,
 }
 
 impl OutboxMapper {
-    pub fn new(cfg: OutboxConfig) -> Self {
+    /// A mapper for these outbox tables (the first is also the table-less outbox's routing).
+    pub fn new(tables: Vec<OutboxConfig>) -> Self {
         OutboxMapper {
-            cfg,
+            tables,
             outbox: HashMap::new(),
         }
     }
 
-    /// Whether this relation is the configured outbox table.
-    pub fn is_outbox(&self, rel: &Relation) -> bool {
+    /// Which configured outbox table this relation is, if any.
+    fn table_of(&self, rel: &Relation) -> Option<usize> {
         // pgoutput sends an empty namespace for pg_catalog only.
-        rel.namespace == self.cfg.table.schema && rel.name == self.cfg.table.name
+        self.tables
+            .iter()
+            .position(|t| rel.namespace == t.table.schema && rel.name == t.table.name)
     }
 
-    /// Learns (or, after DDL, relearns) a relation; errors if the outbox lacks a column.
+    /// Whether this relation is a configured outbox table.
+    pub fn is_outbox(&self, rel: &Relation) -> bool {
+        self.table_of(rel).is_some()
+    }
+
+    /// Learns (or, after DDL, relearns) a relation; errors if an outbox lacks a column.
     pub fn on_relation(&mut self, rel: &Relation) -> Result<(), MapError> {
-        if !self.is_outbox(rel) {
+        let Some(table) = self.table_of(rel) else {
             self.outbox.remove(&rel.id);
             return Ok(());
-        }
+        };
+        let cfg = &self.tables[table];
         let find = |column: &str, role: &'static str| {
             rel.columns
                 .iter()
                 .position(|c| c.name == column)
                 .ok_or_else(|| MapError::MissingColumn {
-                    table: self.cfg.table.to_string(),
+                    table: cfg.table.to_string(),
                     column: column.to_owned(),
                     role,
                 })
         };
-        let payload = find(&self.cfg.payload_column, "payload")?;
+        let payload = find(&cfg.payload_column, "payload")?;
         let mut headers = Vec::new();
-        for (column, header) in &self.cfg.additional_headers {
+        for (column, header) in &cfg.additional_headers {
             headers.push((find(column, "additional header")?, header.clone()));
         }
         let position = |name: &str| rel.columns.iter().position(|c| c.name == name);
@@ -112,17 +133,23 @@ impl OutboxMapper {
                 headers.push((i, TRACEPARENT.to_owned()));
             }
         }
+        let partition = match &cfg.partition_column {
+            Some(c) => Some(find(c, "partition")?),
+            None => None,
+        };
         let cols = Columns {
-            id: find(&self.cfg.id_column, "event id")?,
-            route: find(&self.cfg.route_column, "route")?,
-            key: find(&self.cfg.key_column, "key")?,
-            kind: find(&self.cfg.type_column, "type")?,
+            table,
+            id: find(&cfg.id_column, "event id")?,
+            route: find(&cfg.route_column, "route")?,
+            key: find(&cfg.key_column, "key")?,
+            kind: find(&cfg.type_column, "type")?,
             payload,
             payload_is_bytea: rel.columns[payload].type_oid == BYTEA_OID,
             count: rel.columns.len(),
             headers,
             headers_json: position(HEADERS_JSON)
                 .filter(|i| matches!(rel.columns[*i].type_oid, JSON_OID | JSONB_OID)),
+            partition,
         };
         self.outbox.insert(rel.id, cols);
         Ok(())
@@ -133,11 +160,17 @@ impl OutboxMapper {
         self.outbox.contains_key(&relation_id)
     }
 
-    /// Maps an insert; `Ok(None)` when it is not on the outbox table.
+    /// The configured table a relation id belongs to, once its Relation message was seen.
+    pub fn table(&self, relation_id: u32) -> Option<&OutboxConfig> {
+        self.outbox.get(&relation_id).map(|c| &self.tables[c.table])
+    }
+
+    /// Maps an insert; `Ok(None)` when it is not on an outbox table.
     pub fn map_insert(&self, insert: &Insert, lsn: Lsn) -> Result<Option<OutboxRecord>, MapError> {
         let Some(cols) = self.outbox.get(&insert.relation_id) else {
             return Ok(None);
         };
+        let cfg = &self.tables[cols.table];
         let TupleData(values) = &insert.new;
         if values.len() != cols.count {
             return Err(MapError::ColumnCount {
@@ -157,16 +190,16 @@ impl OutboxMapper {
             })
         };
 
-        let event_id = required(cols.id, &self.cfg.id_column)?;
-        let topic = if self.cfg.topic_template.uses_route() {
-            let route = required(cols.route, &self.cfg.route_column)?;
+        let event_id = required(cols.id, &cfg.id_column)?;
+        let topic = if cfg.topic_template.uses_route() {
+            let route = required(cols.route, &cfg.route_column)?;
             let route = std::str::from_utf8(&route).map_err(|_| MapError::NotUtf8 {
                 lsn,
-                column: self.cfg.route_column.clone(),
+                column: cfg.route_column.clone(),
             })?;
-            self.cfg.topic_template.render(route)
+            cfg.topic_template.render(route)
         } else {
-            self.cfg.topic_template.render("")
+            cfg.topic_template.render("")
         };
         if !is_valid_topic(&topic) {
             return Err(MapError::InvalidTopic { lsn, topic });
@@ -189,11 +222,30 @@ impl OutboxMapper {
             }
             other => other,
         };
+        let partition = match cols.partition {
+            Some(i) => {
+                let column = cfg.partition_column.clone().unwrap_or_default();
+                let text = required(i, &column)?;
+                let text = String::from_utf8_lossy(&text);
+                Some(
+                    text.parse::<i32>()
+                        .ok()
+                        .filter(|p| *p >= 0)
+                        .ok_or_else(|| MapError::BadPartition {
+                            lsn,
+                            column,
+                            value: text.into_owned(),
+                        })?,
+                )
+            }
+            None => None,
+        };
         Ok(Some(OutboxRecord {
             topic,
             key: value(cols.key),
+            partition,
             headers,
-            payload,
+            payload: cfg.value(payload),
             event_id,
             lsn,
         }))
@@ -286,7 +338,7 @@ mod tests {
 
     #[test]
     fn maps_with_debezium_defaults() {
-        let mut m = OutboxMapper::new(OutboxConfig::default());
+        let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
         m.on_relation(&outbox_rel(3802)).unwrap();
         let rec = m
             .map_insert(
@@ -317,7 +369,7 @@ mod tests {
 
     #[test]
     fn other_tables_are_not_mapped() {
-        let mut m = OutboxMapper::new(OutboxConfig::default());
+        let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
         let other = rel(8, "public", "orders", &[("id", 23)]);
         m.on_relation(&other).unwrap();
         let ins = Insert {
@@ -341,8 +393,9 @@ mod tests {
             topic_template: "all-events".parse().unwrap(),
             message_prefix: None,
             additional_headers: vec![("kind".into(), "x-kind".into())],
+            ..OutboxConfig::default()
         };
-        let mut m = OutboxMapper::new(cfg);
+        let mut m = OutboxMapper::new(vec![cfg]);
         let r = rel(
             3,
             "app",
@@ -368,7 +421,7 @@ mod tests {
 
     #[test]
     fn missing_column_names_it() {
-        let mut m = OutboxMapper::new(OutboxConfig::default());
+        let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
         let r = rel(7, "public", "outbox", &[("id", 2950), ("payload", 3802)]);
         let e = m.on_relation(&r).unwrap_err();
         assert!(e.to_string().contains("aggregatetype"), "{e}");
@@ -376,7 +429,7 @@ mod tests {
 
     #[test]
     fn null_route_and_bad_topic_are_errors() {
-        let mut m = OutboxMapper::new(OutboxConfig::default());
+        let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
         m.on_relation(&outbox_rel(3802)).unwrap();
         let null_route = row(vec![t("1"), Value::Null, t("k"), t("T"), t("{}"), t("x")]);
         assert!(matches!(
@@ -408,7 +461,7 @@ mod tests {
             additional_headers: vec![("tenant".into(), "x-tenant".into())],
             ..OutboxConfig::default()
         };
-        let mut m = OutboxMapper::new(cfg);
+        let mut m = OutboxMapper::new(vec![cfg]);
         let mut r = outbox_rel(3802);
         for (name, oid) in [("tenant", 25), ("traceparent", 25), ("headers", 3802)] {
             r.columns.push(Column {
@@ -448,10 +501,10 @@ mod tests {
             ]
         );
         // A configured header column that the table lacks is an error naming it.
-        let mut m = OutboxMapper::new(OutboxConfig {
+        let mut m = OutboxMapper::new(vec![OutboxConfig {
             additional_headers: vec![("nope".into(), "nope".into())],
             ..OutboxConfig::default()
-        });
+        }]);
         assert!(m
             .on_relation(&outbox_rel(3802))
             .unwrap_err()
@@ -460,11 +513,60 @@ mod tests {
     }
 
     #[test]
-    fn null_payload_is_a_tombstone() {
-        let mut m = OutboxMapper::new(OutboxConfig::default());
+    fn tombstone_only_when_asked() {
+        let null = row(vec![t("1"), t("a"), t("k"), t("T"), Value::Null, t("x")]);
+        let empty = row(vec![t("1"), t("a"), t("k"), t("T"), t(""), t("x")]);
+        let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
+        m.on_relation(&outbox_rel(25)).unwrap();
+        for r in [&null, &empty] {
+            let p = m.map_insert(r, Lsn(1)).unwrap().unwrap().payload;
+            assert_eq!(p.as_deref(), Some(&b""[..]));
+        }
+        let mut m = OutboxMapper::new(vec![OutboxConfig {
+            tombstone_on_empty_payload: true,
+            ..OutboxConfig::default()
+        }]);
+        m.on_relation(&outbox_rel(25)).unwrap();
+        for r in [&null, &empty] {
+            assert_eq!(m.map_insert(r, Lsn(1)).unwrap().unwrap().payload, None);
+        }
+    }
+
+    #[test]
+    fn several_tables_each_with_its_routing_and_partition() {
+        let orders = OutboxConfig {
+            table: TableName::parse("sales.outbox").unwrap(),
+            topic_template: "sales.${routedByValue}".parse().unwrap(),
+            partition_column: Some("created_at".into()),
+            ..OutboxConfig::default()
+        };
+        let mut m = OutboxMapper::new(vec![OutboxConfig::default(), orders]);
+        let mut sales = outbox_rel(3802);
+        sales.id = 8;
+        sales.namespace = "sales".into();
         m.on_relation(&outbox_rel(3802)).unwrap();
-        let r = row(vec![t("1"), t("a"), t("k"), t("T"), Value::Null, t("x")]);
-        assert_eq!(m.map_insert(&r, Lsn(1)).unwrap().unwrap().payload, None);
+        m.on_relation(&sales).unwrap();
+        let vals = |p: &str| vec![t("1"), t("order"), t("k"), t("T"), t("{}"), t(p)];
+        let public = m.map_insert(&row(vals("2")), Lsn(1)).unwrap().unwrap();
+        assert_eq!(
+            (public.topic.as_str(), public.partition),
+            ("outbox.event.order", None)
+        );
+        let ins = |p: &str| Insert {
+            relation_id: 8,
+            new: TupleData(vals(p)),
+        };
+        let rec = m.map_insert(&ins("2"), Lsn(1)).unwrap().unwrap();
+        assert_eq!(
+            (rec.topic.as_str(), rec.partition),
+            ("sales.order", Some(2))
+        );
+        for bad in ["-1", "two"] {
+            let e = m.map_insert(&ins(bad), Lsn(1)).unwrap_err();
+            assert!(matches!(e, MapError::BadPartition { .. }), "{e}");
+        }
+        assert_eq!(m.table(8).unwrap().table.schema, "sales");
+        assert!(m.table(9).is_none());
     }
 
     #[test]

@@ -59,9 +59,11 @@ pub fn map_message(
         .payload
         .filter(|p| p.get() != "null")
         .map(|p| Bytes::copy_from_slice(p.get().as_bytes()));
+    let payload = cfg.value(payload);
     Ok(Some(OutboxRecord {
         topic,
         key: e.aggregateid.map(Bytes::from),
+        partition: None,
         headers,
         payload,
         event_id,
@@ -126,7 +128,14 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(r.event_id.as_ref(), b"lsn-1/10");
-        assert_eq!(r.payload, None);
+        // A JSON null payload is an empty value unless tombstones are asked for.
+        assert_eq!(r.payload.as_deref(), Some(&b""[..]));
+        let tombstones = OutboxConfig {
+            tombstone_on_empty_payload: true,
+            ..OutboxConfig::default()
+        };
+        let m = msg("outbox", r#"{"aggregatetype":"a","payload":null}"#);
+        assert_eq!(map_message(&tombstones, &m).unwrap().unwrap().payload, None);
         assert!(map_message(&cfg, &msg("outbox", "not json")).is_err());
         assert!(map_message(&cfg, &msg("outbox", r#"{"aggregatetype":"bad topic"}"#)).is_err());
     }

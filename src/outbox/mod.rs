@@ -3,11 +3,13 @@
 
 mod mapper;
 mod message;
+mod policy;
 mod template;
 
 pub use mapper::{MapError, OutboxMapper};
 pub use message::map_message;
-pub use template::{TemplateError, TopicTemplate};
+pub use policy::{PoisonPolicy, UpdatePolicy};
+pub use template::{is_valid_topic, TemplateError, TopicTemplate};
 
 use bytes::Bytes;
 
@@ -66,6 +68,23 @@ pub struct OutboxConfig {
     /// Logical decoding messages with this prefix are outbox events too (table-less outbox).
     /// Default `outbox`; `None` turns it off.
     pub message_prefix: Option<String>,
+    /// Column whose integer value is the record's partition (Debezium's `:partition`
+    /// placement). Default none: the key decides.
+    pub partition_column: Option<String>,
+    /// A NULL or empty payload becomes a tombstone (no value). Default false: it is delivered
+    /// as an empty value, so nothing is ever compacted away by accident.
+    pub tombstone_on_empty_payload: bool,
+}
+
+impl OutboxConfig {
+    /// The record value for a stored payload: `None` (a tombstone) only when asked for.
+    fn value(&self, payload: Option<Bytes>) -> Option<Bytes> {
+        match payload {
+            Some(p) if !p.is_empty() => Some(p),
+            _ if self.tombstone_on_empty_payload => None,
+            other => Some(other.unwrap_or_default()),
+        }
+    }
 }
 
 impl Default for OutboxConfig {
@@ -85,6 +104,8 @@ impl Default for OutboxConfig {
                 .unwrap_or_else(|_| unreachable!("the default template is valid")),
             message_prefix: Some("outbox".into()),
             additional_headers: Vec::new(),
+            partition_column: None,
+            tombstone_on_empty_payload: false,
         }
     }
 }
@@ -94,9 +115,11 @@ impl Default for OutboxConfig {
 pub struct OutboxRecord {
     pub topic: String,
     pub key: Option<Bytes>,
+    /// An explicit partition (`partition_column`); `None` lets the key decide.
+    pub partition: Option<i32>,
     /// `id` and `type`, in that order.
     pub headers: Vec<(String, Bytes)>,
-    /// `None` for a NULL payload (a tombstone).
+    /// `None` is a tombstone (`tombstone_on_empty_payload`).
     pub payload: Option<Bytes>,
     pub event_id: Bytes,
     /// WAL position of the insert.

@@ -70,6 +70,10 @@ pub enum StreamError {
     )]
     SlotBusy { slot: String, pid: String },
     #[error(
+        "outbox table {table} had a row updated (WAL {lsn}) and on_update = fatal: outbox rows are immutable events; stop the writer that updates them, then set on_update = warn or error to pass this change"
+    )]
+    OutboxUpdate { table: String, lsn: Lsn },
+    #[error(
         "replication slot {0:?} disappeared while pgoutbox was using it: events may have been missed; recreate the slot and resync deliberately"
     )]
     SlotLost(String),
@@ -85,6 +89,7 @@ impl StreamError {
             | StreamError::Map(_)
             | StreamError::Watermark(_)
             | StreamError::Sink(_)
+            | StreamError::OutboxUpdate { .. }
             | StreamError::SlotLost(_) => true,
             StreamError::Preflight(e) => e.is_fatal(),
             StreamError::Postgres(e) => {

@@ -9,13 +9,13 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, error, info, trace, warn};
 
 use super::{AbortOnDrop, AckedEvent, Budget, Health, Progress, StreamError};
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::metrics as m;
-use crate::outbox::{OutboxMapper, OutboxRecord};
+use crate::outbox::{OutboxMapper, OutboxRecord, UpdatePolicy};
 use crate::pgoutput::{self, Message, RelationCache};
 use crate::preflight::{self, PreflightError};
 use crate::replication::{
@@ -60,7 +60,7 @@ pub(super) async fn run(
     let slot = {
         let (client, conn) = crate::pg::connect(cfg).await?;
         let slot = within(limit, "the setup checks", async {
-            Ok(preflight::check(&client, &cfg.outbox, &cfg.publication, &cfg.slot).await?)
+            Ok(preflight::check(&client, &cfg.outboxes(), &cfg.publication, &cfg.slot).await?)
         })
         .await;
         drop(client);
@@ -274,7 +274,7 @@ impl<'a> Session<'a> {
             cfg,
             wm: Watermark::new(start),
             relations: RelationCache::default(),
-            mapper: OutboxMapper::new(cfg.outbox.clone()),
+            mapper: OutboxMapper::new(cfg.outboxes()),
             tx: None,
             budget: Budget::new(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
             observer,
@@ -472,7 +472,8 @@ impl<'a> Session<'a> {
                 }
                 self.ignore("insert", ins.relation_id);
             }
-            Message::Update(u) => self.ignore("update", u.relation_id),
+            Message::Update(u) => self.on_update(u.relation_id, wal_start)?,
+            // Deleting outbox rows is how applications clean up: always ignored.
             Message::Delete(d) => self.ignore("delete", d.relation_id),
             Message::Truncate(t) => {
                 for id in t.relation_ids {
@@ -522,6 +523,27 @@ impl<'a> Session<'a> {
             lsn: rec.lsn,
         };
         Step::Produce(rec, ticket)
+    }
+
+    /// An UPDATE: ignored unless on an outbox table, where `on_update` decides.
+    fn on_update(&mut self, relation_id: u32, lsn: Lsn) -> Result<(), StreamError> {
+        let Some(t) = self.mapper.table(relation_id) else {
+            self.ignore("update", relation_id);
+            return Ok(());
+        };
+        let table = t.table.to_string();
+        match self.cfg.on_update {
+            UpdatePolicy::Fatal => return Err(StreamError::OutboxUpdate { table, lsn }),
+            UpdatePolicy::Warn => {
+                warn!(%table, %lsn, "outbox row updated: ignored (outbox rows are immutable events)")
+            }
+            UpdatePolicy::Error => {
+                error!(%table, %lsn, "outbox row updated: ignored (outbox rows are immutable events)")
+            }
+        }
+        self.ignored += 1;
+        metrics::counter!(m::OUTBOX_UPDATES, "table" => table).increment(1);
+        Ok(())
     }
 
     /// Changes other than outbox inserts are counted and skipped (DESIGN.md).

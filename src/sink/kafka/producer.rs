@@ -110,6 +110,9 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
         if let Some(k) = &record.key {
             rec = rec.key(k.as_ref());
         }
+        if let Some(p) = record.partition {
+            rec = rec.partition(p);
+        }
         if let Some(p) = &record.payload {
             rec = rec.payload(p.as_ref());
         }
