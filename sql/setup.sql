@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS public.outbox (
     aggregatetype text        NOT NULL,  -- topic: outbox.event.<aggregatetype>
     aggregateid   text        NOT NULL,  -- record key: same aggregate, same partition, in order
     type          text        NOT NULL,  -- header `type`
-    payload       jsonb,                 -- record value (jsonb's text form); NULL = tombstone
+    payload       jsonb,                 -- record value (jsonb's text form); NULL = empty value
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 

@@ -51,6 +51,41 @@ pub enum MapError {
     BadMessage { lsn: Lsn, why: String },
 }
 
+impl MapError {
+    /// Errors of one event (it can't be routed), as opposed to a table that doesn't fit the
+    /// configuration: only these are handed to `on_poison`.
+    pub fn is_poison(&self) -> bool {
+        !matches!(
+            self,
+            MapError::MissingColumn { .. }
+                | MapError::UnknownRelation(_)
+                | MapError::ColumnCount { .. }
+        )
+    }
+
+    /// A short name for the dead-letter header and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            MapError::InvalidTopic { .. } => "invalid-topic",
+            MapError::Null { .. } | MapError::NotUtf8 { .. } | MapError::BadPartition { .. } => {
+                "unroutable"
+            }
+            _ => "malformed",
+        }
+    }
+}
+
+/// An outbox row that could not be mapped, kept whole for the dead-letter topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawRow {
+    /// The row as a JSON object of column → text (or null).
+    pub json: Bytes,
+    /// The key column's value, if set.
+    pub key: Option<Bytes>,
+    /// The event id column's value, if set.
+    pub id: Option<Bytes>,
+}
+
 /// Positions of the configured columns in one relation's tuples.
 #[derive(Debug, Clone)]
 struct Columns {
@@ -163,6 +198,34 @@ impl OutboxMapper {
     /// The configured table a relation id belongs to, once its Relation message was seen.
     pub fn table(&self, relation_id: u32) -> Option<&OutboxConfig> {
         self.outbox.get(&relation_id).map(|c| &self.tables[c.table])
+    }
+
+    /// An outbox insert as it was, for the dead-letter topic; `None` if not an outbox insert.
+    pub fn raw_insert(&self, insert: &Insert, rel: Option<&Relation>) -> Option<RawRow> {
+        let cols = self.outbox.get(&insert.relation_id)?;
+        let TupleData(values) = &insert.new;
+        let text = |i: usize| match values.get(i) {
+            Some(Value::Text(b) | Value::Binary(b)) => Some(b.clone()),
+            _ => None,
+        };
+        let mut obj = serde_json::Map::new();
+        for (i, v) in values.iter().enumerate() {
+            let name = rel
+                .and_then(|r| r.columns.get(i))
+                .map_or_else(|| format!("column{i}"), |c| c.name.clone());
+            let v = match v {
+                Value::Text(b) | Value::Binary(b) => {
+                    serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                }
+                Value::Null | Value::UnchangedToast => serde_json::Value::Null,
+            };
+            obj.insert(name, v);
+        }
+        Some(RawRow {
+            json: Bytes::from(serde_json::Value::Object(obj).to_string()),
+            key: text(cols.key),
+            id: text(cols.id),
+        })
     }
 
     /// Maps an insert; `Ok(None)` when it is not on an outbox table.

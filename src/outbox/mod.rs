@@ -6,7 +6,7 @@ mod message;
 mod policy;
 mod template;
 
-pub use mapper::{MapError, OutboxMapper};
+pub use mapper::{MapError, OutboxMapper, RawRow};
 pub use message::map_message;
 pub use policy::{PoisonPolicy, UpdatePolicy};
 pub use template::{is_valid_topic, TemplateError, TopicTemplate};

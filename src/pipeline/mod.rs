@@ -6,6 +6,7 @@ mod budget;
 mod ha;
 mod health;
 mod monitor;
+mod poison;
 mod session;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! shutdown or an error. Reading pauses when the in-flight budget is spent; acks and status
 //! updates keep flowing regardless, so `wal_sender_timeout` never fires on a paused reader.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -11,11 +11,12 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn};
 
+use super::poison::{self, Poisoned};
 use super::{AbortOnDrop, AckedEvent, Budget, Health, Progress, StreamError};
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::metrics as m;
-use crate::outbox::{OutboxMapper, OutboxRecord, UpdatePolicy};
+use crate::outbox::{MapError, OutboxMapper, OutboxRecord, PoisonPolicy, UpdatePolicy};
 use crate::pgoutput::{self, Message, RelationCache};
 use crate::preflight::{self, PreflightError};
 use crate::replication::{
@@ -40,6 +41,8 @@ struct Ticket {
     topic: u32,
     /// WAL position of the insert, for error messages.
     lsn: Lsn,
+    /// This record is a dead letter: if Kafka refuses it too, the stream stops.
+    dead_letter: bool,
 }
 
 /// Runs one session. `slot_known` survives reconnects: a slot that existed once and is gone
@@ -294,27 +297,25 @@ impl<'a> Session<'a> {
     ) -> Result<(), StreamError> {
         let mut tick = tokio::time::interval(self.cfg.status_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // A record librdkafka's queue had no room for; sent again before reading more.
-        let mut pending: Option<(OutboxRecord, Ticket)> = None;
+        // Records for librdkafka, in order; while any wait (its queue is full), no reading.
+        let mut pending: VecDeque<(OutboxRecord, Ticket)> = VecDeque::new();
         // Set by shutdown: stop at the next transaction boundary, then drain acks.
         let mut stop_by: Option<tokio::time::Instant> = None;
         // Last time the server was heard from, counted only while we wait on the socket.
         let mut heard = Instant::now();
         let timeout = self.cfg.replication_timeout;
         loop {
-            if let Some((rec, ticket)) = pending.take() {
-                pending = self.produce(sink, rec, ticket)?;
-            }
+            self.flush(sink, &mut pending)?;
             if let Some(deadline) = stop_by {
                 // A transaction read only in part could never be confirmed, so its events
                 // would be sent again after a restart: finish it first.
-                if (self.tx.is_none() && pending.is_none())
+                if (self.tx.is_none() && pending.is_empty())
                     || tokio::time::Instant::now() >= deadline
                 {
-                    return self.drain(stream, &mut acks, deadline).await;
+                    return self.drain(stream, sink, &mut acks, deadline).await;
                 }
             }
-            let can_read = pending.is_none() && self.budget.has_room();
+            let can_read = pending.is_empty() && self.budget.has_room();
             if !can_read {
                 // Not reading on purpose (backpressure): silence proves nothing.
                 heard = Instant::now();
@@ -338,53 +339,151 @@ impl<'a> Session<'a> {
                     // Past half the timeout, ask for a reply: a live server answers at once.
                     self.send_status(stream, silent > timeout / 2).await?;
                 }
-                Some(d) = acks.recv() => self.on_delivery(d)?,
+                Some(d) = acks.recv() => pending.extend(self.on_delivery(d)?),
                 msg = stream.recv(), if can_read => {
                     heard = Instant::now();
                     match self.on_message(msg?)? {
                         Step::Continue => {}
                         Step::Reply => self.send_status(stream, false).await?,
-                        Step::Produce(rec, ticket) => pending = self.produce(sink, rec, ticket)?,
+                        Step::Produce(rec, ticket) => {
+                            pending.push_back((rec, ticket));
+                            self.flush(sink, &mut pending)?;
+                        }
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(5)), if pending.is_some() => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)), if !pending.is_empty() => {}
                 _ = sleep_until_opt(stop_by) => {}
             }
             progress.confirmed = self.wm.confirmed();
         }
     }
 
-    /// Hands a record to librdkafka; gives it back if the local queue is full.
-    fn produce(
+    /// Hands queued records to librdkafka in order, until its local queue is full.
+    fn flush(
         &mut self,
         sink: &KafkaSink<Ticket>,
-        rec: OutboxRecord,
+        pending: &mut VecDeque<(OutboxRecord, Ticket)>,
+    ) -> Result<(), StreamError> {
+        while let Some((rec, ticket)) = pending.pop_front() {
+            let bytes = ticket.bytes;
+            match sink.send(&rec, ticket) {
+                Ok(()) => {
+                    self.budget.take(bytes);
+                    self.meters.in_flight(&self.budget);
+                }
+                Err(SendError::QueueFull(ticket)) => {
+                    count_error(ErrorClass::Backpressure);
+                    pending.push_front((rec, ticket));
+                    return Ok(());
+                }
+                Err(SendError::Rejected(ticket, e)) => {
+                    count_error(e.class);
+                    if let Some(dead) = self.refused(ticket, e, rec)? {
+                        pending.push_front(dead);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kafka refused a record for good (at send or in its delivery report): `on_poison`
+    /// decides. Returns the dead letter to send in its place, if any.
+    fn refused(
+        &mut self,
         ticket: Ticket,
+        e: crate::sink::kafka::DeliveryError,
+        rec: OutboxRecord,
     ) -> Result<Option<(OutboxRecord, Ticket)>, StreamError> {
-        let bytes = ticket.bytes;
-        match sink.send(&rec, ticket) {
-            Ok(()) => {
-                self.budget.take(bytes);
-                self.meters.in_flight(&self.budget);
+        if e.class != ErrorClass::Final
+            || ticket.dead_letter
+            || self.cfg.on_poison == PoisonPolicy::Fail
+        {
+            return Err(refused(&ticket, &rec.topic, e));
+        }
+        let poisoned = Poisoned {
+            class: poison::class_of(&e),
+            message: e.error.to_string(),
+            topic: rec.topic,
+            key: rec.key,
+            payload: rec.payload,
+            headers: rec.headers,
+            event_id: rec.event_id,
+            lsn: rec.lsn,
+        };
+        // Its place in the transaction's count passes to the dead letter, or is done.
+        match self.poisoned(poisoned) {
+            Some(dead) => Ok(Some(self.ticketed(dead, ticket.tx, ticket.commit_time))),
+            None => {
+                self.wm.ack(ticket.tx)?;
                 Ok(None)
-            }
-            Err(SendError::QueueFull(ticket)) => {
-                count_error(ErrorClass::Backpressure);
-                Ok(Some((rec, ticket)))
-            }
-            Err(SendError::Rejected(ticket, e)) => {
-                count_error(e.class);
-                Err(refused(&ticket, &rec.topic, e))
             }
         }
     }
 
-    fn on_delivery(&mut self, d: Delivery<Ticket>) -> Result<(), StreamError> {
-        let Delivery { ticket, result } = d;
+    /// Logs and counts a poison event; the dead letter to send when the policy says so.
+    fn poisoned(&mut self, p: Poisoned) -> Option<OutboxRecord> {
+        let action = match self.cfg.on_poison {
+            PoisonPolicy::Skip => "skip",
+            _ => "dead-letter",
+        };
+        warn!(event = %String::from_utf8_lossy(&p.event_id), lsn = %p.lsn, topic = %p.topic,
+            reason = p.class, error = %p.message, action, "undeliverable event");
+        metrics::counter!(m::POISON_EVENTS, "action" => action, "reason" => p.class).increment(1);
+        match self.cfg.on_poison {
+            PoisonPolicy::Skip | PoisonPolicy::Fail => None,
+            PoisonPolicy::DeadLetter => Some(p.into_dead_letter(&self.cfg.dead_letter_topic)),
+        }
+    }
+
+    /// An event that could not be mapped (NULL route, bad topic, …) in transaction `tx`.
+    fn unmapped(
+        &mut self,
+        e: MapError,
+        raw: Poisoned,
+        tx: Option<(TxId, i64)>,
+        standalone_end: Lsn,
+    ) -> Result<Step, StreamError> {
+        if !e.is_poison() || self.cfg.on_poison == PoisonPolicy::Fail {
+            return Err(e.into());
+        }
+        let poisoned = Poisoned {
+            class: e.class(),
+            message: e.to_string(),
+            ..raw
+        };
+        let Some(dead) = self.poisoned(poisoned) else {
+            if tx.is_none() {
+                self.wm.passed(standalone_end);
+            }
+            return Ok(Step::Continue);
+        };
+        let (id, commit_time) = match tx {
+            Some((id, t)) => {
+                self.wm.add_event(id)?;
+                (id, t)
+            }
+            None => (self.wm.standalone(standalone_end)?, crate::pgtime::now()),
+        };
+        let (rec, ticket) = self.ticketed(dead, id, commit_time);
+        Ok(Step::Produce(rec, ticket))
+    }
+
+    fn on_delivery(
+        &mut self,
+        d: Delivery<Ticket>,
+    ) -> Result<Option<(OutboxRecord, Ticket)>, StreamError> {
+        let Delivery {
+            ticket,
+            result,
+            returned,
+        } = d;
         let acked = match result {
             Ok(a) => a,
             Err(e) => {
                 count_error(e.class);
+                self.budget.release(ticket.bytes);
+                self.meters.in_flight(&self.budget);
                 let topic = self
                     .meters
                     .topic_ids
@@ -392,7 +491,22 @@ impl<'a> Session<'a> {
                     .find(|(_, id)| **id == ticket.topic)
                     .map(|(t, _)| t.clone())
                     .unwrap_or_default();
-                return Err(refused(&ticket, &topic, e));
+                let returned = returned.unwrap_or(crate::sink::kafka::Returned {
+                    topic,
+                    key: None,
+                    payload: None,
+                    headers: Vec::new(),
+                });
+                let rec = OutboxRecord {
+                    topic: returned.topic,
+                    key: returned.key,
+                    partition: None,
+                    headers: returned.headers,
+                    payload: returned.payload,
+                    event_id: ticket.event_id.clone(),
+                    lsn: ticket.lsn,
+                };
+                return self.refused(ticket, e, rec);
             }
         };
         self.wm.ack(ticket.tx)?;
@@ -416,7 +530,7 @@ impl<'a> Session<'a> {
                 acked_at,
             });
         }
-        Ok(())
+        Ok(None)
     }
 
     fn on_message(&mut self, msg: ReplicationMessage) -> Result<Step, StreamError> {
@@ -457,7 +571,30 @@ impl<'a> Session<'a> {
                 self.relations.update(r);
             }
             Message::Insert(ins) => {
-                if let Some(rec) = self.mapper.map_insert(&ins, wal_start)? {
+                let mapped = match self.mapper.map_insert(&ins, wal_start) {
+                    Err(e) => {
+                        let raw = self
+                            .mapper
+                            .raw_insert(&ins, self.relations.get(ins.relation_id))
+                            .unwrap_or_default();
+                        let raw = Poisoned {
+                            topic: String::new(),
+                            key: raw.key,
+                            payload: Some(raw.json),
+                            headers: raw.id.iter().map(|id| ("id".into(), id.clone())).collect(),
+                            event_id: raw.id.unwrap_or_default(),
+                            lsn: wal_start,
+                            class: "",
+                            message: String::new(),
+                        };
+                        if self.tx.is_none() {
+                            return Err(protocol("Insert outside a transaction"));
+                        }
+                        return self.unmapped(e, raw, self.tx, wal_start);
+                    }
+                    Ok(mapped) => mapped,
+                };
+                if let Some(rec) = mapped {
                     if rec.key.is_none() {
                         // Keyless records spread over partitions: per-aggregate order is lost.
                         warn!(event = %String::from_utf8_lossy(&rec.event_id), lsn = %rec.lsn,
@@ -486,7 +623,26 @@ impl<'a> Session<'a> {
                 // Later commits and idle keepalives usually pass it anyway; this covers a stop
                 // in between.
                 let past = Lsn(m.lsn.0 + 1);
-                let Some(rec) = crate::outbox::map_message(&self.cfg.outbox, &m)? else {
+                let mapped = match crate::outbox::map_message(&self.cfg.outbox, &m) {
+                    Err(e) => {
+                        let raw = Poisoned {
+                            topic: String::new(),
+                            key: None,
+                            payload: Some(m.content.clone()),
+                            headers: Vec::new(),
+                            event_id: Bytes::from(format!("lsn-{}", m.lsn)),
+                            lsn: m.lsn,
+                            class: "",
+                            message: String::new(),
+                        };
+                        if m.transactional && self.tx.is_none() {
+                            return Err(protocol("transactional message outside a transaction"));
+                        }
+                        return self.unmapped(e, raw, self.tx, past);
+                    }
+                    Ok(mapped) => mapped,
+                };
+                let Some(rec) = mapped else {
                     trace!(prefix = %m.prefix, lsn = %m.lsn, "logical decoding message ignored");
                     if !m.transactional {
                         // Heartbeats land here: nothing to deliver, so the slot may pass them.
@@ -514,6 +670,17 @@ impl<'a> Session<'a> {
 
     /// An event of transaction `tx`, ready for the producer with the ticket its ack returns.
     fn produce_step(&mut self, rec: OutboxRecord, tx: TxId, commit_time: i64) -> Step {
+        let (rec, ticket) = self.ticketed(rec, tx, commit_time);
+        Step::Produce(rec, ticket)
+    }
+
+    /// A record with the ticket its delivery report will bring back.
+    fn ticketed(
+        &mut self,
+        rec: OutboxRecord,
+        tx: TxId,
+        commit_time: i64,
+    ) -> (OutboxRecord, Ticket) {
         let ticket = Ticket {
             tx,
             bytes: rec.size(),
@@ -521,8 +688,9 @@ impl<'a> Session<'a> {
             event_id: rec.event_id.clone(),
             topic: self.meters.topic_id(&rec.topic),
             lsn: rec.lsn,
+            dead_letter: rec.topic == self.cfg.dead_letter_topic,
         };
-        Step::Produce(rec, ticket)
+        (rec, ticket)
     }
 
     /// An UPDATE: ignored unless on an outbox table, where `on_update` decides.
@@ -573,13 +741,17 @@ impl<'a> Session<'a> {
     async fn drain(
         &mut self,
         stream: &mut ReplicationStream,
+        sink: &KafkaSink<Ticket>,
         acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
         deadline: tokio::time::Instant,
     ) -> Result<(), StreamError> {
         let mut tick = tokio::time::interval(self.cfg.status_interval);
-        while self.budget.events() > 0 {
+        let mut pending = VecDeque::new();
+        while self.budget.events() > 0 || !pending.is_empty() {
+            self.flush(sink, &mut pending)?;
             tokio::select! {
-                Some(d) = acks.recv() => self.on_delivery(d)?,
+                Some(d) = acks.recv() => pending.extend(self.on_delivery(d)?),
+                _ = tokio::time::sleep(Duration::from_millis(5)), if !pending.is_empty() => {}
                 _ = tick.tick() => self.send_status(stream, false).await?,
                 _ = tokio::time::sleep_until(deadline) => {
                     warn!(in_flight = self.budget.events(), open_transaction = self.tx.is_some(),

@@ -11,4 +11,6 @@ pub mod producer;
 
 pub use config::{KafkaConfig, KafkaConfigError};
 pub use error::{classify, ErrorClass};
-pub use producer::{probe, Acked, Delivery, DeliveryError, KafkaSink, SendError, SinkError};
+pub use producer::{
+    probe, Acked, Delivery, DeliveryError, KafkaSink, Returned, SendError, SinkError,
+};

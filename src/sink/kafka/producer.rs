@@ -1,8 +1,9 @@
 //! The producer: `send` never waits for Kafka; each delivery report comes back on a channel.
 
+use bytes::Bytes;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
@@ -33,6 +34,17 @@ pub struct DeliveryError {
 pub struct Delivery<T> {
     pub ticket: T,
     pub result: Result<Acked, DeliveryError>,
+    /// On failure, the record as it was sent (for the dead-letter topic).
+    pub returned: Option<Returned>,
+}
+
+/// A record librdkafka gave back with its failed delivery.
+#[derive(Debug, Clone)]
+pub struct Returned {
+    pub topic: String,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+    pub headers: Vec<(String, Bytes)>,
 }
 
 /// A record the producer did not accept.
@@ -61,20 +73,42 @@ impl<T: Send + Sync + 'static> ProducerContext for AckContext<T> {
     type DeliveryOpaque = Box<T>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<T>) {
-        let result = match result {
-            Ok(m) => Ok(Acked {
-                partition: m.partition(),
-                offset: m.offset(),
-            }),
-            Err((e, _)) => Err(DeliveryError {
-                class: classify(e),
-                error: e.clone(),
-            }),
+        let (result, returned) = match result {
+            Ok(m) => (
+                Ok(Acked {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                }),
+                None,
+            ),
+            Err((e, m)) => (
+                Err(DeliveryError {
+                    class: classify(e),
+                    error: e.clone(),
+                }),
+                Some(Returned {
+                    topic: m.topic().to_owned(),
+                    key: m.key().map(Bytes::copy_from_slice),
+                    payload: m.payload().map(Bytes::copy_from_slice),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    let v = h.value.map(Bytes::copy_from_slice);
+                                    (h.key.to_owned(), v.unwrap_or_default())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+            ),
         };
         // The receiver is gone only when the pipeline has stopped; the slot resends then.
         let _ = self.acks.send(Delivery {
             ticket: *ticket,
             result,
+            returned,
         });
     }
 }
