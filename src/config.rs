@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use crate::delivery::DeliveryMode;
 use crate::outbox::{OutboxConfig, PoisonPolicy, UpdatePolicy};
 use crate::sink::kafka::KafkaConfig;
 
@@ -73,6 +74,7 @@ impl std::fmt::Debug for Config {
                 "postgres_password",
                 &self.postgres_password.as_ref().map(|_| "***"),
             )
+            .field("delivery", &self.kafka.delivery)
             .field("kafka_brokers", &self.kafka.brokers)
             .field(
                 "kafka_properties",
@@ -144,7 +146,7 @@ impl Config {
             dead_letter_topic: DEFAULT_DEAD_LETTER_TOPIC.into(),
             kafka: KafkaConfig {
                 brokers: kafka_brokers.into(),
-                properties: Vec::new(),
+                ..KafkaConfig::default()
             },
             status_interval: Duration::from_secs(1),
             max_in_flight_events: 10_000,
@@ -191,6 +193,11 @@ impl Config {
             mode,
             root_cert: self.sslrootcert.clone().or(url_root.map(Into::into)),
         })
+    }
+
+    /// The delivery mode (it shapes the producer too, so it lives in the Kafka settings).
+    pub fn delivery(&self) -> DeliveryMode {
+        self.kafka.delivery
     }
 
     /// Every outbox table: the main one first, then `extra_tables`.

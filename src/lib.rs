@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod delivery;
 pub mod embedded;
 pub mod lsn;
 pub mod metrics;

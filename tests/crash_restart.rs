@@ -1,6 +1,7 @@
 //! (e) The real binary, killed with SIGKILL at random instants under continuous load and
-//! restarted each time, loses nothing: every committed event arrives at least once, in per-key
-//! order. `PGOUTBOX_KILL_CYCLES` sets the number of kills (default 20; `scripts/soak.sh` runs 200).
+//! restarted each time: at-least-once loses nothing and keeps per-key order; at-most-once
+//! never delivers an event twice. `PGOUTBOX_KILL_CYCLES` sets the number of kills (default
+//! 20; `scripts/soak.sh` runs 200).
 
 mod common;
 
@@ -8,28 +9,40 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
+use pgoutbox::embedded::ConsumedRecord;
 use rand::Rng;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_stream_loses_nothing() {
-    let cycles: usize = std::env::var("PGOUTBOX_KILL_CYCLES")
+fn cycles() -> usize {
+    std::env::var("PGOUTBOX_KILL_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let env = Env::start().await;
+        .unwrap_or(20)
+}
+
+/// What a kill loop left behind.
+struct Killed {
+    ids: HashSet<String>,
+    kills_with_unconfirmed_wal: usize,
+    log: String,
+    child: tokio::process::Child,
+}
+
+/// Runs the binary (with `extra` settings) under continuous load, killing it with SIGKILL at
+/// random instants and restarting it after a random outage, `cycles` times. Returns once the
+/// last instance has confirmed everything written.
+async fn kill_loop(env: &Env, cycles: usize, extra: &[(&str, &str)]) -> Killed {
     let logdir = tempfile::tempdir().unwrap();
     let log = logdir.path().join("pgoutbox.log");
-    let status_100ms = [("PGOUTBOX_STATUS_INTERVAL_MS", "100")];
-    let mut child = env.spawn_binary(&log, &status_100ms);
+    let mut settings = vec![("PGOUTBOX_STATUS_INTERVAL_MS", "100")];
+    settings.extend_from_slice(extra);
+    let mut child = env.spawn_binary(&log, &settings);
     env.wait_streaming().await;
 
     // Continuous load sized to the kills: transactions of 1–10 events, a few ms apart.
     let txs = workload(0, cycles * 60);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let checker = env.lsn_checker();
     let writer = env.spawn_writer(txs, Duration::from_millis(4));
 
-    // Kill -9 at a random instant, restart after a random outage, `cycles` times.
     let mut rng = rand::rng();
     let mut kills_with_unconfirmed_wal = 0;
     for _ in 0..cycles {
@@ -40,23 +53,40 @@ async fn sigkill_mid_stream_loses_nothing() {
             kills_with_unconfirmed_wal += 1;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
-        child = env.spawn_binary(&log, &status_100ms);
+        child = env.spawn_binary(&log, &settings);
     }
     writer.await.unwrap();
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(60)).await;
+    Killed {
+        ids,
+        kills_with_unconfirmed_wal,
+        log: std::fs::read_to_string(&log).unwrap_or_default(),
+        child,
+    }
+}
+
+fn distinct(got: &[ConsumedRecord]) -> HashSet<String> {
+    got.iter().map(|r| header_str(r, "id")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing() {
+    let cycles = cycles();
+    let env = Env::start().await;
+    let checker = env.lsn_checker();
+    let mut k = kill_loop(&env, cycles, &[]).await;
     let lsn = checker.finish().await;
 
-    let reader = env.reader();
-    let got = read_until_all(&reader, &ids, Duration::from_secs(90)).await;
-    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
-    let lost = ids.difference(&seen).count();
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(lost, 0, "{lost} events lost; streamer log:\n{log_text}");
+    let got = read_until_all(&env.reader(), &k.ids, Duration::from_secs(90)).await;
+    let seen = distinct(&got);
+    let lost = k.ids.difference(&seen).count();
+    assert_eq!(lost, 0, "{lost} events lost; streamer log:\n{}", k.log);
     assert_eq!(order_violations(&got), 0);
     eprintln!(
-        "kill -9 run: {cycles} kills ({kills_with_unconfirmed_wal} with unconfirmed WAL), {} events inserted, {} distinct delivered, {lost} lost, {} duplicates, 0 order violations, confirmed LSN sampled {} times, passed an unacked transaction {} times",
-        ids.len(),
+        "kill -9 run (at-least-once): {cycles} kills ({} with unconfirmed WAL), {} events inserted, {} distinct delivered, {lost} lost, {} duplicates, 0 order violations, confirmed LSN sampled {} times, passed an unacked transaction {} times",
+        k.kills_with_unconfirmed_wal,
+        k.ids.len(),
         seen.len(),
         got.len() - seen.len(),
         lsn.samples,
@@ -68,9 +98,49 @@ async fn sigkill_mid_stream_loses_nothing() {
         "confirmed_flush_lsn passed an unacked transaction"
     );
     assert!(
-        kills_with_unconfirmed_wal > 0,
+        k.kills_with_unconfirmed_wal > 0,
         "no kill happened mid-stream: the test proved nothing"
     );
-    env.wait_confirmed(end, Duration::from_secs(20)).await;
-    child.start_kill().unwrap();
+    k.child.start_kill().unwrap();
+}
+
+/// At-most-once confirms each transaction before producing it: whatever a kill interrupts is
+/// lost, never sent twice. (At-least-once, above, typically sends thousands twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_most_once_never_duplicates() {
+    let cycles = cycles() / 2;
+    let env = Env::start().await;
+    let mut k = kill_loop(&env, cycles, &[("PGOUTBOX_DELIVERY", "at-most-once")]).await;
+    // Everything is confirmed; what the last instance produced arrives within a few seconds.
+    let got = env
+        .reader()
+        .read(usize::MAX, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let seen = distinct(&got);
+    let duplicates = got.len() - seen.len();
+    let lost = k.ids.difference(&seen).count();
+    eprintln!(
+        "kill -9 run (at-most-once): {cycles} kills ({} with unconfirmed WAL), {} events inserted, {} delivered, {lost} lost, {duplicates} duplicates",
+        k.kills_with_unconfirmed_wal,
+        k.ids.len(),
+        got.len(),
+    );
+    assert_eq!(
+        duplicates, 0,
+        "at-most-once sent events twice; log:\n{}",
+        k.log
+    );
+    assert!(seen.is_subset(&k.ids), "delivered events nobody committed");
+    assert!(
+        seen.len() > k.ids.len() / 2,
+        "most events should still arrive: {} of {}",
+        seen.len(),
+        k.ids.len()
+    );
+    assert!(
+        k.kills_with_unconfirmed_wal > 0,
+        "no kill happened mid-stream: the test proved nothing"
+    );
+    k.child.start_kill().unwrap();
 }

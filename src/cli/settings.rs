@@ -134,6 +134,8 @@ settings! {
     on_update: String = "warn".into(), "PGOUTBOX_ON_UPDATE";
     /// An event Kafka refuses for good or that cannot be routed: fail (stop), dead-letter, or skip (log and count) [default: fail]
     on_poison: String = "fail".into(), "PGOUTBOX_ON_POISON";
+    /// Delivery mode: at-least-once, at-most-once (no duplicates, may lose on a crash) or exactly-once (Kafka transactions) [default: at-least-once]
+    delivery: String = "at-least-once".into(), "PGOUTBOX_DELIVERY";
     /// Topic for on_poison = dead-letter [default: pgoutbox.dead-letter]
     dead_letter_topic: String = pgoutbox::config::DEFAULT_DEAD_LETTER_TOPIC.into(), "PGOUTBOX_DEAD_LETTER_TOPIC";
     /// Milliseconds between standby status updates [default: 1000]
@@ -197,6 +199,7 @@ impl Settings {
         cfg.on_poison = self.on_poison.parse().map_err(anyhow::Error::msg)?;
         cfg.dead_letter_topic = self.dead_letter_topic.clone();
         cfg.kafka.properties = self.kafka_properties.clone();
+        cfg.kafka.delivery = self.delivery.parse().map_err(anyhow::Error::msg)?;
         if !self.kafka_sasl_password_file.as_os_str().is_empty() {
             let pw = read_secret(&self.kafka_sasl_password_file)?;
             cfg.kafka.properties.push(("sasl.password".into(), pw));

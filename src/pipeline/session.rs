@@ -13,7 +13,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::poison::{self, Poisoned};
 use super::{AbortOnDrop, AckedEvent, Budget, Health, Progress, StreamError};
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
 use crate::lsn::Lsn;
 use crate::metrics as m;
 use crate::outbox::{MapError, OutboxMapper, OutboxRecord, PoisonPolicy, UpdatePolicy};
@@ -33,7 +33,9 @@ const OBJECT_IN_USE: &str = "55006";
 /// Travels with each record through librdkafka and comes back in its delivery report.
 #[derive(Debug)]
 struct Ticket {
-    tx: TxId,
+    /// The transaction whose count this event is in; `None` when nothing waits for its ack
+    /// (at-most-once).
+    tx: Option<TxId>,
     bytes: usize,
     commit_time: i64,
     event_id: Bytes,
@@ -200,6 +202,8 @@ enum Step {
     Continue,
     Reply,
     Produce(OutboxRecord, Ticket),
+    /// At-most-once: report the watermark now, then produce these.
+    Confirm(Vec<(OutboxRecord, Ticket)>),
 }
 
 /// Per-session state: the watermark, relation cache, mapper and in-flight budget.
@@ -211,6 +215,8 @@ struct Session<'a> {
     /// The open transaction and its commit timestamp (known at Begin).
     tx: Option<(TxId, i64)>,
     budget: Budget,
+    /// At-most-once: the open transaction's events, produced after its Commit is confirmed.
+    held: Vec<(OutboxRecord, Ticket)>,
     observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
     delivered: u64,
     ignored: u64,
@@ -280,6 +286,7 @@ impl<'a> Session<'a> {
             mapper: OutboxMapper::new(cfg.outboxes()),
             tx: None,
             budget: Budget::new(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
+            held: Vec::new(),
             observer,
             delivered: 0,
             ignored: 0,
@@ -349,6 +356,13 @@ impl<'a> Session<'a> {
                             pending.push_back((rec, ticket));
                             self.flush(sink, &mut pending)?;
                         }
+                        Step::Confirm(held) => {
+                            // The server has the confirmation before Kafka has the events:
+                            // a crash from here on loses them rather than sending them twice.
+                            self.send_status(stream, false).await?;
+                            pending.extend(held);
+                            self.flush(sink, &mut pending)?;
+                        }
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(5)), if !pending.is_empty() => {}
@@ -415,7 +429,9 @@ impl<'a> Session<'a> {
         match self.poisoned(poisoned) {
             Some(dead) => Ok(Some(self.ticketed(dead, ticket.tx, ticket.commit_time))),
             None => {
-                self.wm.ack(ticket.tx)?;
+                if let Some(tx) = ticket.tx {
+                    self.wm.ack(tx)?;
+                }
                 Ok(None)
             }
         }
@@ -441,7 +457,6 @@ impl<'a> Session<'a> {
         &mut self,
         e: MapError,
         raw: Poisoned,
-        tx: Option<(TxId, i64)>,
         standalone_end: Lsn,
     ) -> Result<Step, StreamError> {
         if !e.is_poison() || self.cfg.on_poison == PoisonPolicy::Fail {
@@ -453,20 +468,12 @@ impl<'a> Session<'a> {
             ..raw
         };
         let Some(dead) = self.poisoned(poisoned) else {
-            if tx.is_none() {
+            if self.tx.is_none() {
                 self.wm.passed(standalone_end);
             }
             return Ok(Step::Continue);
         };
-        let (id, commit_time) = match tx {
-            Some((id, t)) => {
-                self.wm.add_event(id)?;
-                (id, t)
-            }
-            None => (self.wm.standalone(standalone_end)?, crate::pgtime::now()),
-        };
-        let (rec, ticket) = self.ticketed(dead, id, commit_time);
-        Ok(Step::Produce(rec, ticket))
+        self.event(dead, standalone_end)
     }
 
     fn on_delivery(
@@ -509,7 +516,9 @@ impl<'a> Session<'a> {
                 return self.refused(ticket, e, rec);
             }
         };
-        self.wm.ack(ticket.tx)?;
+        if let Some(tx) = ticket.tx {
+            self.wm.ack(tx)?;
+        }
         self.budget.release(ticket.bytes);
         self.meters.in_flight(&self.budget);
         self.delivered += 1;
@@ -563,6 +572,9 @@ impl<'a> Session<'a> {
                     .take()
                     .ok_or_else(|| protocol("Commit without Begin"))?;
                 self.wm.commit(id, c.end_lsn)?;
+                if !self.held.is_empty() {
+                    return Ok(Step::Confirm(std::mem::take(&mut self.held)));
+                }
             }
             Message::Relation(r) => {
                 self.mapper.on_relation(&r)?;
@@ -590,7 +602,7 @@ impl<'a> Session<'a> {
                         if self.tx.is_none() {
                             return Err(protocol("Insert outside a transaction"));
                         }
-                        return self.unmapped(e, raw, self.tx, wal_start);
+                        return self.unmapped(e, raw, wal_start);
                     }
                     Ok(mapped) => mapped,
                 };
@@ -601,11 +613,10 @@ impl<'a> Session<'a> {
                             column = %self.cfg.outbox.key_column,
                             "NULL key column: delivered without a key, so without per-key order");
                     }
-                    let (id, commit_time) = self
-                        .tx
-                        .ok_or_else(|| protocol("Insert outside a transaction"))?;
-                    self.wm.add_event(id)?;
-                    return Ok(self.produce_step(rec, id, commit_time));
+                    if self.tx.is_none() {
+                        return Err(protocol("Insert outside a transaction"));
+                    }
+                    return self.event(rec, wal_start);
                 }
                 self.ignore("insert", ins.relation_id);
             }
@@ -638,7 +649,7 @@ impl<'a> Session<'a> {
                         if m.transactional && self.tx.is_none() {
                             return Err(protocol("transactional message outside a transaction"));
                         }
-                        return self.unmapped(e, raw, self.tx, past);
+                        return self.unmapped(e, raw, past);
                     }
                     Ok(mapped) => mapped,
                 };
@@ -650,35 +661,55 @@ impl<'a> Session<'a> {
                     }
                     return Ok(Step::Continue);
                 };
-                let (id, commit_time) = match self.tx {
-                    // Transactional: an event of the enclosing transaction.
-                    Some((id, commit_time)) => {
-                        self.wm.add_event(id)?;
-                        (id, commit_time)
-                    }
-                    None if m.transactional => {
-                        return Err(protocol("transactional message outside a transaction"))
-                    }
-                    None => (self.wm.standalone(past)?, crate::pgtime::now()),
-                };
-                return Ok(self.produce_step(rec, id, commit_time));
+                if m.transactional && self.tx.is_none() {
+                    return Err(protocol("transactional message outside a transaction"));
+                }
+                return self.event(rec, past);
             }
             Message::Origin(_) | Message::Type(_) => {}
         }
         Ok(Step::Continue)
     }
 
-    /// An event of transaction `tx`, ready for the producer with the ticket its ack returns.
-    fn produce_step(&mut self, rec: OutboxRecord, tx: TxId, commit_time: i64) -> Step {
-        let (rec, ticket) = self.ticketed(rec, tx, commit_time);
-        Step::Produce(rec, ticket)
+    /// An event of the open transaction or, outside one, a standalone event ending at
+    /// `standalone_end`: counted in the watermark and produced, or, at-most-once, held until
+    /// its position is confirmed.
+    fn event(&mut self, rec: OutboxRecord, standalone_end: Lsn) -> Result<Step, StreamError> {
+        let counted = self.cfg.delivery() != DeliveryMode::AtMostOnce;
+        match self.tx {
+            Some((id, commit_time)) => {
+                let tx = if counted {
+                    self.wm.add_event(id)?;
+                    Some(id)
+                } else {
+                    None
+                };
+                let (rec, ticket) = self.ticketed(rec, tx, commit_time);
+                if counted {
+                    return Ok(Step::Produce(rec, ticket));
+                }
+                // Produced once its Commit has been confirmed, so a crash can't resend it.
+                self.held.push((rec, ticket));
+                Ok(Step::Continue)
+            }
+            None if counted => {
+                let id = self.wm.standalone(standalone_end)?;
+                let (rec, ticket) = self.ticketed(rec, Some(id), crate::pgtime::now());
+                Ok(Step::Produce(rec, ticket))
+            }
+            None => {
+                self.wm.passed(standalone_end);
+                let held = self.ticketed(rec, None, crate::pgtime::now());
+                Ok(Step::Confirm(vec![held]))
+            }
+        }
     }
 
     /// A record with the ticket its delivery report will bring back.
     fn ticketed(
         &mut self,
         rec: OutboxRecord,
-        tx: TxId,
+        tx: Option<TxId>,
         commit_time: i64,
     ) -> (OutboxRecord, Ticket) {
         let ticket = Ticket {

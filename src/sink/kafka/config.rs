@@ -3,6 +3,8 @@
 
 use rdkafka::ClientConfig;
 
+use crate::delivery::DeliveryMode;
+
 /// What the sink needs to build a producer.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaConfig {
@@ -10,6 +12,8 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Extra librdkafka properties (`key=value`), applied after our defaults.
     pub properties: Vec<(String, String)>,
+    /// At-most-once lets `acks` be lowered; the other modes enforce `acks=all`.
+    pub delivery: DeliveryMode,
 }
 
 /// A producer configuration that cannot work or would weaken the delivery guarantee.
@@ -17,11 +21,12 @@ pub struct KafkaConfig {
 pub enum KafkaConfigError {
     #[error("no Kafka brokers given: set PGOUTBOX_KAFKA_BROKERS or --kafka-brokers")]
     NoBrokers,
-    #[error("Kafka property {key}={value} is not allowed: at-least-once delivery needs {need}")]
+    #[error("Kafka property {key}={value} is not allowed: {mode} delivery needs {need}")]
     Weakens {
         key: String,
         value: String,
         need: &'static str,
+        mode: DeliveryMode,
     },
     #[error("invalid Kafka property {0:?}: expected key=value")]
     Malformed(String),
@@ -54,8 +59,13 @@ impl KafkaConfig {
         }
     }
 
-    /// The librdkafka configuration for the at-least-once producer.
+    /// The librdkafka configuration for the producer of this delivery mode.
     pub fn producer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        // At-most-once may trade acks for latency; the idempotent producer needs acks=all.
+        let enforced: &[_] = match self.delivery {
+            DeliveryMode::AtMostOnce => &[],
+            _ => ENFORCED,
+        };
         if self.brokers.trim().is_empty() {
             return Err(KafkaConfigError::NoBrokers);
         }
@@ -65,19 +75,34 @@ impl KafkaConfig {
         }
         c.set("bootstrap.servers", &self.brokers);
         for (k, v) in &self.properties {
-            if let Some((_, ok, need)) = ENFORCED.iter().find(|(key, _, _)| key == k) {
+            if let Some((_, ok, need)) = enforced.iter().find(|(key, _, _)| key == k) {
                 if !ok.contains(&v.to_ascii_lowercase().as_str()) {
                     return Err(KafkaConfigError::Weakens {
                         key: k.clone(),
                         value: v.clone(),
                         need,
+                        mode: self.delivery,
                     });
                 }
             }
             c.set(k, v);
         }
         for (k, ok, _) in ENFORCED {
-            c.set(*k, ok[0]);
+            let user = self.properties.iter().rev().find(|(key, _)| key == k);
+            match user {
+                Some(_) if enforced.is_empty() => {}
+                _ => {
+                    c.set(*k, ok[0]);
+                }
+            }
+        }
+        let lowered_acks = c.get("acks").is_some_and(|a| !matches!(a, "all" | "-1"));
+        let user_idempotence = self
+            .properties
+            .iter()
+            .any(|(k, _)| k == "enable.idempotence");
+        if lowered_acks && !user_idempotence {
+            c.set("enable.idempotence", "false");
         }
         // librdkafka checks names and values here, without any network: a typo fails at start.
         c.create_native_config()
@@ -95,6 +120,7 @@ mod tests {
         let cfg = KafkaConfig {
             brokers: "b:9092".into(),
             properties: vec![("linger.ms".into(), "20".into())],
+            ..KafkaConfig::default()
         };
         let c = cfg.producer_config().unwrap();
         assert_eq!(c.get("enable.idempotence"), Some("true"));
@@ -104,11 +130,31 @@ mod tests {
     }
 
     #[test]
+    fn at_most_once_may_lower_acks() {
+        let cfg = KafkaConfig {
+            brokers: "b".into(),
+            properties: vec![("acks".into(), "1".into())],
+            delivery: DeliveryMode::AtMostOnce,
+        };
+        let c = cfg.producer_config().unwrap();
+        assert_eq!(c.get("acks"), Some("1"));
+        assert_eq!(c.get("enable.idempotence"), Some("false"));
+        let default = KafkaConfig {
+            properties: vec![],
+            ..cfg
+        };
+        let c = default.producer_config().unwrap();
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
     fn rejects_weaker_settings() {
         for (k, v) in [("acks", "1"), ("enable.idempotence", "false")] {
             let cfg = KafkaConfig {
                 brokers: "b".into(),
                 properties: vec![(k.into(), v.into())],
+                ..KafkaConfig::default()
             };
             assert!(cfg.producer_config().is_err(), "{k}={v}");
         }
@@ -126,6 +172,7 @@ mod tests {
                 ("sasl.username".into(), "u".into()),
                 ("sasl.password".into(), "p".into()),
             ],
+            ..KafkaConfig::default()
         };
         let producer: Result<rdkafka::producer::BaseProducer, _> =
             cfg.producer_config().unwrap().create();
@@ -138,6 +185,7 @@ mod tests {
             let cfg = KafkaConfig {
                 brokers: "b".into(),
                 properties: vec![(k.into(), v.into())],
+                ..KafkaConfig::default()
             };
             let e = cfg.producer_config().unwrap_err().to_string();
             assert!(e.contains(k), "{e}");
