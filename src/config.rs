@@ -8,6 +8,8 @@ use crate::sink::kafka::KafkaConfig;
 
 /// Default slot name.
 pub const DEFAULT_SLOT: &str = "pgoutbox";
+/// Default exactly-once offsets topic.
+pub const DEFAULT_OFFSETS_TOPIC: &str = "pgoutbox.offsets";
 /// Default dead-letter topic.
 pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "pgoutbox.dead-letter";
 /// Default publication name (what `sql/setup.sql` creates).
@@ -38,6 +40,12 @@ pub struct Config {
     pub on_poison: PoisonPolicy,
     /// Where `on_poison = dead-letter` writes. Default `pgoutbox.dead-letter`.
     pub dead_letter_topic: String,
+    /// Exactly-once: the compacted topic holding `(slot, end_lsn)` per Kafka transaction.
+    /// Default `pgoutbox.offsets`.
+    pub offsets_topic: String,
+    /// Exactly-once: commit the open Kafka transaction this often (at the next PostgreSQL
+    /// transaction boundary). Default 100 ms.
+    pub transaction_interval: Duration,
     pub kafka: KafkaConfig,
     /// How often to send a standby status update. Default 1 s.
     pub status_interval: Duration,
@@ -70,6 +78,9 @@ impl std::fmt::Debug for Config {
             .field("on_update", &self.on_update)
             .field("on_poison", &self.on_poison)
             .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("offsets_topic", &self.offsets_topic)
+            .field("transaction_interval", &self.transaction_interval)
+            .field("transactional_id", &self.transactional_id())
             .field(
                 "postgres_password",
                 &self.postgres_password.as_ref().map(|_| "***"),
@@ -125,8 +136,8 @@ pub enum ConfigError {
     ReplicationTimeout,
     #[error("outbox table {0} is configured twice")]
     DuplicateTable(String),
-    #[error("dead_letter_topic {0:?} is not a valid Kafka topic name")]
-    DeadLetterTopic(String),
+    #[error("{0:?} is not a valid Kafka topic name")]
+    Topic(String),
 }
 
 impl Config {
@@ -144,6 +155,8 @@ impl Config {
             on_update: UpdatePolicy::default(),
             on_poison: PoisonPolicy::default(),
             dead_letter_topic: DEFAULT_DEAD_LETTER_TOPIC.into(),
+            offsets_topic: DEFAULT_OFFSETS_TOPIC.into(),
+            transaction_interval: Duration::from_millis(100),
             kafka: KafkaConfig {
                 brokers: kafka_brokers.into(),
                 ..KafkaConfig::default()
@@ -200,6 +213,23 @@ impl Config {
         self.kafka.delivery
     }
 
+    /// Exactly-once: the `transactional.id`, by default `pgoutbox-<slot>` (stable, so a
+    /// restarted or second instance fences the old one).
+    pub fn transactional_id(&self) -> String {
+        self.kafka
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("pgoutbox-{}", self.slot))
+    }
+
+    /// The producer settings, with the resolved `transactional.id`.
+    pub fn producer(&self) -> KafkaConfig {
+        KafkaConfig {
+            transactional_id: Some(self.transactional_id()),
+            ..self.kafka.clone()
+        }
+    }
+
     /// Every outbox table: the main one first, then `extra_tables`.
     pub fn outboxes(&self) -> Vec<OutboxConfig> {
         std::iter::once(&self.outbox)
@@ -216,8 +246,13 @@ impl Config {
                 return Err(ConfigError::DuplicateTable(t.table.to_string()));
             }
         }
-        if !crate::outbox::is_valid_topic(&self.dead_letter_topic) {
-            return Err(ConfigError::DeadLetterTopic(self.dead_letter_topic.clone()));
+        for topic in [&self.dead_letter_topic, &self.offsets_topic] {
+            if !crate::outbox::is_valid_topic(topic) {
+                return Err(ConfigError::Topic(topic.clone()));
+            }
+        }
+        if self.transaction_interval.is_zero() {
+            return Err(ConfigError::Zero("transaction_interval"));
         }
         self.pg_config()?;
         self.tls_settings()?.client_config()?;

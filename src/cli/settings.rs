@@ -136,6 +136,12 @@ settings! {
     on_poison: String = "fail".into(), "PGOUTBOX_ON_POISON";
     /// Delivery mode: at-least-once, at-most-once (no duplicates, may lose on a crash) or exactly-once (Kafka transactions) [default: at-least-once]
     delivery: String = "at-least-once".into(), "PGOUTBOX_DELIVERY";
+    /// Exactly-once: the producer's transactional.id, stable across restarts [default: pgoutbox-<slot>]
+    transactional_id: String = String::new(), "PGOUTBOX_TRANSACTIONAL_ID";
+    /// Exactly-once: compacted topic recording (slot, end_lsn) per Kafka transaction [default: pgoutbox.offsets]
+    offsets_topic: String = pgoutbox::config::DEFAULT_OFFSETS_TOPIC.into(), "PGOUTBOX_OFFSETS_TOPIC";
+    /// Exactly-once: milliseconds between Kafka transaction commits [default: 100]
+    transaction_interval_ms: u64 = 100, "PGOUTBOX_TRANSACTION_INTERVAL_MS";
     /// Topic for on_poison = dead-letter [default: pgoutbox.dead-letter]
     dead_letter_topic: String = pgoutbox::config::DEFAULT_DEAD_LETTER_TOPIC.into(), "PGOUTBOX_DEAD_LETTER_TOPIC";
     /// Milliseconds between standby status updates [default: 1000]
@@ -200,12 +206,15 @@ impl Settings {
         cfg.dead_letter_topic = self.dead_letter_topic.clone();
         cfg.kafka.properties = self.kafka_properties.clone();
         cfg.kafka.delivery = self.delivery.parse().map_err(anyhow::Error::msg)?;
+        cfg.kafka.transactional_id = Some(self.transactional_id.clone()).filter(|t| !t.is_empty());
+        cfg.offsets_topic = self.offsets_topic.clone();
+        cfg.transaction_interval = Duration::from_millis(self.transaction_interval_ms);
         if !self.kafka_sasl_password_file.as_os_str().is_empty() {
             let pw = read_secret(&self.kafka_sasl_password_file)?;
             cfg.kafka.properties.push(("sasl.password".into(), pw));
         }
         if need_kafka {
-            cfg.kafka.producer_config()?;
+            cfg.producer().producer_config()?;
         }
         cfg.status_interval = Duration::from_millis(self.status_interval_ms);
         cfg.max_in_flight_events = self.max_in_flight_events;

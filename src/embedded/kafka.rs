@@ -22,7 +22,7 @@ enum Cmd {
     CreateTopic(String, i32, Reply),
     Advertise(i32, u16, Reply),
     BrokersUp(bool, Reply),
-    ProduceErrors(Vec<RDKafkaRespErr>, Reply),
+    RequestErrors(RDKafkaApiKey, Vec<RDKafkaRespErr>, Reply),
 }
 
 /// A running mock Kafka cluster on loopback. Stops when dropped.
@@ -92,8 +92,8 @@ impl TempKafka {
                             };
                             let _ = reply.send(Ok(()));
                         }
-                        Cmd::ProduceErrors(errors, reply) => {
-                            cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+                        Cmd::RequestErrors(api, errors, reply) => {
+                            cluster.request_errors(api, &errors);
                             let _ = reply.send(Ok(()));
                         }
                     }
@@ -139,7 +139,16 @@ impl TempKafka {
 
     /// Makes the next Produce requests fail with these errors, in order.
     pub fn inject_produce_errors(&self, errors: Vec<RDKafkaRespErr>) -> Result<(), EmbeddedError> {
-        self.call(|r| Cmd::ProduceErrors(errors, r))
+        self.inject_errors(RDKafkaApiKey::Produce, errors)
+    }
+
+    /// The next requests of type `api` (any broker) fail with `errors`, one each, in order.
+    pub fn inject_errors(
+        &self,
+        api: RDKafkaApiKey,
+        errors: Vec<RDKafkaRespErr>,
+    ) -> Result<(), EmbeddedError> {
+        self.call(|r| Cmd::RequestErrors(api, errors, r))
     }
 
     fn call(&self, make: impl FnOnce(Reply) -> Cmd) -> Result<(), EmbeddedError> {

@@ -2,6 +2,7 @@
 //! into the watermark. [`Streamer::run`] reconnects with backoff; [`session`] is one connection.
 
 mod backoff;
+mod batches;
 mod budget;
 mod ha;
 mod health;
@@ -71,6 +72,14 @@ pub enum StreamError {
     )]
     SlotBusy { slot: String, pid: String },
     #[error(
+        "fenced: another pgoutbox with transactional.id {id:?} has taken over ({message}); this instance stops so that only one writes"
+    )]
+    Fenced { id: String, message: String },
+    #[error(transparent)]
+    Transaction(#[from] crate::sink::kafka::TxnError),
+    #[error(transparent)]
+    Offsets(#[from] crate::sink::kafka::offsets::OffsetsError),
+    #[error(
         "outbox table {table} had a row updated (WAL {lsn}) and on_update = fatal: outbox rows are immutable events; stop the writer that updates them, then set on_update = warn or error to pass this change"
     )]
     OutboxUpdate { table: String, lsn: Lsn },
@@ -91,6 +100,7 @@ impl StreamError {
             | StreamError::Watermark(_)
             | StreamError::Sink(_)
             | StreamError::OutboxUpdate { .. }
+            | StreamError::Fenced { .. }
             | StreamError::SlotLost(_) => true,
             StreamError::Preflight(e) => e.is_fatal(),
             StreamError::Postgres(e) => {
@@ -107,6 +117,10 @@ impl StreamError {
             StreamError::Delivery(e) => e.class == ErrorClass::Final,
             StreamError::Refused { cause, .. } => cause.class == ErrorClass::Final,
             StreamError::SlotBusy { .. } => false,
+            StreamError::Transaction(e) => e.fatal,
+            StreamError::Offsets(e) => {
+                matches!(e, crate::sink::kafka::offsets::OffsetsError::Config(_))
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn};
 
+use super::batches::Batches;
 use super::poison::{self, Poisoned};
 use super::{AbortOnDrop, AckedEvent, Budget, Health, Progress, StreamError};
 use crate::config::{Config, DeliveryMode};
@@ -22,6 +23,7 @@ use crate::preflight::{self, PreflightError};
 use crate::replication::{
     ConnectConfig, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
 };
+use crate::sink::kafka::offsets::{self, OffsetRecord};
 use crate::sink::kafka::{Delivery, ErrorClass, KafkaSink, SendError};
 use crate::watermark::{TxId, Watermark};
 
@@ -45,6 +47,8 @@ struct Ticket {
     lsn: Lsn,
     /// This record is a dead letter: if Kafka refuses it too, the stream stops.
     dead_letter: bool,
+    /// An offsets record (exactly-once), not an event.
+    control: bool,
 }
 
 /// Runs one session. `slot_known` survives reconnects: a slot that existed once and is gone
@@ -100,7 +104,12 @@ pub(super) async fn run(
     };
 
     let (ack_tx, acks) = mpsc::unbounded_channel();
-    let sink = KafkaSink::new(&cfg.kafka, ack_tx)?;
+    let sink = KafkaSink::new(&cfg.producer(), ack_tx)?;
+    // Exactly-once: fence older instances first, then read what they committed.
+    let batches = match cfg.delivery() {
+        DeliveryMode::ExactlyOnce => Some(exactly_once_start(cfg, &sink, limit).await?),
+        _ => None,
+    };
     let started = tokio::time::timeout(
         limit,
         repl.start_replication(&cfg.slot, start, &cfg.publication),
@@ -134,10 +143,20 @@ pub(super) async fn run(
     progress.streaming_since = Some(Instant::now());
     progress.confirmed = start;
 
-    let mut session = Session::new(cfg, start, observer);
-    let result = session
+    let mut session = Session::new(cfg, start, observer, batches);
+    let mut result = session
         .event_loop(&mut stream, &sink, acks, shutdown, progress)
         .await;
+    if let (Err(_), Some(fatal)) = (&result, sink.fatal_error()) {
+        // Whatever the call that noticed it, a fenced producer means another instance owns
+        // the transactional.id: say that, and stop for good.
+        if fatal.contains("fenced") {
+            result = Err(StreamError::Fenced {
+                id: cfg.transactional_id(),
+                message: fatal,
+            });
+        }
+    }
     if let Err(e) = &result {
         // Nothing unacked is confirmed (the watermark holds it); drop what is queued and
         // still report how far we got, so the restart resends as little as possible.
@@ -150,6 +169,48 @@ pub(super) async fn run(
     let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
     result
 }
+
+/// Exactly-once start: `init_transactions` fences any older instance with our
+/// `transactional.id` (and aborts its open transaction); then the offsets topic, read
+/// committed, says which resent PostgreSQL transactions are in Kafka already.
+async fn exactly_once_start(
+    cfg: &Config,
+    sink: &KafkaSink<Ticket>,
+    limit: Duration,
+) -> Result<Batches, StreamError> {
+    let t = Instant::now();
+    sink.init_transactions(limit).await?;
+    debug!(took = ?t.elapsed(), "init_transactions");
+    let (kafka, topic, slot) = (cfg.producer(), cfg.offsets_topic.clone(), cfg.slot.clone());
+    let last =
+        tokio::task::spawn_blocking(move || offsets::read_last(&kafka, &topic, &slot, limit))
+            .await
+            .map_err(|e| protocol(&format!("offsets reader panicked: {e}")))??;
+    let through = match last {
+        Some(r) => {
+            info!(txn = %r.txn, end_lsn = %r.end_lsn, topic = %cfg.offsets_topic,
+                "exactly-once: resuming after Kafka transaction");
+            r.end_lsn
+        }
+        None => {
+            info!(topic = %cfg.offsets_topic, "exactly-once: no committed offset yet");
+            Lsn::ZERO
+        }
+    };
+    let run = format!(
+        "{:x}{:06x}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() & 0xff_ffff)
+    );
+    Ok(Batches::new(run, through, cfg.transaction_interval))
+}
+
+/// How long a Kafka transaction commit may take before the session gives up on it.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Header naming the Kafka transaction a record was written in (exactly-once).
+pub const TXN_HEADER: &str = "pgoutbox.txn";
 
 /// Writes a tiny non-transactional logical message every `every`, so the slot has WAL of its
 /// own database to pass even when the application writes nothing. Errors are logged only: a
@@ -217,6 +278,10 @@ struct Session<'a> {
     budget: Budget,
     /// At-most-once: the open transaction's events, produced after its Commit is confirmed.
     held: Vec<(OutboxRecord, Ticket)>,
+    /// Exactly-once: the Kafka transactions.
+    batches: Option<Batches>,
+    /// Exactly-once: the open PostgreSQL transaction is in Kafka already (a resend).
+    skip_tx: bool,
     observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
     delivered: u64,
     ignored: u64,
@@ -278,6 +343,7 @@ impl<'a> Session<'a> {
         cfg: &'a Config,
         start: Lsn,
         observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
+        batches: Option<Batches>,
     ) -> Self {
         Session {
             cfg,
@@ -287,6 +353,8 @@ impl<'a> Session<'a> {
             tx: None,
             budget: Budget::new(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
             held: Vec::new(),
+            batches,
+            skip_tx: false,
             observer,
             delivered: 0,
             ignored: 0,
@@ -367,8 +435,127 @@ impl<'a> Session<'a> {
                 }
                 _ = tokio::time::sleep(Duration::from_millis(5)), if !pending.is_empty() => {}
                 _ = sleep_until_opt(stop_by) => {}
+                // Only between transactions: inside one, its Commit comes first.
+                _ = sleep_until_opt(self.batches.as_ref().and_then(Batches::deadline)
+                        .map(tokio::time::Instant::from_std)),
+                    if self.tx.is_none() && pending.is_empty() => {}
             }
-            progress.confirmed = self.wm.confirmed();
+            progress.confirmed = self.flushable();
+            if self.batch_due(&pending) {
+                self.commit_batch(stream, sink, &mut acks).await?;
+            }
+        }
+    }
+
+    /// Waits until every record handed to the producer is acked, status updates flowing.
+    async fn await_acks(
+        &mut self,
+        stream: &mut ReplicationStream,
+        acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
+        tick: &mut tokio::time::Interval,
+    ) -> Result<(), StreamError> {
+        while self.budget.events() > 0 {
+            tokio::select! {
+                Some(d) = acks.recv() => {
+                    // Exactly-once turns every failed delivery into an error.
+                    self.on_delivery(d)?;
+                }
+                _ = tick.tick() => self.send_status(stream, false).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// What may be confirmed: the watermark, held back by an uncommitted Kafka transaction.
+    fn flushable(&self) -> Lsn {
+        match &self.batches {
+            Some(k) => k.flushable(self.wm.confirmed()),
+            None => self.wm.confirmed(),
+        }
+    }
+
+    /// The open Kafka transaction is old enough and we are between PostgreSQL transactions.
+    fn batch_due(&self, pending: &VecDeque<(OutboxRecord, Ticket)>) -> bool {
+        self.tx.is_none()
+            && pending.is_empty()
+            && self
+                .batches
+                .as_ref()
+                .and_then(Batches::deadline)
+                .is_some_and(|d| d <= Instant::now())
+    }
+
+    /// Ends the open Kafka transaction: the offsets record, then the commit (status updates
+    /// keep flowing meanwhile); on success the slot may be confirmed past it.
+    async fn commit_batch(
+        &mut self,
+        stream: &mut ReplicationStream,
+        sink: &KafkaSink<Ticket>,
+        acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
+    ) -> Result<(), StreamError> {
+        let Some(k) = &self.batches else {
+            return Ok(());
+        };
+        let Some(open) = &k.open else {
+            return Ok(());
+        };
+        let (tag, end) = (open.tag.clone(), k.last_end);
+        let mut tick = tokio::time::interval(self.cfg.status_interval);
+        // The batch's events first, so that its offsets record is the last thing written
+        // before the commit: a crash before that leaves no trace of this batch's position.
+        self.await_acks(stream, acks, &mut tick).await?;
+        let offset = OffsetRecord {
+            slot: self.cfg.slot.clone(),
+            end_lsn: end,
+            txn: String::from_utf8_lossy(&tag).into_owned(),
+        };
+        let rec = OutboxRecord {
+            topic: self.cfg.offsets_topic.clone(),
+            key: Some(Bytes::from(self.cfg.slot.clone())),
+            partition: None,
+            headers: vec![(TXN_HEADER.to_owned(), tag.clone())],
+            payload: Some(Bytes::from(offset.encode())),
+            event_id: Bytes::from_static(b"offsets"),
+            lsn: end,
+        };
+        let mut queue = VecDeque::from([self.ticketed(rec, None, crate::pgtime::now())]);
+        self.flush(sink, &mut queue)?;
+        while !queue.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.flush(sink, &mut queue)?;
+        }
+        // Acked before the commit: committing with a record in flight costs librdkafka about
+        // 100 ms (measured), waiting for the ack a fraction of that.
+        self.await_acks(stream, acks, &mut tick).await?;
+        let started = Instant::now();
+        let commit = sink.commit_transaction(COMMIT_TIMEOUT);
+        tokio::pin!(commit);
+        let result = loop {
+            tokio::select! {
+                r = &mut commit => break r,
+                _ = tick.tick() => self.send_status(stream, false).await?,
+                Some(d) = acks.recv() => {
+                    // The commit flushes the batch: its acks arrive meanwhile.
+                    self.on_delivery(d)?;
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                let done = self.batches.as_mut().and_then(Batches::committed);
+                info!(txn = %String::from_utf8_lossy(&tag), events = done.map_or(0, |b| b.events),
+                    end_lsn = %end, took = ?started.elapsed(), "committed Kafka transaction");
+                self.send_status(stream, false).await?;
+                Ok(())
+            }
+            Err(e) => {
+                warn!(txn = %String::from_utf8_lossy(&tag), error = %e,
+                    "Kafka transaction failed: aborting it; its events will be sent again");
+                if e.abortable {
+                    let _ = sink.abort_transaction(COMMIT_TIMEOUT).await;
+                }
+                Err(e.into())
+            }
         }
     }
 
@@ -378,6 +565,12 @@ impl<'a> Session<'a> {
         sink: &KafkaSink<Ticket>,
         pending: &mut VecDeque<(OutboxRecord, Ticket)>,
     ) -> Result<(), StreamError> {
+        if let Some(b) = self.batches.as_mut().and_then(|k| k.open.as_mut()) {
+            if !b.begun && !pending.is_empty() {
+                sink.begin_transaction()?;
+                b.begun = true;
+            }
+        }
         while let Some((rec, ticket)) = pending.pop_front() {
             let bytes = ticket.bytes;
             match sink.send(&rec, ticket) {
@@ -392,7 +585,7 @@ impl<'a> Session<'a> {
                 }
                 Err(SendError::Rejected(ticket, e)) => {
                     count_error(e.class);
-                    if let Some(dead) = self.refused(ticket, e, rec)? {
+                    if let Some(dead) = self.refused(ticket, e, rec, false)? {
                         pending.push_front(dead);
                     }
                 }
@@ -408,8 +601,14 @@ impl<'a> Session<'a> {
         ticket: Ticket,
         e: crate::sink::kafka::DeliveryError,
         rec: OutboxRecord,
+        from_report: bool,
     ) -> Result<Option<(OutboxRecord, Ticket)>, StreamError> {
+        // In a Kafka transaction a broker-side refusal dooms the whole transaction: it is
+        // aborted and the stream restarts (or stops, if final); only refusals at send are
+        // poison events there.
+        let doomed = from_report && self.batches.is_some();
         if e.class != ErrorClass::Final
+            || doomed
             || ticket.dead_letter
             || self.cfg.on_poison == PoisonPolicy::Fail
         {
@@ -513,13 +712,17 @@ impl<'a> Session<'a> {
                     event_id: ticket.event_id.clone(),
                     lsn: ticket.lsn,
                 };
-                return self.refused(ticket, e, rec);
+                return self.refused(ticket, e, rec, true);
             }
         };
         if let Some(tx) = ticket.tx {
             self.wm.ack(tx)?;
         }
         self.budget.release(ticket.bytes);
+        if ticket.control {
+            self.meters.in_flight(&self.budget);
+            return Ok(None);
+        }
         self.meters.in_flight(&self.budget);
         self.delivered += 1;
         if let Some(c) = self.meters.delivered.get(ticket.topic as usize) {
@@ -565,6 +768,13 @@ impl<'a> Session<'a> {
             Message::Begin(b) => {
                 let id = self.wm.begin()?;
                 self.tx = Some((id, b.commit_time));
+                self.skip_tx = self
+                    .batches
+                    .as_ref()
+                    .is_some_and(|k| k.already_delivered(b.final_lsn));
+                if self.skip_tx {
+                    debug!(final_lsn = %b.final_lsn, "transaction is in Kafka already: skipped");
+                }
             }
             Message::Commit(c) => {
                 let (id, _) = self
@@ -572,6 +782,10 @@ impl<'a> Session<'a> {
                     .take()
                     .ok_or_else(|| protocol("Commit without Begin"))?;
                 self.wm.commit(id, c.end_lsn)?;
+                self.skip_tx = false;
+                if let Some(k) = &mut self.batches {
+                    k.last_end = c.end_lsn;
+                }
                 if !self.held.is_empty() {
                     return Ok(Step::Confirm(std::mem::take(&mut self.held)));
                 }
@@ -674,8 +888,26 @@ impl<'a> Session<'a> {
     /// An event of the open transaction or, outside one, a standalone event ending at
     /// `standalone_end`: counted in the watermark and produced, or, at-most-once, held until
     /// its position is confirmed.
-    fn event(&mut self, rec: OutboxRecord, standalone_end: Lsn) -> Result<Step, StreamError> {
+    fn event(&mut self, mut rec: OutboxRecord, standalone_end: Lsn) -> Result<Step, StreamError> {
         let counted = self.cfg.delivery() != DeliveryMode::AtMostOnce;
+        if let Some(k) = &mut self.batches {
+            let in_kafka = match self.tx {
+                Some(_) => self.skip_tx,
+                None => standalone_end <= k.delivered_through,
+            };
+            if in_kafka {
+                if self.tx.is_none() {
+                    self.wm.passed(standalone_end);
+                }
+                self.ignored += 1;
+                return Ok(Step::Continue);
+            }
+            let (tag, _) = k.join(self.wm.confirmed());
+            rec.headers.push((TXN_HEADER.to_owned(), tag));
+            if self.tx.is_none() {
+                k.last_end = standalone_end;
+            }
+        }
         match self.tx {
             Some((id, commit_time)) => {
                 let tx = if counted {
@@ -720,6 +952,7 @@ impl<'a> Session<'a> {
             topic: self.meters.topic_id(&rec.topic),
             lsn: rec.lsn,
             dead_letter: rec.topic == self.cfg.dead_letter_topic,
+            control: self.batches.is_some() && rec.topic == self.cfg.offsets_topic,
         };
         (rec, ticket)
     }
@@ -759,13 +992,12 @@ impl<'a> Session<'a> {
         stream: &mut ReplicationStream,
         reply: bool,
     ) -> Result<(), ReplicationError> {
-        trace!(write = %self.wm.received(), flush = %self.wm.confirmed(),
-            in_flight = self.budget.events(), "status update");
+        let flush = self.flushable();
+        trace!(write = %self.wm.received(), %flush, in_flight = self.budget.events(),
+            "status update");
         self.meters.received_lsn.set(self.wm.received().0 as f64);
-        self.meters.confirmed_lsn.set(self.wm.confirmed().0 as f64);
-        stream
-            .send_status(self.wm.received(), self.wm.confirmed(), reply)
-            .await
+        self.meters.confirmed_lsn.set(flush.0 as f64);
+        stream.send_status(self.wm.received(), flush, reply).await
     }
 
     /// Graceful stop: read no more, wait (until `deadline`) for in-flight acks, confirm, close.
@@ -790,6 +1022,9 @@ impl<'a> Session<'a> {
                     break;
                 }
             }
+        }
+        if self.tx.is_none() && self.budget.events() == 0 {
+            self.commit_batch(stream, sink, acks).await?;
         }
         self.send_status(stream, false).await?;
         stream.close().await?;

@@ -14,6 +14,9 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
     /// At-most-once lets `acks` be lowered; the other modes enforce `acks=all`.
     pub delivery: DeliveryMode,
+    /// Exactly-once: the producer's `transactional.id`, stable across restarts so a newer
+    /// instance fences an older one.
+    pub transactional_id: Option<String>,
 }
 
 /// A producer configuration that cannot work or would weaken the delivery guarantee.
@@ -28,6 +31,8 @@ pub enum KafkaConfigError {
         need: &'static str,
         mode: DeliveryMode,
     },
+    #[error("Kafka property {key} is set by pgoutbox: use {instead}")]
+    Reserved { key: String, instead: &'static str },
     #[error("invalid Kafka property {0:?}: expected key=value")]
     Malformed(String),
     #[error("Kafka configuration rejected by librdkafka: {0}")]
@@ -44,6 +49,24 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("compression.type", "none"),
 ];
 
+/// Producer properties a consumer would warn about.
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "linger.ms",
+    "message.timeout.ms",
+    "compression.type",
+    "enable.idempotence",
+    "transactional.id",
+    "batch.size",
+    "batch.num.messages",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "retries",
+    "retry.backoff.ms",
+    "max.in.flight.requests.per.connection",
+    "transaction.timeout.ms",
+];
+
 /// Properties at-least-once depends on; a user value must agree.
 const ENFORCED: &[(&str, &[&str], &str)] = &[
     ("enable.idempotence", &["true"], "enable.idempotence=true"),
@@ -57,6 +80,22 @@ impl KafkaConfig {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
             _ => Err(KafkaConfigError::Malformed(s.to_owned())),
         }
+    }
+
+    /// Connection settings for any client (the offsets reader): brokers and user properties.
+    pub fn client_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(KafkaConfigError::NoBrokers);
+        }
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            // Producer-only settings would only make the consumer log warnings.
+            if !PRODUCER_ONLY.contains(&k.as_str()) {
+                c.set(k, v);
+            }
+        }
+        Ok(c)
     }
 
     /// The librdkafka configuration for the producer of this delivery mode.
@@ -75,6 +114,12 @@ impl KafkaConfig {
         }
         c.set("bootstrap.servers", &self.brokers);
         for (k, v) in &self.properties {
+            if k == "transactional.id" {
+                return Err(KafkaConfigError::Reserved {
+                    key: k.clone(),
+                    instead: "transactional_id (with delivery = exactly-once)",
+                });
+            }
             if let Some((_, ok, need)) = enforced.iter().find(|(key, _, _)| key == k) {
                 if !ok.contains(&v.to_ascii_lowercase().as_str()) {
                     return Err(KafkaConfigError::Weakens {
@@ -94,6 +139,19 @@ impl KafkaConfig {
                 _ => {
                     c.set(*k, ok[0]);
                 }
+            }
+        }
+        if self.delivery == DeliveryMode::ExactlyOnce {
+            let id = self.transactional_id.as_deref().unwrap_or("pgoutbox");
+            c.set("transactional.id", id);
+            // librdkafka requires message.timeout.ms <= transaction.timeout.ms (60 s default).
+            let user = |key: &str| self.properties.iter().any(|(k, _)| k == key);
+            if !user("message.timeout.ms") {
+                let txn = c
+                    .get("transaction.timeout.ms")
+                    .unwrap_or("60000")
+                    .to_owned();
+                c.set("message.timeout.ms", txn);
             }
         }
         let lowered_acks = c.get("acks").is_some_and(|a| !matches!(a, "all" | "-1"));
@@ -130,11 +188,32 @@ mod tests {
     }
 
     #[test]
+    fn exactly_once_is_transactional_within_its_timeout() {
+        let cfg = KafkaConfig {
+            brokers: "b".into(),
+            delivery: DeliveryMode::ExactlyOnce,
+            transactional_id: Some("pgoutbox-s1".into()),
+            ..KafkaConfig::default()
+        };
+        let c = cfg.producer_config().unwrap();
+        assert_eq!(c.get("transactional.id"), Some("pgoutbox-s1"));
+        assert_eq!(c.get("message.timeout.ms"), Some("60000"));
+        assert_eq!(c.get("acks"), Some("all"));
+        let own_id = KafkaConfig {
+            properties: vec![("transactional.id".into(), "x".into())],
+            ..cfg
+        };
+        let e = own_id.producer_config().unwrap_err().to_string();
+        assert!(e.contains("transactional_id"), "{e}");
+    }
+
+    #[test]
     fn at_most_once_may_lower_acks() {
         let cfg = KafkaConfig {
             brokers: "b".into(),
             properties: vec![("acks".into(), "1".into())],
             delivery: DeliveryMode::AtMostOnce,
+            transactional_id: None,
         };
         let c = cfg.producer_config().unwrap();
         assert_eq!(c.get("acks"), Some("1"));

@@ -4,6 +4,9 @@ use bytes::Bytes;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
+use std::sync::Arc;
+use std::time::Duration;
+
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
@@ -113,9 +116,10 @@ impl<T: Send + Sync + 'static> ProducerContext for AckContext<T> {
     }
 }
 
-/// An idempotent, `acks=all` producer.
+/// An idempotent, `acks=all` producer; transactional in exactly-once mode.
 pub struct KafkaSink<T: Send + Sync + 'static> {
-    producer: ThreadedProducer<AckContext<T>>,
+    // Shared with the blocking threads that run transaction calls.
+    producer: Arc<ThreadedProducer<AckContext<T>>>,
 }
 
 impl<T: Send + Sync + 'static> KafkaSink<T> {
@@ -127,7 +131,46 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
         let client = cfg.producer_config()?;
         let producer = ThreadedProducer::from_config_and_context(&client, AckContext { acks })
             .map_err(SinkError::Create)?;
-        Ok(KafkaSink { producer })
+        Ok(KafkaSink {
+            producer: Arc::new(producer),
+        })
+    }
+
+    /// Registers the `transactional.id` with the cluster: a previous instance with the same
+    /// id is fenced and its open transaction aborted.
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.blocking(move |p| p.init_transactions(timeout)).await
+    }
+
+    /// Opens a Kafka transaction (a local call).
+    pub fn begin_transaction(&self) -> Result<(), TxnError> {
+        self.producer.begin_transaction().map_err(TxnError::from)
+    }
+
+    /// Flushes and commits the open transaction.
+    pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.blocking(move |p| p.commit_transaction(timeout)).await
+    }
+
+    /// Aborts the open transaction; its records stay invisible to read_committed consumers.
+    pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.blocking(move |p| p.abort_transaction(timeout)).await
+    }
+
+    /// Runs a blocking librdkafka call off the async threads.
+    async fn blocking(
+        &self,
+        f: impl FnOnce(&ThreadedProducer<AckContext<T>>) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), TxnError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || f(&producer))
+            .await
+            .map_err(|e| TxnError {
+                fatal: true,
+                abortable: false,
+                message: format!("transaction call panicked: {e}"),
+            })?
+            .map_err(TxnError::from)
     }
 
     /// Enqueues a record without waiting; its delivery report will carry `ticket`.
@@ -159,6 +202,14 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
         })
     }
 
+    /// The error that made the producer unusable (e.g. fenced), if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, text)| format!("{text} ({code:?})"))
+    }
+
     /// Messages queued or awaiting acks inside librdkafka.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
@@ -168,6 +219,41 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
     pub fn abort(&self) {
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
+    }
+}
+
+/// A failed transaction call, with what librdkafka says may follow.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("Kafka transaction: {message}")]
+pub struct TxnError {
+    /// The producer is unusable, e.g. fenced by a newer instance with the same id.
+    pub fatal: bool,
+    /// The transaction must be aborted; the producer stays usable.
+    pub abortable: bool,
+    pub message: String,
+}
+
+impl From<KafkaError> for TxnError {
+    fn from(e: KafkaError) -> Self {
+        match &e {
+            KafkaError::Transaction(t) => TxnError {
+                fatal: t.is_fatal(),
+                abortable: t.txn_requires_abort(),
+                message: t.to_string(),
+            },
+            other => TxnError {
+                fatal: false,
+                abortable: false,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl TxnError {
+    /// Fenced: another instance took over this `transactional.id`.
+    pub fn is_fenced(&self) -> bool {
+        self.fatal && self.message.contains("fenced")
     }
 }
 
