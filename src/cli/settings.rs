@@ -130,6 +130,8 @@ settings! {
     partition_column: String = String::new(), "PGOUTBOX_PARTITION_COLUMN";
     /// A NULL or empty payload becomes a tombstone (true/false); otherwise it is an empty value [default: false]
     tombstone_on_empty_payload: bool = false, "PGOUTBOX_TOMBSTONE_ON_EMPTY_PAYLOAD";
+    /// A NULL key column makes the event a poison event (true/false); otherwise it is delivered without a key [default: false]
+    require_key: bool = false, "PGOUTBOX_REQUIRE_KEY";
     /// An UPDATE of an outbox row (publication publishing updates): warn, error (log and go on) or fatal (stop) [default: warn]
     on_update: String = "warn".into(), "PGOUTBOX_ON_UPDATE";
     /// An event Kafka refuses for good or that cannot be routed: fail (stop), dead-letter, or skip (log and count) [default: fail]
@@ -243,6 +245,7 @@ impl Settings {
             additional_headers: parse_headers(&self.additional_headers),
             partition_column: Some(self.partition_column.clone()).filter(|c| !c.is_empty()),
             tombstone_on_empty_payload: self.tombstone_on_empty_payload,
+            require_key: self.require_key,
         })
     }
 
@@ -285,6 +288,7 @@ pub struct TableSettings {
     pub payload_column: Option<String>,
     pub partition_column: Option<String>,
     pub tombstone_on_empty_payload: Option<bool>,
+    pub require_key: Option<bool>,
 }
 
 impl TableSettings {
@@ -315,6 +319,7 @@ impl TableSettings {
             tombstone_on_empty_payload: self
                 .tombstone_on_empty_payload
                 .unwrap_or(main.tombstone_on_empty_payload),
+            require_key: self.require_key.unwrap_or(main.require_key),
             message_prefix: None,
         })
     }

@@ -303,9 +303,16 @@ impl OutboxMapper {
             }
             None => None,
         };
+        let key = value(cols.key);
+        if key.is_none() && cfg.require_key {
+            return Err(MapError::Null {
+                lsn,
+                column: cfg.key_column.clone(),
+            });
+        }
         Ok(Some(OutboxRecord {
             topic,
-            key: value(cols.key),
+            key,
             partition,
             headers,
             payload: cfg.value(payload),
@@ -593,6 +600,23 @@ mod tests {
         for r in [&null, &empty] {
             assert_eq!(m.map_insert(r, Lsn(1)).unwrap().unwrap().payload, None);
         }
+    }
+
+    #[test]
+    fn null_key_is_unroutable_only_when_required() {
+        let r = row(vec![t("1"), t("a"), Value::Null, t("T"), t("{}"), t("x")]);
+        let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
+        m.on_relation(&outbox_rel(3802)).unwrap();
+        assert_eq!(m.map_insert(&r, Lsn(1)).unwrap().unwrap().key, None);
+        let mut m = OutboxMapper::new(vec![OutboxConfig {
+            require_key: true,
+            ..OutboxConfig::default()
+        }]);
+        m.on_relation(&outbox_rel(3802)).unwrap();
+        let e = m.map_insert(&r, Lsn(1)).unwrap_err();
+        assert!(e.is_poison());
+        assert_eq!(e.class(), "unroutable");
+        assert!(e.to_string().contains("\"aggregateid\" is NULL"), "{e}");
     }
 
     #[test]

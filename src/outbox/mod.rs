@@ -74,6 +74,9 @@ pub struct OutboxConfig {
     /// A NULL or empty payload becomes a tombstone (no value). Default false: it is delivered
     /// as an empty value, so nothing is ever compacted away by accident.
     pub tombstone_on_empty_payload: bool,
+    /// A NULL key column makes the event unroutable (a poison event, see `on_poison`).
+    /// Default false: it is delivered without a key, with a warning.
+    pub require_key: bool,
 }
 
 impl OutboxConfig {
@@ -106,6 +109,7 @@ impl Default for OutboxConfig {
             additional_headers: Vec::new(),
             partition_column: None,
             tombstone_on_empty_payload: false,
+            require_key: false,
         }
     }
 }
