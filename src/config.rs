@@ -47,6 +47,10 @@ pub struct Config {
     /// transaction boundary). Default 100 ms.
     pub transaction_interval: Duration,
     pub kafka: KafkaConfig,
+    /// Where events come from: the replication slot (default) or polling the table.
+    pub source: Source,
+    /// Polling settings (`source = poll`).
+    pub poll: crate::poll::PollConfig,
     /// How often to send a standby status update. Default 1 s.
     pub status_interval: Duration,
     /// Stop reading WAL while this many events await Kafka acks. Default 10,000.
@@ -85,6 +89,8 @@ impl std::fmt::Debug for Config {
                 "postgres_password",
                 &self.postgres_password.as_ref().map(|_| "***"),
             )
+            .field("source", &self.source)
+            .field("poll", &self.poll)
             .field("delivery", &self.kafka.delivery)
             .field("kafka_brokers", &self.kafka.brokers)
             .field(
@@ -118,6 +124,27 @@ impl std::fmt::Debug for Config {
                     .map_or_else(|e| format!("invalid: {e}"), |t| format!("{t:?}")),
             )
             .finish()
+    }
+}
+
+/// Where pgoutbox reads events from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Logical replication (pgoutput): low latency, no load on the table (default).
+    #[default]
+    Replication,
+    /// Polling the table (`sql/poll.sql`): for databases without logical replication.
+    Poll,
+}
+
+impl std::str::FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "replication" => Ok(Source::Replication),
+            "poll" => Ok(Source::Poll),
+            _ => Err(format!("source must be replication or poll, not {s:?}")),
+        }
     }
 }
 
@@ -161,6 +188,8 @@ impl Config {
                 brokers: kafka_brokers.into(),
                 ..KafkaConfig::default()
             },
+            source: Source::default(),
+            poll: crate::poll::PollConfig::default(),
             status_interval: Duration::from_secs(1),
             max_in_flight_events: 10_000,
             max_in_flight_bytes: 32 << 20,
@@ -250,6 +279,9 @@ impl Config {
             if !crate::outbox::is_valid_topic(topic) {
                 return Err(ConfigError::Topic(topic.clone()));
             }
+        }
+        if self.poll.batch == 0 {
+            return Err(ConfigError::Zero("poll_batch"));
         }
         if self.transaction_interval.is_zero() {
             return Err(ConfigError::Zero("transaction_interval"));

@@ -18,6 +18,7 @@ pub mod pg;
 pub mod pgoutput;
 pub mod pgtime;
 pub mod pipeline;
+pub mod poll;
 pub mod preflight;
 pub mod replication;
 pub mod setup;

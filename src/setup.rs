@@ -7,6 +7,9 @@ use crate::lsn::Lsn;
 /// The DDL of `sql/setup.sql`, compiled in so the binary needs no files.
 pub const SETUP_SQL: &str = include_str!("../sql/setup.sql");
 
+/// The columns the polling publisher needs (`sql/poll.sql`), applied after [`SETUP_SQL`].
+pub const POLL_SQL: &str = include_str!("../sql/poll.sql");
+
 /// What setup did.
 #[derive(Debug, Clone)]
 pub struct SetupReport {

@@ -138,6 +138,14 @@ settings! {
     on_poison: String = "fail".into(), "PGOUTBOX_ON_POISON";
     /// Delivery mode: at-least-once, at-most-once (no duplicates, may lose on a crash) or exactly-once (Kafka transactions) [default: at-least-once]
     delivery: String = "at-least-once".into(), "PGOUTBOX_DELIVERY";
+    /// Where events come from: replication (logical replication slot) or poll (polling publisher; run sql/poll.sql) [default: replication]
+    source: String = "replication".into(), "PGOUTBOX_SOURCE";
+    /// Polling: milliseconds between polls that found less than a full batch [default: 1000]
+    poll_interval_ms: u64 = 1000, "PGOUTBOX_POLL_INTERVAL_MS";
+    /// Polling: rows per poll and per transaction [default: 1000]
+    poll_batch: usize = 1000, "PGOUTBOX_POLL_BATCH";
+    /// Polling: what to do with sent rows, mark (status = 1) or delete [default: mark]
+    poll_cleanup: String = "mark".into(), "PGOUTBOX_POLL_CLEANUP";
     /// Exactly-once: the producer's transactional.id, stable across restarts [default: pgoutbox-<slot>]
     transactional_id: String = String::new(), "PGOUTBOX_TRANSACTIONAL_ID";
     /// Exactly-once: compacted topic recording (slot, end_lsn) per Kafka transaction [default: pgoutbox.offsets]
@@ -210,6 +218,12 @@ impl Settings {
         cfg.kafka.delivery = self.delivery.parse().map_err(anyhow::Error::msg)?;
         cfg.kafka.transactional_id = Some(self.transactional_id.clone()).filter(|t| !t.is_empty());
         cfg.offsets_topic = self.offsets_topic.clone();
+        cfg.source = self.source.parse().map_err(anyhow::Error::msg)?;
+        cfg.poll = pgoutbox::poll::PollConfig {
+            interval: Duration::from_millis(self.poll_interval_ms),
+            batch: self.poll_batch,
+            cleanup: self.poll_cleanup.parse().map_err(anyhow::Error::msg)?,
+        };
         cfg.transaction_interval = Duration::from_millis(self.transaction_interval_ms);
         if !self.kafka_sasl_password_file.as_os_str().is_empty() {
             let pw = read_secret(&self.kafka_sasl_password_file)?;

@@ -21,8 +21,9 @@ use tracing::{error, info, warn};
 pub use backoff::Backoff;
 pub use budget::Budget;
 pub use health::Health;
+pub(crate) use poison::Poisoned;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Source};
 use crate::lsn::Lsn;
 use crate::outbox::MapError;
 use crate::pgoutput::DecodeError;
@@ -80,6 +81,10 @@ pub enum StreamError {
     #[error(transparent)]
     Offsets(#[from] crate::sink::kafka::offsets::OffsetsError),
     #[error(
+        "polling needs columns seq (bigserial) and status (smallint) on {0}: run sql/poll.sql"
+    )]
+    PollSchema(String),
+    #[error(
         "outbox table {table} had a row updated (WAL {lsn}) and on_update = fatal: outbox rows are immutable events; stop the writer that updates them, then set on_update = warn or error to pass this change"
     )]
     OutboxUpdate { table: String, lsn: Lsn },
@@ -101,6 +106,7 @@ impl StreamError {
             | StreamError::Sink(_)
             | StreamError::OutboxUpdate { .. }
             | StreamError::Fenced { .. }
+            | StreamError::PollSchema(_)
             | StreamError::SlotLost(_) => true,
             StreamError::Preflight(e) => e.is_fatal(),
             StreamError::Postgres(e) => {
@@ -126,7 +132,7 @@ impl StreamError {
 }
 
 /// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -251,19 +257,33 @@ impl Streamer {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut slot_known = false;
         // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.
-        let monitor = tokio::spawn(monitor::run(self.cfg.clone(), self.health.clone()));
-        let _stop_monitor = AbortOnDrop(monitor);
+        let polling = self.cfg.source == Source::Poll;
+        // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.
+        let _stop_monitor = (!polling).then(|| {
+            AbortOnDrop(tokio::spawn(monitor::run(
+                self.cfg.clone(),
+                self.health.clone(),
+            )))
+        });
         loop {
             let mut progress = Progress::default();
-            let result = session::run(
-                &self.cfg,
-                &mut slot_known,
-                &shutdown,
-                self.observer.as_ref(),
-                &mut progress,
-                &self.health,
-            )
-            .await;
+            let result = if polling {
+                progress.streaming_since = Some(Instant::now());
+                self.health.set_streaming(true);
+                let r = crate::poll::run(&self.cfg, &shutdown).await;
+                self.health.set_streaming(false);
+                r
+            } else {
+                session::run(
+                    &self.cfg,
+                    &mut slot_known,
+                    &shutdown,
+                    self.observer.as_ref(),
+                    &mut progress,
+                    &self.health,
+                )
+                .await
+            };
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_fatal() => {

@@ -1,0 +1,92 @@
+//! The polling publisher (`source = poll`): two instances drain one table concurrently, every
+//! row is sent once (SKIP LOCKED) and marked (or deleted); a row only leaves the pending set
+//! after Kafka acked it.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use pgoutbox::config::Source;
+use pgoutbox::poll::Cleanup;
+use pgoutbox::setup::POLL_SQL;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pollers_send_each_row_once() {
+    let env = Env::start().await;
+    env.db.batch_execute(POLL_SQL).await.unwrap();
+    let mut cfg = env.config();
+    cfg.source = Source::Poll;
+    cfg.poll.interval = Duration::from_millis(50);
+    cfg.poll.batch = 20;
+    let a = env.spawn_streamer(cfg.clone());
+    let b = env.spawn_streamer(cfg.clone());
+    let txs = workload(0, 200);
+    env.commit(&txs).await;
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let reader = env.reader();
+    let got = read_until_all(&reader, &ids, Duration::from_secs(60)).await;
+    let more = reader
+        .read(usize::MAX, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for r in got.iter().chain(&more) {
+        *count.entry(header_str(r, "id")).or_default() += 1;
+    }
+    assert_eq!(count.len(), ids.len(), "every row sent");
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} rows sent twice by the two pollers",
+        twice.len()
+    );
+    wait_for("all rows marked", Duration::from_secs(10), || async {
+        env.db
+            .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+
+    // Delete instead of mark; a pending row stays pending while Kafka is down.
+    cfg.poll.cleanup = Cleanup::Delete;
+    env.kafka.set_brokers_up(false).unwrap();
+    let mut down = cfg.clone();
+    down.kafka
+        .properties
+        .push(("message.timeout.ms".into(), "1000".into()));
+    let c = env.spawn_streamer(down);
+    let late = workload(10_000, 3);
+    env.commit(&late).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pending: i64 = env
+        .db
+        .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        pending as usize,
+        late.iter().flatten().count(),
+        "unacked rows stay pending"
+    );
+    env.kafka.set_brokers_up(true).unwrap();
+    let late_ids: HashSet<String> = late.iter().flatten().map(|e| e.id.clone()).collect();
+    read_until_all(&reader, &late_ids, Duration::from_secs(60)).await;
+    wait_for("sent rows deleted", Duration::from_secs(20), || async {
+        env.db
+            .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await;
+    c.stop().await;
+}
