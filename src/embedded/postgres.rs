@@ -80,6 +80,11 @@ impl TempPostgres {
         Err(last.unwrap_or(EmbeddedError::NoPostgres))
     }
 
+    /// The directory of the server binaries (for `pg_recvlogical` and friends).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

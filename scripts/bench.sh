@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The benchmark, one command: starts its own PostgreSQL and Kafka-protocol broker, runs the
+# release binary, prints a markdown table and writes target/bench/results.{json,md} and
+# target/bench/latency.svg. Then the criterion micro-benchmarks (decoder, mapper) in MB/s.
+#   scripts/bench.sh                 # 1M-event backlogs, 3 runs each, 10 s per load level
+#   BENCH_EVENTS=100000 BENCH_REPS=1 BENCH_SECONDS=3 scripts/bench.sh   # a quick look
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/prereqs.sh
+mkdir -p target/bench
+: > target/bench/pgoutbox.log
+cargo bench --bench e2e
+if [ "${BENCH_MICRO:-1}" = 1 ]; then
+    cargo bench --bench decode -- --warm-up-time 1 --measurement-time 3
+fi
