@@ -246,6 +246,21 @@ async fn confirmed(db: &Client, slot: &str) -> u64 {
     (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
 }
 
+/// Drops a slot once its walsender has noticed the client is gone (it stays active briefly).
+async fn drop_slot(db: &Client, slot: &str) {
+    for _ in 0..200 {
+        if db
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("slot {slot} still active after 10 s");
+}
+
 fn fmt_lsn(l: u64) -> String {
     format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
 }
@@ -342,9 +357,7 @@ async fn drain(
             .expect("pg_recvlogical");
         assert!(status.success(), "pg_recvlogical failed");
         ceiling.push(t.elapsed().as_secs_f64());
-        db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-            .await
-            .expect("drop");
+        drop_slot(db, &slot).await;
 
         let slot = format!("pgoutbox_{rep}");
         db.execute(
@@ -376,9 +389,7 @@ async fn drain(
         cpu.push(cpu_secs(pid));
         rss.push(peak_rss_mib(pid));
         let _ = child.kill().await;
-        db.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-            .await
-            .expect("drop");
+        drop_slot(db, &slot).await;
     }
     db.batch_execute("SELECT pg_drop_replication_slot('bench_base')")
         .await
@@ -526,17 +537,7 @@ async fn live_run(
     let _ = reader.await;
     let _ = child.kill().await;
     if mode == "replication" {
-        // The slot is inactive once the walsender notices; retry the drop until then.
-        for _ in 0..100 {
-            if db
-                .execute("SELECT pg_drop_replication_slot('live')", &[])
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        drop_slot(db, "live").await;
     }
 
     let received = received.lock().expect("lock").clone();
