@@ -67,6 +67,10 @@ struct Live {
     p95_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// Commit → Kafka ack, from pgoutbox's own histogram (bucket upper bounds; replication only).
+    ack_p50_ms: Option<f64>,
+    ack_p95_ms: Option<f64>,
+    ack_p99_ms: Option<f64>,
     pgoutbox_cpu_secs_per_million: f64,
     pgoutbox_peak_rss_mib: f64,
     postgres_cpu_secs_per_million: f64,
@@ -439,7 +443,14 @@ async fn live_run(
     seconds: u64,
 ) -> Live {
     db.batch_execute("TRUNCATE outbox").await.expect("truncate");
-    let mut settings: Vec<(&str, String)> = vec![("PGOUTBOX_SLOT", "live".into())];
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let mut settings: Vec<(&str, String)> = vec![
+        ("PGOUTBOX_SLOT", "live".into()),
+        ("PGOUTBOX_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+    ];
     match mode {
         "poll 100ms" => {
             settings.push(("PGOUTBOX_SOURCE", "poll".into()));
@@ -532,6 +543,7 @@ async fn live_run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu1 = (cpu_secs(pid), postgres_cpu(&pg.data_dir()));
+    let acks = ack_histogram(metrics_port).await;
     let rss = peak_rss_mib(pid);
     stop.cancel();
     let _ = reader.await;
@@ -567,10 +579,52 @@ async fn live_run(
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        ack_p50_ms: bucket_percentile(&acks, 0.50),
+        ack_p95_ms: bucket_percentile(&acks, 0.95),
+        ack_p99_ms: bucket_percentile(&acks, 0.99),
         pgoutbox_cpu_secs_per_million: per_million(cpu1.0 - cpu0.0),
         pgoutbox_peak_rss_mib: rss,
         postgres_cpu_secs_per_million: per_million(cpu1.1 - cpu0.1),
     }
+}
+
+/// `pgoutbox_commit_to_ack_seconds` buckets from the binary's /metrics: (upper bound in ms,
+/// cumulative count). Empty when the source records none (polling).
+async fn ack_histogram(port: u16) -> Vec<(f64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return Vec::new();
+    };
+    let _ = conn
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text).await;
+    text.lines()
+        .filter(|l| l.starts_with("pgoutbox_commit_to_ack_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let count = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().ok()? * 1e3
+            };
+            Some((bound, count))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding percentile `p`.
+fn bucket_percentile(buckets: &[(f64, f64)], p: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= total * p)
+        .map(|(b, _)| *b)
 }
 
 fn machine() -> String {
@@ -596,6 +650,15 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model}), {mem:.0} GiB RAM, PostgreSQL 15 (fsync=off), librdkafka mock broker (1 node)")
 }
 
+/// A histogram bound for the table: `≤ 5`, or `n/a`.
+fn bound(v: Option<f64>) -> String {
+    match v {
+        Some(b) if b.is_finite() => format!("≤ {b}"),
+        Some(_) => "> 60000".into(),
+        None => "n/a".into(),
+    }
+}
+
 fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Machine: {}\n", r.machine);
@@ -610,14 +673,18 @@ fn markdown(r: &Results) -> String {
             d.pgoutbox_events_per_sec, d.ratio, d.pgoutbox_cpu_secs_per_million, d.pgoutbox_peak_rss_mib
         );
     }
-    let _ = writeln!(s, "\n**Live latency**, commit → consumer (ms)\n");
-    let _ = writeln!(s, "| rate (ev/s) | source | achieved ev/s | p50 | p95 | p99 | max | received | pgoutbox CPU s / M | pgoutbox peak RSS | PostgreSQL CPU s / M |");
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "\n**Live latency** (ms): commit → consumer, exact per event; commit → ack, from pgoutbox's histogram (≤ bucket bound; replication only)\n");
+    let _ = writeln!(s, "| rate (ev/s) | source | achieved ev/s | p50 | p95 | p99 | max | ack p50 | ack p95 | ack p99 | received | pgoutbox CPU s / M | pgoutbox peak RSS | PostgreSQL CPU s / M |");
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for l in &r.live {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} | {:.1} | {:.0} MiB | {:.1} |",
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {}/{} | {:.1} | {:.0} MiB | {:.1} |",
             l.target_rate, l.mode, l.achieved_rate, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms,
+            bound(l.ack_p50_ms), bound(l.ack_p95_ms), bound(l.ack_p99_ms),
             l.received, l.events, l.pgoutbox_cpu_secs_per_million, l.pgoutbox_peak_rss_mib,
             l.postgres_cpu_secs_per_million
         );
