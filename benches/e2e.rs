@@ -250,6 +250,16 @@ async fn confirmed(db: &Client, slot: &str) -> u64 {
     (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
 }
 
+/// A copy of the backlog's slot: same position, same WAL to decode.
+async fn copy_slot(db: &Client, slot: &str) {
+    db.execute(
+        "SELECT pg_copy_logical_replication_slot('bench_base', $1)",
+        &[&slot],
+    )
+    .await
+    .expect("copy slot");
+}
+
 /// Drops a slot once its walsender has noticed the client is gone (it stays active briefly).
 async fn drop_slot(db: &Client, slot: &str) {
     for _ in 0..200 {
@@ -330,12 +340,7 @@ async fn drain(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
         let slot = format!("ceiling_{rep}");
-        db.execute(
-            "SELECT pg_copy_logical_replication_slot('bench_base', $1)",
-            &[&slot],
-        )
-        .await
-        .expect("copy slot");
+        copy_slot(db, &slot).await;
         let t = Instant::now();
         let status = tokio::process::Command::new(&recvlogical)
             .args([
@@ -364,12 +369,7 @@ async fn drain(
         drop_slot(db, &slot).await;
 
         let slot = format!("pgoutbox_{rep}");
-        db.execute(
-            "SELECT pg_copy_logical_replication_slot('bench_base', $1)",
-            &[&slot],
-        )
-        .await
-        .expect("copy slot");
+        copy_slot(db, &slot).await;
         let t = Instant::now();
         let mut child = spawn(
             pg,

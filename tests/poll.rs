@@ -12,6 +12,17 @@ use pgoutbox::config::Source;
 use pgoutbox::poll::Cleanup;
 use pgoutbox::setup::POLL_SQL;
 
+/// Rows not yet sent (`status = 0`).
+async fn pending(env: &Env) -> usize {
+    let n: i64 = env
+        .db
+        .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    n as usize
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pollers_send_each_row_once() {
     let env = Env::start().await;
@@ -43,12 +54,7 @@ async fn two_pollers_send_each_row_once() {
         twice.len()
     );
     wait_for("all rows marked", Duration::from_secs(10), || async {
-        env.db
-            .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
+        pending(&env).await == 0
     })
     .await;
     a.stop().await;
@@ -65,14 +71,8 @@ async fn two_pollers_send_each_row_once() {
     let late = workload(10_000, 3);
     env.commit(&late).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let pending: i64 = env
-        .db
-        .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        pending as usize,
+        pending(&env).await,
         late.iter().flatten().count(),
         "unacked rows stay pending"
     );
@@ -80,12 +80,7 @@ async fn two_pollers_send_each_row_once() {
     let late_ids: HashSet<String> = late.iter().flatten().map(|e| e.id.clone()).collect();
     read_until_all(&reader, &late_ids, Duration::from_secs(60)).await;
     wait_for("sent rows deleted", Duration::from_secs(20), || async {
-        env.db
-            .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
+        pending(&env).await == 0
     })
     .await;
     c.stop().await;
