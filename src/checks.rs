@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, Source};
 use crate::preflight::{self, PreflightError};
 use crate::sink::kafka;
 
@@ -93,6 +93,9 @@ async fn server_version(pg: &tokio_postgres::Client) -> String {
 }
 
 async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Vec<CheckResult>) {
+    if cfg.source == Source::Poll {
+        return poll_checks(pg, cfg, out).await;
+    }
     out.push(result(
         "wal_level",
         preflight::wal_level(pg).await.map(|()| "logical".into()),
@@ -153,5 +156,31 @@ async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Ve
                 )),
                 None => Err(PreflightError::NoSlot(cfg.slot.clone())),
             }),
+    ));
+}
+
+/// `source = poll` needs no replication: the table, its columns and the polling columns.
+async fn poll_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Vec<CheckResult>) {
+    let t = &cfg.outbox.table;
+    let table = preflight::table_exists(pg, t).await;
+    let table_ok = table.is_ok();
+    out.push(result(
+        "outbox table",
+        table.map(|()| format!("{t} exists")),
+    ));
+    if !table_ok {
+        return;
+    }
+    out.push(result(
+        "outbox columns",
+        preflight::columns(pg, &cfg.outbox)
+            .await
+            .map(|()| "the configured columns exist".into()),
+    ));
+    out.push(result(
+        "polling columns",
+        preflight::poll_columns(pg, t)
+            .await
+            .map(|()| "seq and status (sql/poll.sql)".into()),
     ));
 }

@@ -63,6 +63,8 @@ pub enum PreflightError {
         column: String,
         ty: String,
     },
+    #[error("table {0} has no seq and status columns, which polling needs: run sql/poll.sql")]
+    PollColumns(TableName),
     #[error("role {0:?} may not replicate: run `ALTER ROLE {0} REPLICATION;` as a superuser")]
     NoReplication(String),
     #[error(
@@ -188,6 +190,23 @@ pub async fn columns(pg: &Client, outbox: &OutboxConfig) -> Result<(), Preflight
             column: outbox.payload_column.clone(),
             ty: payload_ty,
         });
+    }
+    Ok(())
+}
+
+/// The polling publisher's columns (`sql/poll.sql`) exist.
+pub async fn poll_columns(pg: &Client, table: &TableName) -> Result<(), PreflightError> {
+    let found: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_attribute
+             WHERE attrelid = to_regclass(format('%I.%I', $1::text, $2::text))
+               AND attname IN ('seq', 'status') AND NOT attisdropped",
+            &[&table.schema, &table.name],
+        )
+        .await?
+        .get(0);
+    if found < 2 {
+        return Err(PreflightError::PollColumns(table.clone()));
     }
     Ok(())
 }

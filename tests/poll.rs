@@ -85,3 +85,28 @@ async fn two_pollers_send_each_row_once() {
     .await;
     c.stop().await;
 }
+
+/// `pgoutbox check` with `source = poll` asks for the polling columns, not for replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_knows_the_polling_setup() {
+    let env = Env::start().await;
+    let mut cfg = env.config();
+    cfg.source = Source::Poll;
+    let line = |results: &[pgoutbox::checks::CheckResult], name: &str| {
+        results
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.to_string())
+            .unwrap_or_default()
+    };
+    let before = pgoutbox::checks::run(&cfg).await;
+    assert!(
+        line(&before, "polling columns")
+            .starts_with("✘ polling columns: table public.outbox has no seq and status columns"),
+        "{before:?}"
+    );
+    assert!(before.iter().all(|r| r.name != "replication slot"));
+    env.db.batch_execute(POLL_SQL).await.unwrap();
+    let after = pgoutbox::checks::run(&cfg).await;
+    assert!(after.iter().all(|r| r.ok), "{after:?}");
+}
