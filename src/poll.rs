@@ -116,7 +116,6 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
     let sink: KafkaSink<usize> = KafkaSink::new(&cfg.kafka, ack_tx)?;
     info!(table = %table, interval = ?cfg.poll.interval, batch = cfg.poll.batch,
         cleanup = ?cfg.poll.cleanup, "polling");
-    let delivered = metrics::counter!(m::EVENTS_DELIVERED, "topic" => "poll");
     loop {
         let started = Instant::now();
         let tx = client.transaction().await?;
@@ -135,6 +134,7 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
         let n = rows.len();
         let mut seqs = Vec::with_capacity(n);
         let mut outstanding = 0usize;
+        let mut topics: Vec<String> = Vec::new();
         for values in rows {
             let seq_value = match &values[seq] {
                 Value::Text(b) => std::str::from_utf8(b)
@@ -169,6 +169,7 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
                 }
             }
             outstanding += 1;
+            topics.push(rec.topic.clone());
         }
         // Every record acked before the rows are marked: a failure leaves them pending.
         while outstanding > 0 {
@@ -182,7 +183,10 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
             tx.execute(&done, &[&seqs]).await?;
         }
         tx.commit().await?;
-        delivered.increment(n as u64);
+        // Counted once committed, per topic like the replication path.
+        for topic in topics {
+            metrics::counter!(m::EVENTS_DELIVERED, "topic" => topic).increment(1);
+        }
         if n > 0 {
             debug!(rows = n, took = ?started.elapsed(), "poll delivered");
         }
