@@ -152,3 +152,50 @@ async fn a_fenced_instance_stops_instead_of_writing() {
         );
     }
 }
+
+/// A graceful stop commits the open Kafka transaction (here the interval is far away), then
+/// confirms the slot: a restart resends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_commits_the_open_transaction() {
+    let env = Env::start().await;
+    env.kafka.create_topic("pgoutbox.offsets", 1).unwrap();
+    let mut cfg = env.config();
+    cfg.kafka.delivery = DeliveryMode::ExactlyOnce;
+    cfg.transaction_interval = Duration::from_secs(600);
+    let running = env.spawn_streamer(cfg.clone());
+    env.wait_streaming().await;
+    let txs = workload(0, 10);
+    env.commit(&txs).await;
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let reader = env.reader();
+    // Written (the mock shows uncommitted records), but not committed: the slot must wait.
+    read_until_all(&reader, &ids, Duration::from_secs(30)).await;
+    let end = env.current_lsn().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        env.confirmed_flush().await.unwrap() < end,
+        "confirmed before the Kafka commit"
+    );
+    running.stop().await;
+    assert!(env.confirmed_flush().await.unwrap() >= end);
+    let offsets = TopicReader::new(env.kafka.bootstrap_servers(), &[("pgoutbox.offsets", 1)])
+        .unwrap()
+        .read(usize::MAX, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let rec = OffsetRecord::decode(offsets.last().unwrap().payload.as_deref().unwrap()).unwrap();
+    assert!(rec.end_lsn >= end, "{rec:?} < {end}");
+
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    let again = reader
+        .read(usize::MAX, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        again.is_empty(),
+        "resent after a graceful stop: {}",
+        again.len()
+    );
+    running.stop().await;
+}
