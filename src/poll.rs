@@ -8,19 +8,21 @@
 //! Rows map to records exactly as on the replication path: the row (all columns as text) is
 //! handed to the same [`OutboxMapper`] as a pgoutput insert would be.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_postgres::SimpleQueryMessage;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::metrics as m;
 use crate::outbox::{MapError, OutboxMapper, PoisonPolicy};
 use crate::pgoutput::{Column, Insert, Relation, TupleData, Value};
+use crate::pipeline::poison::{self, Poisoned};
 use crate::pipeline::StreamError;
 use crate::sink::kafka::{Delivery, KafkaSink, SendError};
 
@@ -134,7 +136,7 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
         let n = rows.len();
         let mut seqs = Vec::with_capacity(n);
         let mut outstanding = 0usize;
-        let mut topics: Vec<String> = Vec::new();
+        let mut topics: HashMap<String, u64> = HashMap::new();
         for values in rows {
             let seq_value = match &values[seq] {
                 Value::Text(b) => std::str::from_utf8(b)
@@ -169,7 +171,7 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
                 }
             }
             outstanding += 1;
-            topics.push(rec.topic.clone());
+            *topics.entry(rec.topic.clone()).or_default() += 1;
         }
         // Every record acked before the rows are marked: a failure leaves them pending.
         while outstanding > 0 {
@@ -184,8 +186,8 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
         }
         tx.commit().await?;
         // Counted once committed, per topic like the replication path.
-        for topic in topics {
-            metrics::counter!(m::EVENTS_DELIVERED, "topic" => topic).increment(1);
+        for (topic, n) in topics {
+            metrics::counter!(m::EVENTS_DELIVERED, "topic" => topic).increment(n);
         }
         if n > 0 {
             debug!(rows = n, took = ?started.elapsed(), "poll delivered");
@@ -210,31 +212,8 @@ fn poison(
     if !e.is_poison() || cfg.on_poison == PoisonPolicy::Fail {
         return Err(e.into());
     }
-    warn!(error = %e, reason = e.class(), "undeliverable row");
-    metrics::counter!(m::POISON_EVENTS, "action" => match cfg.on_poison {
-        PoisonPolicy::Skip => "skip",
-        _ => "dead-letter",
-    }, "reason" => e.class())
-    .increment(1);
-    if cfg.on_poison == PoisonPolicy::Skip {
-        return Ok(None);
-    }
-    let raw = raw.unwrap_or_default();
-    let dead = crate::pipeline::Poisoned {
-        topic: String::new(),
-        key: raw.key,
-        payload: Some(raw.json),
-        headers: raw
-            .id
-            .iter()
-            .map(|id| ("id".to_owned(), id.clone()))
-            .collect(),
-        event_id: raw.id.unwrap_or_default(),
-        lsn: Lsn::ZERO,
-        class: e.class(),
-        message: e.to_string(),
-    };
-    Ok(Some(dead.into_dead_letter(&cfg.dead_letter_topic)))
+    let p = Poisoned::unmapped_row(&e, raw.unwrap_or_default(), Lsn::ZERO);
+    Ok(poison::handle(cfg.on_poison, &cfg.dead_letter_topic, p))
 }
 
 /// A double-quoted SQL identifier.

@@ -169,15 +169,6 @@ async fn sigkill_at_most_once_never_duplicates() {
     k.child.start_kill().unwrap();
 }
 
-/// The `txn=` values of log lines containing `what`.
-fn txns_logged(log: &str, what: &str) -> HashSet<String> {
-    log.lines()
-        .filter(|l| l.contains(what))
-        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("txn=")))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Exactly-once under SIGKILL. The mock broker doesn't hide aborted transactions from
 /// read_committed consumers, so the test does what such a consumer does: it counts only
 /// records whose `pgoutbox.txn` header names a Kafka transaction the broker confirmed

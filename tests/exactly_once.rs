@@ -136,18 +136,14 @@ async fn a_fenced_instance_stops_instead_of_writing() {
     // Its transaction never committed: the slot stays before the fenced event, and no
     // record of it belongs to a committed Kafka transaction.
     assert!(env.confirmed_flush().await.unwrap() <= before);
-    let committed: HashSet<&str> = text
-        .lines()
-        .filter(|l| l.contains("committed Kafka transaction"))
-        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("txn=")))
-        .collect();
+    let committed = txns_logged(&text, "committed Kafka transaction");
     let later = reader
         .read(usize::MAX, Duration::from_secs(1))
         .await
         .unwrap();
     for r in later.iter().filter(|r| header_str(r, "id") == fenced.id) {
         assert!(
-            !committed.contains(header_str(r, "pgoutbox.txn").as_str()),
+            !committed.contains(&header_str(r, "pgoutbox.txn")),
             "the fenced event was committed"
         );
     }

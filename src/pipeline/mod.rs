@@ -7,7 +7,7 @@ mod budget;
 mod ha;
 mod health;
 mod monitor;
-mod poison;
+pub(crate) mod poison;
 mod session;
 
 use std::sync::Arc;
@@ -21,7 +21,6 @@ use tracing::{error, info, warn};
 pub use backoff::Backoff;
 pub use budget::Budget;
 pub use health::Health;
-pub(crate) use poison::Poisoned;
 
 use crate::config::{Config, ConfigError, Source};
 use crate::lsn::Lsn;

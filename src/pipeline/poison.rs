@@ -4,7 +4,8 @@ use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
 
 use crate::lsn::Lsn;
-use crate::outbox::OutboxRecord;
+use crate::metrics as m;
+use crate::outbox::{MapError, OutboxRecord, PoisonPolicy, RawRow};
 use crate::sink::kafka::DeliveryError;
 
 /// Header names on dead-letter records.
@@ -32,6 +33,24 @@ pub struct Poisoned {
 }
 
 impl Poisoned {
+    /// An outbox row that could not be mapped, kept whole, and why.
+    pub fn unmapped_row(e: &MapError, raw: RawRow, lsn: Lsn) -> Self {
+        Poisoned {
+            topic: String::new(),
+            key: raw.key,
+            payload: Some(raw.json),
+            headers: raw
+                .id
+                .iter()
+                .map(|id| ("id".to_owned(), id.clone()))
+                .collect(),
+            event_id: raw.id.unwrap_or_default(),
+            lsn,
+            class: e.class(),
+            message: e.to_string(),
+        }
+    }
+
     /// The dead-letter record: same key and headers, plus the error headers. A payload that
     /// was too large is left out (it would be refused again), its size said in a header.
     pub fn into_dead_letter(self, topic: &str) -> OutboxRecord {
@@ -57,6 +76,22 @@ impl Poisoned {
             event_id: self.event_id,
             lsn: self.lsn,
         }
+    }
+}
+
+/// Logs and counts a poison event (`on_poison` skip or dead-letter); the dead letter to send
+/// when the policy says so. `fail` is the caller's to handle before.
+pub fn handle(policy: PoisonPolicy, dead_letter_topic: &str, p: Poisoned) -> Option<OutboxRecord> {
+    let action = match policy {
+        PoisonPolicy::Skip => "skip",
+        _ => "dead-letter",
+    };
+    tracing::warn!(event = %String::from_utf8_lossy(&p.event_id), lsn = %p.lsn, topic = %p.topic,
+        reason = p.class, error = %p.message, action, "undeliverable event");
+    metrics::counter!(m::POISON_EVENTS, "action" => action, "reason" => p.class).increment(1);
+    match policy {
+        PoisonPolicy::Skip | PoisonPolicy::Fail => None,
+        PoisonPolicy::DeadLetter => Some(p.into_dead_letter(dead_letter_topic)),
     }
 }
 

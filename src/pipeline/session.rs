@@ -147,15 +147,12 @@ pub(super) async fn run(
     let mut result = session
         .event_loop(&mut stream, &sink, acks, shutdown, progress)
         .await;
-    if let (Err(_), Some(fatal)) = (&result, sink.fatal_error()) {
-        // Whatever the call that noticed it, a fenced producer means another instance owns
-        // the transactional.id: say that, and stop for good.
-        if fatal.contains("fenced") {
-            result = Err(StreamError::Fenced {
-                id: cfg.transactional_id(),
-                message: fatal,
-            });
-        }
+    if let (Err(_), Some(message)) = (&result, sink.fenced()) {
+        // Another instance owns the transactional.id: say that, and stop for good.
+        result = Err(StreamError::Fenced {
+            id: cfg.transactional_id(),
+            message,
+        });
     }
     if let Err(e) = &result {
         // Nothing unacked is confirmed (the watermark holds it); drop what is queued and
@@ -638,17 +635,7 @@ impl<'a> Session<'a> {
 
     /// Logs and counts a poison event; the dead letter to send when the policy says so.
     fn poisoned(&mut self, p: Poisoned) -> Option<OutboxRecord> {
-        let action = match self.cfg.on_poison {
-            PoisonPolicy::Skip => "skip",
-            _ => "dead-letter",
-        };
-        warn!(event = %String::from_utf8_lossy(&p.event_id), lsn = %p.lsn, topic = %p.topic,
-            reason = p.class, error = %p.message, action, "undeliverable event");
-        metrics::counter!(m::POISON_EVENTS, "action" => action, "reason" => p.class).increment(1);
-        match self.cfg.on_poison {
-            PoisonPolicy::Skip | PoisonPolicy::Fail => None,
-            PoisonPolicy::DeadLetter => Some(p.into_dead_letter(&self.cfg.dead_letter_topic)),
-        }
+        poison::handle(self.cfg.on_poison, &self.cfg.dead_letter_topic, p)
     }
 
     /// An event that could not be mapped (NULL route, bad topic, …) in transaction `tx`.
@@ -803,16 +790,7 @@ impl<'a> Session<'a> {
                             .mapper
                             .raw_insert(&ins, self.relations.get(ins.relation_id))
                             .unwrap_or_default();
-                        let raw = Poisoned {
-                            topic: String::new(),
-                            key: raw.key,
-                            payload: Some(raw.json),
-                            headers: raw.id.iter().map(|id| ("id".into(), id.clone())).collect(),
-                            event_id: raw.id.unwrap_or_default(),
-                            lsn: wal_start,
-                            class: "",
-                            message: String::new(),
-                        };
+                        let raw = Poisoned::unmapped_row(&e, raw, wal_start);
                         if self.tx.is_none() {
                             return Err(protocol("Insert outside a transaction"));
                         }

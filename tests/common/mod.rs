@@ -434,3 +434,12 @@ pub async fn assert_all_arrive(
     assert_eq!(order_violations(&got), 0);
     got
 }
+
+/// The `txn=` values (Kafka transactions) of the streamer's log lines containing `what`.
+pub fn txns_logged(log: &str, what: &str) -> std::collections::HashSet<String> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("txn=")))
+        .map(str::to_owned)
+        .collect()
+}

@@ -202,12 +202,14 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
         })
     }
 
-    /// The error that made the producer unusable (e.g. fenced), if any.
-    pub fn fatal_error(&self) -> Option<String> {
+    /// Why the producer was fenced (another instance took over its `transactional.id`),
+    /// if it was: librdkafka keeps the fatal error, whichever call noticed it first.
+    pub fn fenced(&self) -> Option<String> {
         self.producer
             .client()
             .fatal_error()
             .map(|(code, text)| format!("{text} ({code:?})"))
+            .filter(|e| e.contains("fenced"))
     }
 
     /// Messages queued or awaiting acks inside librdkafka.
@@ -247,13 +249,6 @@ impl From<KafkaError> for TxnError {
                 message: other.to_string(),
             },
         }
-    }
-}
-
-impl TxnError {
-    /// Fenced: another instance took over this `transactional.id`.
-    pub fn is_fenced(&self) -> bool {
-        self.fatal && self.message.contains("fenced")
     }
 }
 
