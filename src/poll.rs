@@ -138,8 +138,9 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
         let mut outstanding = 0usize;
         let mut topics: HashMap<String, u64> = HashMap::new();
         for values in rows {
-            let seq_value = match &values[seq] {
-                Value::Text(b) => std::str::from_utf8(b)
+            // A table altered since the columns were learned may not have it where expected.
+            let seq_value = match values.get(seq) {
+                Some(Value::Text(b)) => std::str::from_utf8(b)
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok()),
                 _ => None,
@@ -171,7 +172,12 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
                 }
             }
             outstanding += 1;
-            *topics.entry(rec.topic.clone()).or_default() += 1;
+            match topics.get_mut(&rec.topic) {
+                Some(count) => *count += 1,
+                None => {
+                    topics.insert(rec.topic.clone(), 1);
+                }
+            }
         }
         // Every record acked before the rows are marked: a failure leaves them pending.
         while outstanding > 0 {
@@ -186,8 +192,8 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
         }
         tx.commit().await?;
         // Counted once committed, per topic like the replication path.
-        for (topic, n) in topics {
-            metrics::counter!(m::EVENTS_DELIVERED, "topic" => topic).increment(n);
+        for (topic, count) in topics {
+            metrics::counter!(m::EVENTS_DELIVERED, "topic" => topic).increment(count);
         }
         if n > 0 {
             debug!(rows = n, took = ?started.elapsed(), "poll delivered");
