@@ -7,6 +7,7 @@
 //! [`pipeline`] wires them together; [`preflight`] checks the database setup;
 //! [`embedded`] starts throwaway Postgres and Kafka for the demo and tests.
 
+pub mod catalog;
 pub mod checks;
 pub mod config;
 pub mod delivery;

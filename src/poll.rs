@@ -213,12 +213,12 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
 fn poison(
     cfg: &Config,
     e: MapError,
-    raw: Option<crate::outbox::RawRow>,
+    raw: crate::outbox::RawRow,
 ) -> Result<Option<crate::outbox::OutboxRecord>, StreamError> {
     if !e.is_poison() || cfg.on_poison == PoisonPolicy::Fail {
         return Err(e.into());
     }
-    let p = Poisoned::unmapped_row(&e, raw.unwrap_or_default(), Lsn::ZERO);
+    let p = Poisoned::unmapped_row(&e, raw, Lsn::ZERO);
     Ok(poison::handle(cfg.on_poison, &cfg.dead_letter_topic, p))
 }
 

@@ -27,6 +27,10 @@ pub enum PreflightError {
     )]
     TableNotPublished(String, TableName),
     #[error(
+        "table {0} is UNLOGGED: its rows never reach the WAL, so no replication slot can see them; run `ALTER TABLE {0} SET LOGGED;`"
+    )]
+    Unlogged(TableName),
+    #[error(
         "replication slot {slot:?} uses plugin {plugin:?}, not pgoutput: drop it (`SELECT pg_drop_replication_slot('{slot}');`) or choose another --slot"
     )]
     WrongPlugin { slot: String, plugin: String },
@@ -235,13 +239,21 @@ pub async fn publication_covers(
         }
         Some(_) => {}
     }
-    let covered = pg
+    let row = pg
         .query_opt(
-            "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-            &[&publication, &table.schema, &table.name],
+            "SELECT c.oid, c.relpersistence::text FROM pg_class c
+             WHERE c.oid = to_regclass(format('%I.%I', $1::text, $2::text))",
+            &[&table.schema, &table.name],
         )
         .await?;
-    if covered.is_none() {
+    let Some(row) = row else {
+        return Err(PreflightError::NoTable(table.clone()));
+    };
+    if row.get::<_, String>(1) == "u" {
+        return Err(PreflightError::Unlogged(table.clone()));
+    }
+    // The table, or (publish_via_partition_root off) its partitions.
+    if !crate::catalog::publishes(pg, publication, row.get(0)).await? {
         return Err(PreflightError::TableNotPublished(
             publication.to_owned(),
             table.clone(),

@@ -49,27 +49,30 @@ pub enum MapError {
     ByteaFormat { lsn: Lsn },
     #[error("outbox message at {lsn} is not valid: {why} (expected JSON with aggregatetype, and optionally aggregateid, type, payload, id, headers)")]
     BadMessage { lsn: Lsn, why: String },
+    #[error("outbox row at {lsn}: headers column is not a JSON object of headers: {why}")]
+    BadHeaders { lsn: Lsn, why: String },
+    #[error(
+        "insert into {relation} (WAL {lsn}) arrived from the publication, but {relation} is not a configured outbox table: configure it as one ([[tables]]), or take it out of the publication (`ALTER PUBLICATION … DROP TABLE {relation};`)"
+    )]
+    NotOutbox { relation: String, lsn: Lsn },
 }
 
 impl MapError {
-    /// Errors of one event (it can't be routed), as opposed to a table that doesn't fit the
-    /// configuration: only these are handed to `on_poison`.
+    /// Errors of one event that `on_poison` may handle: every error but a protocol violation.
+    /// A table that no longer fits the configuration (a column renamed or dropped) is one too:
+    /// otherwise its rows, which decoding replays as they were, could never be passed.
     pub fn is_poison(&self) -> bool {
-        !matches!(
-            self,
-            MapError::MissingColumn { .. }
-                | MapError::UnknownRelation(_)
-                | MapError::ColumnCount { .. }
-        )
+        !matches!(self, MapError::UnknownRelation(_))
     }
 
     /// A short name for the dead-letter header and metrics.
     pub fn class(&self) -> &'static str {
         match self {
             MapError::InvalidTopic { .. } => "invalid-topic",
-            MapError::Null { .. } | MapError::NotUtf8 { .. } | MapError::BadPartition { .. } => {
-                "unroutable"
-            }
+            MapError::Null { .. }
+            | MapError::NotUtf8 { .. }
+            | MapError::BadPartition { .. }
+            | MapError::NotOutbox { .. } => "unroutable",
             _ => "malformed",
         }
     }
@@ -114,8 +117,13 @@ const HEADERS_JSON: &str = "headers";
 #[derive(Debug)]
 pub struct OutboxMapper {
     tables: Vec<OutboxConfig>,
-    /// Relation id → column positions, for relations that are an outbox table.
-    outbox: HashMap<u32, Columns>,
+    /// Relation OID → configured table, learned from the catalog: the table itself and its
+    /// partitions. A relation is an outbox by OID first (so a rename does not hide it), by
+    /// name second (a table created after the OIDs were learned).
+    oids: HashMap<u32, usize>,
+    /// Relation id → column positions, or why the relation no longer fits its configuration
+    /// (each insert into it is then a poison event).
+    outbox: HashMap<u32, Result<Columns, MapError>>,
 }
 
 impl OutboxMapper {
@@ -123,29 +131,55 @@ impl OutboxMapper {
     pub fn new(tables: Vec<OutboxConfig>) -> Self {
         OutboxMapper {
             tables,
+            oids: HashMap::new(),
             outbox: HashMap::new(),
         }
     }
 
+    /// The configured tables, in order.
+    pub fn tables(&self) -> &[OutboxConfig] {
+        &self.tables
+    }
+
+    /// Relation `oid` (the table, or one of its partitions) is configured table `table`.
+    pub fn learn_oid(&mut self, oid: u32, table: usize) {
+        if table < self.tables.len() {
+            self.oids.insert(oid, table);
+        }
+    }
+
+    /// Which configured outbox table relation `oid` is (or is a partition of), if learned.
+    pub fn table_of_oid(&self, oid: u32) -> Option<usize> {
+        self.oids.get(&oid).copied()
+    }
+
     /// Which configured outbox table this relation is, if any.
-    fn table_of(&self, rel: &Relation) -> Option<usize> {
+    pub fn table_of(&self, rel: &Relation) -> Option<usize> {
+        if let Some(t) = self.oids.get(&rel.id) {
+            return Some(*t);
+        }
         // pgoutput sends an empty namespace for pg_catalog only.
         self.tables
             .iter()
             .position(|t| rel.namespace == t.table.schema && rel.name == t.table.name)
     }
 
-    /// Whether this relation is a configured outbox table.
-    pub fn is_outbox(&self, rel: &Relation) -> bool {
-        self.table_of(rel).is_some()
-    }
-
-    /// Learns (or, after DDL, relearns) a relation; errors if an outbox lacks a column.
+    /// Learns (or, after DDL, relearns) a relation. An outbox that lacks a configured column
+    /// is remembered with the error, which each of its inserts then returns; the error is
+    /// also returned here, for a warning (or, polling, to refuse to start).
     pub fn on_relation(&mut self, rel: &Relation) -> Result<(), MapError> {
         let Some(table) = self.table_of(rel) else {
             self.outbox.remove(&rel.id);
             return Ok(());
         };
+        let learned = self.columns(table, rel);
+        let result = learned.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.outbox.insert(rel.id, learned);
+        result
+    }
+
+    /// Where the configured columns of table `table` are in `rel`.
+    fn columns(&self, table: usize, rel: &Relation) -> Result<Columns, MapError> {
         let cfg = &self.tables[table];
         let find = |column: &str, role: &'static str| {
             rel.columns
@@ -172,7 +206,7 @@ impl OutboxMapper {
             Some(c) => Some(find(c, "partition")?),
             None => None,
         };
-        let cols = Columns {
+        Ok(Columns {
             table,
             id: find(&cfg.id_column, "event id")?,
             route: find(&cfg.route_column, "route")?,
@@ -185,9 +219,7 @@ impl OutboxMapper {
             headers_json: position(HEADERS_JSON)
                 .filter(|i| matches!(rel.columns[*i].type_oid, JSON_OID | JSONB_OID)),
             partition,
-        };
-        self.outbox.insert(rel.id, cols);
-        Ok(())
+        })
     }
 
     /// Whether inserts into this relation id are outbox events.
@@ -197,12 +229,20 @@ impl OutboxMapper {
 
     /// The configured table a relation id belongs to, once its Relation message was seen.
     pub fn table(&self, relation_id: u32) -> Option<&OutboxConfig> {
-        self.outbox.get(&relation_id).map(|c| &self.tables[c.table])
+        let t = match self.outbox.get(&relation_id)? {
+            Ok(c) => c.table,
+            Err(_) => *self.oids.get(&relation_id)?,
+        };
+        self.tables.get(t)
     }
 
-    /// An outbox insert as it was, for the dead-letter topic; `None` if not an outbox insert.
-    pub fn raw_insert(&self, insert: &Insert, rel: Option<&Relation>) -> Option<RawRow> {
-        let cols = self.outbox.get(&insert.relation_id)?;
+    /// An inserted row as it was, for the dead-letter topic: every column, and the key and
+    /// event id where the relation is an outbox whose columns are known.
+    pub fn raw_insert(&self, insert: &Insert, rel: Option<&Relation>) -> RawRow {
+        let cols = self
+            .outbox
+            .get(&insert.relation_id)
+            .and_then(|c| c.as_ref().ok());
         let TupleData(values) = &insert.new;
         let text = |i: usize| match values.get(i) {
             Some(Value::Text(b) | Value::Binary(b)) => Some(b.clone()),
@@ -221,17 +261,19 @@ impl OutboxMapper {
             };
             obj.insert(name, v);
         }
-        Some(RawRow {
+        RawRow {
             json: Bytes::from(serde_json::Value::Object(obj).to_string()),
-            key: text(cols.key),
-            id: text(cols.id),
-        })
+            key: cols.and_then(|c| text(c.key)),
+            id: cols.and_then(|c| text(c.id)),
+        }
     }
 
     /// Maps an insert; `Ok(None)` when it is not on an outbox table.
     pub fn map_insert(&self, insert: &Insert, lsn: Lsn) -> Result<Option<OutboxRecord>, MapError> {
-        let Some(cols) = self.outbox.get(&insert.relation_id) else {
-            return Ok(None);
+        let cols = match self.outbox.get(&insert.relation_id) {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.clone()),
+            Some(Ok(cols)) => cols,
         };
         let cfg = &self.tables[cols.table];
         let TupleData(values) = &insert.new;
@@ -325,9 +367,9 @@ impl OutboxMapper {
 /// A JSON object's entries as headers: strings as-is, other values as their JSON text.
 fn json_headers(obj: &[u8], lsn: Lsn) -> Result<Vec<(String, Bytes)>, MapError> {
     let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(obj).map_err(|e| MapError::BadMessage {
+        serde_json::from_slice(obj).map_err(|e| MapError::BadHeaders {
             lsn,
-            why: format!("headers column is not a JSON object: {e}"),
+            why: e.to_string(),
         })?;
     Ok(map
         .into_iter()
@@ -448,7 +490,7 @@ mod tests {
         };
         assert_eq!(m.map_insert(&ins, Lsn(1)).unwrap(), None);
         let same_name_other_schema = rel(9, "audit", "outbox", &[("id", 23)]);
-        assert!(!m.is_outbox(&same_name_other_schema));
+        assert!(m.table_of(&same_name_other_schema).is_none());
     }
 
     #[test]
@@ -495,6 +537,40 @@ mod tests {
         let r = rel(7, "public", "outbox", &[("id", 2950), ("payload", 3802)]);
         let e = m.on_relation(&r).unwrap_err();
         assert!(e.to_string().contains("aggregatetype"), "{e}");
+        // Each insert into it is then an error of its own, which on_poison may pass.
+        let e = m
+            .map_insert(&row(vec![t("1"), t("{}")]), Lsn(1))
+            .unwrap_err();
+        assert!(
+            e.is_poison() && e.to_string().contains("aggregatetype"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_renamed_outbox_is_followed_by_its_oid() {
+        let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
+        m.learn_oid(7, 0);
+        let mut r = outbox_rel(3802);
+        r.name = "outbox_renamed".into();
+        m.on_relation(&r).unwrap();
+        assert!(m.is_outbox_id(7));
+        let ins = row(vec![
+            t("e"),
+            t("order"),
+            t("o-1"),
+            t("T"),
+            t("{}"),
+            t("now"),
+        ]);
+        assert!(m.map_insert(&ins, Lsn(1)).unwrap().is_some());
+        // A partition's own OID maps to its root's routing.
+        m.learn_oid(8, 0);
+        assert_eq!(m.table_of(&rel(8, "public", "outbox_p1", &[])), Some(0));
+        // Without the OID, the new name is not the outbox.
+        let mut fresh = OutboxMapper::new(vec![OutboxConfig::default()]);
+        fresh.on_relation(&r).unwrap();
+        assert!(!fresh.is_outbox_id(7));
     }
 
     #[test]

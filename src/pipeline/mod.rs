@@ -4,6 +4,7 @@
 mod backoff;
 mod batches;
 mod budget;
+mod guard;
 mod ha;
 mod health;
 mod monitor;
@@ -91,6 +92,23 @@ pub enum StreamError {
         "replication slot {0:?} disappeared while pgoutbox was using it: events may have been missed; recreate the slot and resync deliberately"
     )]
     SlotLost(String),
+    #[error(
+        "{drift} between WAL {since} and {seen}: PostgreSQL sends no inserts of the outbox from that change on, so events committed after WAL {since} may be missing. Fix: {fix}; then re-send what was committed in between (rows still in the table: `source = poll`, see sql/poll.sql) and restart",
+        fix = .drift.fix()
+    )]
+    Drift {
+        drift: crate::catalog::Drift,
+        /// A WAL position at which the publication still sent the outbox.
+        since: Lsn,
+        /// The WAL position when the change was seen.
+        seen: Lsn,
+    },
+    #[error(
+        "PostgreSQL cannot decode the slot: {message}. Decoding reads the catalog as of each WAL position, so a publication dropped (and perhaps created again) after the slot's position fails the same way on every retry. Fix: move the slot past the gap with `pgoutbox slot skip --to now` (events committed in the gap are not sent: re-send rows still in the table with `source = poll`), or drop and recreate the slot"
+    )]
+    Undecodable { message: String },
+    #[error("looking up relation {oid} in the catalog: {error}")]
+    Catalog { oid: u32, error: String },
 }
 
 impl StreamError {
@@ -106,7 +124,10 @@ impl StreamError {
             | StreamError::OutboxUpdate { .. }
             | StreamError::Fenced { .. }
             | StreamError::PollSchema(_)
-            | StreamError::SlotLost(_) => true,
+            | StreamError::SlotLost(_)
+            | StreamError::Drift { .. }
+            | StreamError::Undecodable { .. } => true,
+            StreamError::Catalog { .. } => false,
             StreamError::Preflight(e) => e.is_fatal(),
             StreamError::Postgres(e) => {
                 e.as_db_error()

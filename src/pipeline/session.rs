@@ -66,15 +66,17 @@ pub(super) async fn run(
     // mid-handshake must not hang pgoutbox (CREATE_REPLICATION_SLOT excepted: it rightly
     // waits for open transactions to finish).
     let limit = cfg.replication_timeout;
-    let slot = {
+    let outboxes = cfg.outboxes();
+    let (slot, catalog) = {
         let (client, conn) = crate::pg::connect(cfg).await?;
-        let slot = within(limit, "the setup checks", async {
-            Ok(preflight::check(&client, &cfg.outboxes(), &cfg.publication, &cfg.slot).await?)
+        let checked = within(limit, "the setup checks", async {
+            let slot = preflight::check(&client, &outboxes, &cfg.publication, &cfg.slot).await?;
+            Ok((slot, Catalog::read(&client, cfg, &outboxes).await?))
         })
         .await;
         drop(client);
         conn.abort();
-        slot?
+        checked?
     };
 
     let connect = ConnectConfig::from_pg_config(&pg_cfg)?.with_tls(&cfg.tls_settings()?)?;
@@ -143,7 +145,20 @@ pub(super) async fn run(
     progress.streaming_since = Some(Instant::now());
     progress.confirmed = start;
 
-    let mut session = Session::new(cfg, start, observer, batches);
+    // The guard reports a publication change that silences the outbox; aborted with us.
+    let (guard_tx, guard) = mpsc::channel(1);
+    let _guard = AbortOnDrop(tokio::spawn(super::guard::run(
+        cfg.clone(),
+        catalog.baseline.clone(),
+        catalog.since,
+        guard_tx,
+    )));
+    let mut session = Session::new(cfg, start, observer, batches, guard);
+    for (table, oids) in catalog.oids.iter().enumerate() {
+        for oid in oids {
+            session.mapper.learn_oid(*oid, table);
+        }
+    }
     let mut result = session
         .event_loop(&mut stream, &sink, acks, shutdown, progress)
         .await;
@@ -153,6 +168,14 @@ pub(super) async fn run(
             id: cfg.transactional_id(),
             message,
         });
+    }
+    if let Err(StreamError::Replication(ReplicationError::Server(db))) = &result {
+        // pgoutput names the publication it cannot find in the catalog of that WAL position.
+        if db.code == UNDEFINED_OBJECT && db.message.contains("publication") {
+            result = Err(StreamError::Undecodable {
+                message: db.message.clone(),
+            });
+        }
     }
     if let Err(e) = &result {
         // Nothing unacked is confirmed (the watermark holds it); drop what is queued and
@@ -202,6 +225,43 @@ async fn exactly_once_start(
             .map_or(0, |d| d.as_millis() & 0xff_ffff)
     );
     Ok(Batches::new(run, through, cfg.transaction_interval))
+}
+
+/// What the catalog said of the outbox tables when the session started.
+struct Catalog {
+    baseline: crate::catalog::Baseline,
+    /// Per configured table, its OID and its partitions' OIDs.
+    oids: Vec<Vec<u32>>,
+    /// The WAL position when the baseline was read.
+    since: Lsn,
+}
+
+impl Catalog {
+    async fn read(
+        pg: &tokio_postgres::Client,
+        cfg: &Config,
+        outboxes: &[crate::outbox::OutboxConfig],
+    ) -> Result<Catalog, StreamError> {
+        let names: Vec<_> = outboxes.iter().map(|o| o.table.clone()).collect();
+        let baseline = crate::catalog::Baseline::read(pg, &cfg.publication, &names).await?;
+        let mut oids = Vec::new();
+        for t in &names {
+            oids.push(crate::catalog::table_oids(pg, t).await?);
+        }
+        let (since, drift) = crate::catalog::drift(pg, &baseline).await?;
+        if let Some(drift) = drift {
+            return Err(StreamError::Drift {
+                drift,
+                since,
+                seen: since,
+            });
+        }
+        Ok(Catalog {
+            baseline,
+            oids,
+            since,
+        })
+    }
 }
 
 /// How long a Kafka transaction commit may take before the session gives up on it.
@@ -280,6 +340,10 @@ struct Session<'a> {
     /// Exactly-once: the open PostgreSQL transaction is in Kafka already (a resend).
     skip_tx: bool,
     observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
+    /// A publication change that silences the outbox, from the guard.
+    guard: mpsc::Receiver<StreamError>,
+    /// Looks up relations the mapper does not know (a partition created since the start).
+    catalog: crate::pg::LazyClient,
     delivered: u64,
     ignored: u64,
     meters: Meters,
@@ -341,8 +405,11 @@ impl<'a> Session<'a> {
         start: Lsn,
         observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
         batches: Option<Batches>,
+        guard: mpsc::Receiver<StreamError>,
     ) -> Self {
         Session {
+            guard,
+            catalog: crate::pg::LazyClient::new(cfg.clone()),
             cfg,
             wm: Watermark::new(start),
             relations: RelationCache::default(),
@@ -412,9 +479,10 @@ impl<'a> Session<'a> {
                     self.send_status(stream, silent > timeout / 2).await?;
                 }
                 Some(d) = acks.recv() => pending.extend(self.on_delivery(d)?),
+                Some(e) = self.guard.recv() => return Err(e),
                 msg = stream.recv(), if can_read => {
                     heard = Instant::now();
-                    match self.on_message(msg?)? {
+                    match self.on_message(msg?).await? {
                         Step::Continue => {}
                         Step::Reply => self.send_status(stream, false).await?,
                         Step::Produce(rec, ticket) => {
@@ -732,7 +800,7 @@ impl<'a> Session<'a> {
         Ok(None)
     }
 
-    fn on_message(&mut self, msg: ReplicationMessage) -> Result<Step, StreamError> {
+    async fn on_message(&mut self, msg: ReplicationMessage) -> Result<Step, StreamError> {
         let (wal_start, data) = match msg {
             ReplicationMessage::PrimaryKeepalive {
                 wal_end,
@@ -777,19 +845,24 @@ impl<'a> Session<'a> {
                     return Ok(Step::Confirm(std::mem::take(&mut self.held)));
                 }
             }
-            Message::Relation(r) => {
-                self.mapper.on_relation(&r)?;
-                debug!(id = r.id, relation = %format_args!("{}.{}", r.namespace, r.name),
-                    outbox = self.mapper.is_outbox_id(r.id), "relation");
-                self.relations.update(r);
-            }
+            Message::Relation(r) => self.on_relation(r).await?,
             Message::Insert(ins) => {
+                let relation = self.relations.get(ins.relation_id);
                 let mapped = match self.mapper.map_insert(&ins, wal_start) {
+                    // Every insert pgoutput sends is from a published table: one that is no
+                    // outbox is refused loudly, never passed in silence.
+                    Ok(None) => Err(MapError::NotOutbox {
+                        relation: relation.map_or_else(
+                            || format!("relation {}", ins.relation_id),
+                            |r| format!("{}.{}", r.namespace, r.name),
+                        ),
+                        lsn: wal_start,
+                    }),
+                    other => other,
+                };
+                let mapped = match mapped {
                     Err(e) => {
-                        let raw = self
-                            .mapper
-                            .raw_insert(&ins, self.relations.get(ins.relation_id))
-                            .unwrap_or_default();
+                        let raw = self.mapper.raw_insert(&ins, relation);
                         let raw = Poisoned::unmapped_row(&e, raw, wal_start);
                         if self.tx.is_none() {
                             return Err(protocol("Insert outside a transaction"));
@@ -810,7 +883,6 @@ impl<'a> Session<'a> {
                     }
                     return self.event(rec, wal_start);
                 }
-                self.ignore("insert", ins.relation_id);
             }
             Message::Update(u) => self.on_update(u.relation_id, wal_start)?,
             // Deleting outbox rows is how applications clean up: always ignored.
@@ -933,6 +1005,43 @@ impl<'a> Session<'a> {
             control: self.batches.is_some() && rec.topic == self.cfg.offsets_topic,
         };
         (rec, ticket)
+    }
+
+    /// A Relation message: which configured outbox it is, by OID (following renames), by
+    /// name, or, for a relation created since the start, by the partition it belongs to.
+    async fn on_relation(&mut self, r: pgoutput::Relation) -> Result<(), StreamError> {
+        if self.mapper.table_of(&r).is_none() {
+            let oid = r.id;
+            let lookup = self
+                .catalog
+                .with(async |c| crate::catalog::ancestors(c, oid).await);
+            let ancestors = tokio::time::timeout(self.cfg.replication_timeout, lookup)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()))
+                .map_err(|error| StreamError::Catalog { oid, error })?;
+            let known = ancestors.iter().find_map(|a| self.mapper.table_of_oid(*a));
+            if let Some(table) = known {
+                self.mapper.learn_oid(oid, table);
+            }
+        }
+        let table = self.mapper.table_of(&r);
+        let name = format!("{}.{}", r.namespace, r.name);
+        if let Some(t) = table.and_then(|t| self.mapper.tables().get(t)) {
+            let configured = t.table.to_string();
+            if configured != name {
+                info!(relation = %name, outbox = %configured, id = r.id,
+                    "relation is the outbox table (renamed, or a partition of it)");
+            }
+            if let Err(e) = self.mapper.on_relation(&r) {
+                warn!(error = %e, relation = %name,
+                    "outbox table no longer fits the configuration: each insert into it is a poison event (on_poison)");
+            }
+        } else {
+            self.mapper.on_relation(&r)?;
+        }
+        debug!(id = r.id, relation = %name, outbox = table.is_some(), "relation");
+        self.relations.update(r);
+        Ok(())
     }
 
     /// An UPDATE: ignored unless on an outbox table, where `on_update` decides.
