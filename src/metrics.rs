@@ -29,6 +29,10 @@ pub const OUTBOX_UPDATES: &str = "pgoutbox_outbox_updates_total";
 /// Undeliverable events by `action` (`dead-letter`, `skip`) and `reason`.
 pub const POISON_EVENTS: &str = "pgoutbox_poison_events_total";
 
+/// At-most-once: events whose position was confirmed but which were never acknowledged
+/// (given up at a shutdown timeout, or refused for good with `on_poison = fail`).
+pub const LOST_EVENTS: &str = "pgoutbox_lost_events_total";
+
 /// Histogram buckets for [`COMMIT_TO_ACK`], 1 ms to 1 min.
 pub const COMMIT_TO_ACK_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -63,6 +67,10 @@ pub fn describe() {
     describe_counter!(
         POISON_EVENTS,
         "Undeliverable events dead-lettered or skipped, by action and reason"
+    );
+    describe_counter!(
+        LOST_EVENTS,
+        "At-most-once: events confirmed to PostgreSQL but never acknowledged, each also logged by id"
     );
     describe_gauge!(STREAMING, "1 while the replication stream is running");
     describe_histogram!(

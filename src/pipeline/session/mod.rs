@@ -11,6 +11,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn};
 
+mod at_most_once;
+
 use super::batches::Batches;
 use super::poison::{self, Poisoned};
 use super::{AbortOnDrop, AckedEvent, Budget, Health, Progress, StreamError};
@@ -49,6 +51,8 @@ struct Ticket {
     dead_letter: bool,
     /// An offsets record (exactly-once), not an event.
     control: bool,
+    /// The record's explicit partition (`partition_column`), for a resend.
+    partition: Option<i32>,
 }
 
 /// Runs one session. `slot_known` survives reconnects: a slot that existed once and is gone
@@ -105,7 +109,7 @@ pub(super) async fn run(
         }
     };
 
-    let (ack_tx, acks) = mpsc::unbounded_channel();
+    let (ack_tx, mut acks) = mpsc::unbounded_channel();
     let sink = KafkaSink::new(&cfg.producer(), ack_tx)?;
     // Exactly-once: fence older instances first, then read what they committed.
     let batches = match cfg.delivery() {
@@ -160,7 +164,7 @@ pub(super) async fn run(
         }
     }
     let mut result = session
-        .event_loop(&mut stream, &sink, acks, shutdown, progress)
+        .event_loop(&mut stream, &sink, &mut acks, shutdown, progress)
         .await;
     if let (Err(_), Some(message)) = (&result, sink.fenced()) {
         // Another instance owns the transactional.id: say that, and stop for good.
@@ -178,6 +182,8 @@ pub(super) async fn run(
         }
     }
     if let Err(e) = &result {
+        // At-most-once: what was confirmed must still be delivered by this process.
+        session.settle(&sink, &mut acks, shutdown).await;
         // Nothing unacked is confirmed (the watermark holds it); drop what is queued and
         // still report how far we got, so the restart resends as little as possible.
         sink.abort();
@@ -340,6 +346,14 @@ struct Session<'a> {
     /// Exactly-once: the open PostgreSQL transaction is in Kafka already (a resend).
     skip_tx: bool,
     observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
+    /// Records for the producer, in order; while any wait (its queue is full, or a retry is
+    /// due later), nothing more is read.
+    pending: VecDeque<(OutboxRecord, Ticket)>,
+    /// At-most-once: no resend of a failed delivery before this instant.
+    retry_at: Option<Instant>,
+    /// At-most-once: failed deliveries resent, and events given up.
+    retries: u64,
+    lost: u64,
     /// A publication change that silences the outbox, from the guard.
     guard: mpsc::Receiver<StreamError>,
     /// Looks up relations the mapper does not know (a partition created since the start).
@@ -408,6 +422,10 @@ impl<'a> Session<'a> {
         guard: mpsc::Receiver<StreamError>,
     ) -> Self {
         Session {
+            pending: VecDeque::new(),
+            retry_at: None,
+            retries: 0,
+            lost: 0,
             guard,
             catalog: crate::pg::LazyClient::new(cfg.clone()),
             cfg,
@@ -430,31 +448,29 @@ impl<'a> Session<'a> {
         &mut self,
         stream: &mut ReplicationStream,
         sink: &KafkaSink<Ticket>,
-        mut acks: mpsc::UnboundedReceiver<Delivery<Ticket>>,
+        acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
         shutdown: &CancellationToken,
         progress: &mut Progress,
     ) -> Result<(), StreamError> {
         let mut tick = tokio::time::interval(self.cfg.status_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Records for librdkafka, in order; while any wait (its queue is full), no reading.
-        let mut pending: VecDeque<(OutboxRecord, Ticket)> = VecDeque::new();
         // Set by shutdown: stop at the next transaction boundary, then drain acks.
         let mut stop_by: Option<tokio::time::Instant> = None;
         // Last time the server was heard from, counted only while we wait on the socket.
         let mut heard = Instant::now();
         let timeout = self.cfg.replication_timeout;
         loop {
-            self.flush(sink, &mut pending)?;
+            self.flush(sink)?;
             if let Some(deadline) = stop_by {
                 // A transaction read only in part could never be confirmed, so its events
                 // would be sent again after a restart: finish it first.
-                if (self.tx.is_none() && pending.is_empty())
+                if (self.tx.is_none() && self.pending.is_empty())
                     || tokio::time::Instant::now() >= deadline
                 {
-                    return self.drain(stream, sink, &mut acks, deadline).await;
+                    return self.drain(stream, sink, acks, deadline).await;
                 }
             }
-            let can_read = pending.is_empty() && self.budget.has_room();
+            let can_read = self.pending.is_empty() && self.budget.has_room();
             if !can_read {
                 // Not reading on purpose (backpressure): silence proves nothing.
                 heard = Instant::now();
@@ -478,7 +494,7 @@ impl<'a> Session<'a> {
                     // Past half the timeout, ask for a reply: a live server answers at once.
                     self.send_status(stream, silent > timeout / 2).await?;
                 }
-                Some(d) = acks.recv() => pending.extend(self.on_delivery(d)?),
+                Some(d) = acks.recv() => self.on_delivery(d)?,
                 Some(e) = self.guard.recv() => return Err(e),
                 msg = stream.recv(), if can_read => {
                     heard = Instant::now();
@@ -486,28 +502,28 @@ impl<'a> Session<'a> {
                         Step::Continue => {}
                         Step::Reply => self.send_status(stream, false).await?,
                         Step::Produce(rec, ticket) => {
-                            pending.push_back((rec, ticket));
-                            self.flush(sink, &mut pending)?;
+                            self.pending.push_back((rec, ticket));
+                            self.flush(sink)?;
                         }
                         Step::Confirm(held) => {
                             // The server has the confirmation before Kafka has the events:
                             // a crash from here on loses them rather than sending them twice.
                             self.send_status(stream, false).await?;
-                            pending.extend(held);
-                            self.flush(sink, &mut pending)?;
+                            self.pending.extend(held);
+                            self.flush(sink)?;
                         }
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(5)), if !pending.is_empty() => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)), if !self.pending.is_empty() => {}
                 _ = sleep_until_opt(stop_by) => {}
                 // Only between transactions: inside one, its Commit comes first.
                 _ = sleep_until_opt(self.batches.as_ref().and_then(Batches::deadline)
                         .map(tokio::time::Instant::from_std)),
-                    if self.tx.is_none() && pending.is_empty() => {}
+                    if self.tx.is_none() && self.pending.is_empty() => {}
             }
             progress.confirmed = self.flushable();
-            if self.batch_due(&pending) {
-                self.commit_batch(stream, sink, &mut acks).await?;
+            if self.batch_due() {
+                self.commit_batch(stream, sink, acks).await?;
             }
         }
     }
@@ -540,9 +556,9 @@ impl<'a> Session<'a> {
     }
 
     /// The open Kafka transaction is old enough and we are between PostgreSQL transactions.
-    fn batch_due(&self, pending: &VecDeque<(OutboxRecord, Ticket)>) -> bool {
+    fn batch_due(&self) -> bool {
         self.tx.is_none()
-            && pending.is_empty()
+            && self.pending.is_empty()
             && self
                 .batches
                 .as_ref()
@@ -583,11 +599,12 @@ impl<'a> Session<'a> {
             event_id: Bytes::from_static(b"offsets"),
             lsn: end,
         };
-        let mut queue = VecDeque::from([self.ticketed(rec, None, crate::pgtime::now())]);
-        self.flush(sink, &mut queue)?;
-        while !queue.is_empty() {
+        let offsets = self.ticketed(rec, None, crate::pgtime::now());
+        self.pending.push_back(offsets);
+        self.flush(sink)?;
+        while !self.pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            self.flush(sink, &mut queue)?;
+            self.flush(sink)?;
         }
         // Acked before the commit: committing with a record in flight costs librdkafka about
         // 100 ms (measured), waiting for the ack a fraction of that.
@@ -625,18 +642,18 @@ impl<'a> Session<'a> {
     }
 
     /// Hands queued records to librdkafka in order, until its local queue is full.
-    fn flush(
-        &mut self,
-        sink: &KafkaSink<Ticket>,
-        pending: &mut VecDeque<(OutboxRecord, Ticket)>,
-    ) -> Result<(), StreamError> {
+    fn flush(&mut self, sink: &KafkaSink<Ticket>) -> Result<(), StreamError> {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        self.retry_at = None;
         if let Some(b) = self.batches.as_mut().and_then(|k| k.open.as_mut()) {
-            if !b.begun && !pending.is_empty() {
+            if !b.begun && !self.pending.is_empty() {
                 sink.begin_transaction()?;
                 b.begun = true;
             }
         }
-        while let Some((rec, ticket)) = pending.pop_front() {
+        while let Some((rec, ticket)) = self.pending.pop_front() {
             let bytes = ticket.bytes;
             match sink.send(&rec, ticket) {
                 Ok(()) => {
@@ -645,13 +662,17 @@ impl<'a> Session<'a> {
                 }
                 Err(SendError::QueueFull(ticket)) => {
                     count_error(ErrorClass::Backpressure);
-                    pending.push_front((rec, ticket));
+                    self.pending.push_front((rec, ticket));
                     return Ok(());
                 }
                 Err(SendError::Rejected(ticket, e)) => {
                     count_error(e.class);
+                    if self.retries_in_process(&ticket, &e) {
+                        self.retry_later(rec, ticket, &e);
+                        return Ok(());
+                    }
                     if let Some(dead) = self.refused(ticket, e, rec, false)? {
-                        pending.push_front(dead);
+                        self.pending.push_front(dead);
                     }
                 }
             }
@@ -677,7 +698,9 @@ impl<'a> Session<'a> {
             || ticket.dead_letter
             || self.cfg.on_poison == PoisonPolicy::Fail
         {
-            return Err(refused(&ticket, &rec.topic, e));
+            let err = refused(&ticket, &rec.topic, e);
+            self.lost(&ticket, &err.to_string());
+            return Err(err);
         }
         let poisoned = Poisoned {
             class: poison::class_of(&e),
@@ -730,10 +753,7 @@ impl<'a> Session<'a> {
         self.event(dead, standalone_end)
     }
 
-    fn on_delivery(
-        &mut self,
-        d: Delivery<Ticket>,
-    ) -> Result<Option<(OutboxRecord, Ticket)>, StreamError> {
+    fn on_delivery(&mut self, d: Delivery<Ticket>) -> Result<(), StreamError> {
         let Delivery {
             ticket,
             result,
@@ -745,6 +765,10 @@ impl<'a> Session<'a> {
                 count_error(e.class);
                 self.budget.release(ticket.bytes);
                 self.meters.in_flight(&self.budget);
+                let Some(returned) = self.resend_or_return(ticket, &e, returned) else {
+                    return Ok(());
+                };
+                let (ticket, returned) = returned;
                 let topic = self
                     .meters
                     .topic_ids
@@ -761,13 +785,15 @@ impl<'a> Session<'a> {
                 let rec = OutboxRecord {
                     topic: returned.topic,
                     key: returned.key,
-                    partition: None,
+                    partition: ticket.partition,
                     headers: returned.headers,
                     payload: returned.payload,
                     event_id: ticket.event_id.clone(),
                     lsn: ticket.lsn,
                 };
-                return self.refused(ticket, e, rec, true);
+                let dead = self.refused(ticket, e, rec, true)?;
+                self.pending.extend(dead);
+                return Ok(());
             }
         };
         if let Some(tx) = ticket.tx {
@@ -776,7 +802,7 @@ impl<'a> Session<'a> {
         self.budget.release(ticket.bytes);
         if ticket.control {
             self.meters.in_flight(&self.budget);
-            return Ok(None);
+            return Ok(());
         }
         self.meters.in_flight(&self.budget);
         self.delivered += 1;
@@ -797,7 +823,7 @@ impl<'a> Session<'a> {
                 acked_at,
             });
         }
-        Ok(None)
+        Ok(())
     }
 
     async fn on_message(&mut self, msg: ReplicationMessage) -> Result<Step, StreamError> {
@@ -1003,6 +1029,7 @@ impl<'a> Session<'a> {
             lsn: rec.lsn,
             dead_letter: rec.topic == self.cfg.dead_letter_topic,
             control: self.batches.is_some() && rec.topic == self.cfg.offsets_topic,
+            partition: rec.partition,
         };
         (rec, ticket)
     }
@@ -1096,12 +1123,11 @@ impl<'a> Session<'a> {
         deadline: tokio::time::Instant,
     ) -> Result<(), StreamError> {
         let mut tick = tokio::time::interval(self.cfg.status_interval);
-        let mut pending = VecDeque::new();
-        while self.budget.events() > 0 || !pending.is_empty() {
-            self.flush(sink, &mut pending)?;
+        while self.budget.events() > 0 || !self.pending.is_empty() {
+            self.flush(sink)?;
             tokio::select! {
-                Some(d) = acks.recv() => pending.extend(self.on_delivery(d)?),
-                _ = tokio::time::sleep(Duration::from_millis(5)), if !pending.is_empty() => {}
+                Some(d) = acks.recv() => self.on_delivery(d)?,
+                _ = tokio::time::sleep(Duration::from_millis(5)), if !self.pending.is_empty() => {}
                 _ = tick.tick() => self.send_status(stream, false).await?,
                 _ = tokio::time::sleep_until(deadline) => {
                     warn!(in_flight = self.budget.events(), open_transaction = self.tx.is_some(),
@@ -1110,13 +1136,15 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        if self.tx.is_none() && self.budget.events() == 0 {
+        // At-most-once: events in flight now were confirmed; they are lost, said one by one.
+        self.give_up(sink, acks).await;
+        if self.tx.is_none() && self.budget.events() == 0 && self.pending.is_empty() {
             self.commit_batch(stream, sink, acks).await?;
         }
         self.send_status(stream, false).await?;
         stream.close().await?;
         info!(confirmed = %self.wm.confirmed(), delivered = self.delivered,
-            ignored = self.ignored, "stopped");
+            ignored = self.ignored, lost = self.lost, "stopped");
         Ok(())
     }
 }
