@@ -80,9 +80,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run(args: Box<SettingArgs>) -> anyhow::Result<()> {
-    let settings = Settings::load(*args)?;
+    let settings = Settings::load((*args).clone())?;
     init_logging("info", settings.log_format);
-    run::main(settings).await
+    run::main(*args, settings).await
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level.

@@ -26,7 +26,7 @@ pub enum LogFormat {
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
         /// Settings given on the command line or in the environment (`None` = not given).
-        #[derive(Debug, Default, clap::Args)]
+        #[derive(Debug, Default, Clone, clap::Args)]
         pub struct SettingArgs {
             /// TOML configuration file; flags and environment variables override it.
             #[arg(long, env = "PGOUTBOX_CONFIG", value_name = "FILE")]

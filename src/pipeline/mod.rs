@@ -228,6 +228,12 @@ impl Streamer {
         })
     }
 
+    /// Reports into `health` (kept across a reload) instead of a health of its own.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
+    }
+
     /// Streaming state and slot lag, for health endpoints.
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
