@@ -46,12 +46,16 @@ pub async fn publishes(
     oid: u32,
 ) -> Result<bool, tokio_postgres::Error> {
     pg.query_one(
+        // Names joined, not cast: a cast (to_regclass) may be evaluated on rows of schemas
+        // the role may not see (pg_toast), and fail.
         "SELECT EXISTS (
              SELECT 1 FROM pg_publication_tables pt
+             JOIN pg_namespace n ON n.nspname = pt.schemaname
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
              WHERE pt.pubname = $1
-               AND to_regclass(format('%I.%I', pt.schemaname, pt.tablename)) IN
-                   (SELECT c.oid::regclass FROM pg_class c WHERE c.oid = $2
-                    UNION ALL SELECT relid FROM pg_class c, pg_partition_tree(c.oid) WHERE c.oid = $2))",
+               AND c.oid IN (SELECT $2::oid
+                             UNION ALL SELECT p.relid::oid FROM pg_class r, pg_partition_tree(r.oid) p
+                                       WHERE r.oid = $2))",
         &[&publication, &oid],
     )
     .await

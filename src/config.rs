@@ -165,6 +165,34 @@ pub enum ConfigError {
     DuplicateTable(String),
     #[error("{0:?} is not a valid Kafka topic name")]
     Topic(String),
+    #[error("{name} is out of range: at most {max} (one day)")]
+    TooLong { name: &'static str, max: String },
+    #[error("Kafka broker {0:?} is not host:port with a port from 1 to 65535")]
+    Broker(String),
+}
+
+/// The longest any interval or timeout may be. Longer has no use, and a deadline computed
+/// from a huge value would overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// Checks a `host:port` list (an optional `scheme://`, `[v6]:port`, or a bare host taking the
+/// default port): a port given must be 1-65535, or librdkafka would quietly wrap it.
+fn check_brokers(list: &str) -> Result<(), ConfigError> {
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let addr = entry.split_once("://").map_or(entry, |(_, a)| a);
+        let port = match addr.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty() && (host.ends_with(']') || !host.contains(':')) =>
+            {
+                port
+            }
+            _ => continue,
+        };
+        if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+            return Err(ConfigError::Broker(entry.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 impl Config {
@@ -306,6 +334,27 @@ impl Config {
         if self.status_interval.is_zero() {
             return Err(ConfigError::Zero("status_interval"));
         }
+        let durations = [
+            ("status_interval_ms", self.status_interval),
+            ("replication_timeout_secs", self.replication_timeout),
+            ("shutdown_timeout_secs", self.shutdown_timeout),
+            ("transaction_interval_ms", self.transaction_interval),
+            ("poll_interval_ms", self.poll.interval),
+            (
+                "heartbeat_interval_secs",
+                self.heartbeat_interval.unwrap_or_default(),
+            ),
+        ];
+        for (name, d) in durations {
+            if d > MAX_DURATION {
+                let max = match name.ends_with("_ms") {
+                    true => format!("{}", MAX_DURATION.as_millis()),
+                    false => format!("{}", MAX_DURATION.as_secs()),
+                };
+                return Err(ConfigError::TooLong { name, max });
+            }
+        }
+        check_brokers(&self.kafka.brokers)?;
         if self.replication_timeout <= self.status_interval * 2 {
             return Err(ConfigError::ReplicationTimeout);
         }
@@ -388,6 +437,24 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("linger.ms=5"));
+    }
+
+    #[test]
+    fn durations_and_brokers_are_range_checked() {
+        let mut c = Config::new("postgres://u@h/db", "a:9092,[::1]:9093,b,SSL://c:9094");
+        c.validate().unwrap();
+        c.shutdown_timeout = Duration::from_secs(u64::MAX);
+        let e = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "shutdown_timeout_secs is out of range: at most 86400 (one day)"
+        );
+        c.shutdown_timeout = MAX_DURATION;
+        c.validate().unwrap();
+        for bad in ["127.0.0.1:99999", "h:0", "h:x", "a:1,[::1]:70000"] {
+            c.kafka.brokers = bad.into();
+            assert!(matches!(c.validate(), Err(ConfigError::Broker(_))), "{bad}");
+        }
     }
 
     #[test]

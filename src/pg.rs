@@ -17,7 +17,7 @@ pub enum ConnectError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     // Rendered by describe(), so not also a `source()`.
-    #[error("PostgreSQL: {}", describe(.0))]
+    #[error("PostgreSQL: {}{}", describe(.0), hint(.0))]
     Postgres(tokio_postgres::Error),
 }
 
@@ -48,6 +48,32 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Server errors no retry can fix: authentication (class 28) and a database that does not
+/// exist (3D000).
+pub fn is_fatal_sqlstate(code: &str) -> bool {
+    code.starts_with("28") || code == "3D000"
+}
+
+/// A connection error no retry can fix: the above, a certificate the server's TLS rejects,
+/// or a password the server asks for and the configuration does not have.
+pub fn is_fatal(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| is_fatal_sqlstate(d.code().code()))
+        || crate::tls::is_certificate_error(e)
+        || describe(e).contains("password missing")
+}
+
+/// What to do about a connection error, when there is one thing to do (starts with "; ").
+pub fn hint(e: &tokio_postgres::Error) -> &'static str {
+    if describe(e).contains("password missing") {
+        return "; the server asks for a password and none is configured: put it in the URL, PGOUTBOX_POSTGRES_PASSWORD or postgres_password_file";
+    }
+    match e.as_db_error().map(|d| d.code().code()) {
+        Some("3D000") => "; check the database name in the PostgreSQL URL",
+        _ => "",
+    }
 }
 
 /// Opens a connection; its I/O runs on a spawned task, which ends when the connection does.

@@ -4,6 +4,7 @@ use anyhow::{bail, Context};
 
 use pgoutbox::config::Config;
 use pgoutbox::outbox::TableName;
+use pgoutbox::Lsn;
 use pgoutbox::{checks, setup, status};
 
 /// A normal connection for admin commands.
@@ -25,7 +26,11 @@ pub async fn setup(cfg: Config) -> anyhow::Result<()> {
             "✔ created replication slot {} (pgoutput) at {lsn}",
             cfg.slot
         ),
-        None => println!("✔ replication slot {} already exists", cfg.slot),
+        None => {
+            // A slot of that name may be another database's or another plugin's.
+            pgoutbox::preflight::slot_state(&pg, &cfg.slot).await?;
+            println!("✔ replication slot {} already exists", cfg.slot)
+        }
     }
     let default_table = TableName::parse("public.outbox").map_err(anyhow::Error::msg)?;
     if cfg.outbox.table != default_table || cfg.publication != pgoutbox::config::DEFAULT_PUBLICATION
@@ -90,4 +95,52 @@ fn bytes(b: Option<i64>) -> String {
         Some(b) if b < 1 << 20 => format!("{b} bytes"),
         Some(b) => format!("{:.1} MiB ({b} bytes)", b as f64 / f64::from(1 << 20)),
     }
+}
+
+/// `slot skip --to LSN|now`: moves the stopped slot's confirmed position forward.
+pub async fn slot_skip(cfg: Config, to: &str) -> anyhow::Result<()> {
+    let pg = connect(&cfg).await?;
+    let s = status::slot_status(&pg, &cfg.slot).await?;
+    if !s.exists {
+        bail!("replication slot {:?} does not exist", cfg.slot);
+    }
+    if let Some(pid) = s.active_pid {
+        bail!(
+            "replication slot {:?} is in use by PID {pid}: stop pgoutbox (or whatever streams it) first",
+            cfg.slot
+        );
+    }
+    let target: Lsn = match to {
+        "now" => s.current_wal_lsn.parse(),
+        lsn => lsn.parse(),
+    }
+    .map_err(|_| {
+        anyhow::anyhow!("--to {to:?} is neither a WAL position (like 0/1A2B3C4D) nor `now`")
+    })?;
+    let from: Option<Lsn> = s
+        .confirmed_flush_lsn
+        .as_deref()
+        .and_then(|l| l.parse().ok());
+    if from.is_some_and(|f| f >= target) {
+        bail!(
+            "replication slot {:?} is at {} already, not before {target}: a slot only moves forward",
+            cfg.slot,
+            s.confirmed_flush_lsn.unwrap_or_default()
+        );
+    }
+    let end: String = pg
+        .query_one(
+            "SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&cfg.slot, &target.to_string()],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))
+        .context("moving the slot")?
+        .get(0);
+    println!(
+        "✔ replication slot {} moved from {} to {end}: events committed in between are not delivered by pgoutbox (rows still in the table can be re-sent with source = poll)",
+        cfg.slot,
+        s.confirmed_flush_lsn.unwrap_or_else(|| "-".into()),
+    );
+    Ok(())
 }

@@ -37,10 +37,32 @@ enum Command {
     Check(Box<SettingArgs>),
     /// Show the slot: active pid, confirmed and restart LSN, retained WAL, lag.
     Status(StatusArgs),
+    /// Operate on the replication slot (`slot skip --to LSN|now`).
+    Slot(SlotArgs),
     /// Print the effective configuration (secrets redacted) without connecting anywhere.
     Config(Box<SettingArgs>),
     /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SlotArgs {
+    #[command(subcommand)]
+    command: SlotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SlotCommand {
+    /// Move the slot's confirmed position forward, past WAL that cannot or must not be
+    /// delivered (a poison event under on_poison = fail, a publication gap). Events committed
+    /// in the skipped range are not delivered; the range is printed. pgoutbox must be stopped.
+    Skip {
+        /// The WAL position to move to (e.g. 0/1A2B3C4D), or `now` for the current one.
+        #[arg(long, value_name = "LSN|now")]
+        to: String,
+        #[command(flatten)]
+        settings: Box<SettingArgs>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +89,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Setup(args)) => admin::setup(admin(args)?).await,
         Some(Command::Check(args)) => admin::check(admin(args)?).await,
         Some(Command::Status(a)) => admin::status(admin(a.settings)?, a.json).await,
+        Some(Command::Slot(SlotArgs {
+            command: SlotCommand::Skip { to, settings },
+        })) => admin::slot_skip(admin(settings)?, &to).await,
         Some(Command::Config(args)) => {
             let settings = Settings::load(*args)?;
             let cfg = settings.config(true)?;

@@ -24,6 +24,8 @@ enum Signal {
 }
 
 pub async fn main(args: SettingArgs, mut settings: Settings) -> anyhow::Result<()> {
+    // A configuration that cannot work fails before anything is started.
+    settings.config(true)?;
     let health = Arc::new(Health::default());
     if !settings.metrics_addr.is_empty() {
         super::http::serve(

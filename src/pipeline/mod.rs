@@ -41,7 +41,7 @@ pub enum StreamError {
     Preflight(#[from] PreflightError),
     // Display renders the cause (pg::describe), so it is not also a `source()`: the CLI prints
     // the chain, and the server's message would appear twice.
-    #[error("PostgreSQL: {}", crate::pg::describe(.0))]
+    #[error("PostgreSQL: {}{}", crate::pg::describe(.0), crate::pg::hint(.0))]
     Postgres(tokio_postgres::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -49,7 +49,7 @@ pub enum StreamError {
     Replication(#[from] ReplicationError),
     #[error("decoding pgoutput: {0}")]
     Decode(#[from] DecodeError),
-    #[error("mapping outbox row: {0}")]
+    #[error("mapping outbox row: {0}{hint}", hint = if .0.is_poison() { POISON_HINT } else { "" })]
     Map(#[from] MapError),
     #[error("LSN bookkeeping: {0}")]
     Watermark(#[from] WatermarkError),
@@ -129,16 +129,12 @@ impl StreamError {
             | StreamError::Undecodable { .. } => true,
             StreamError::Catalog { .. } => false,
             StreamError::Preflight(e) => e.is_fatal(),
-            StreamError::Postgres(e) => {
-                e.as_db_error()
-                    .is_some_and(|d| d.code().code().starts_with("28"))
-                    || crate::tls::is_certificate_error(e)
-            }
+            StreamError::Postgres(e) => crate::pg::is_fatal(e),
             StreamError::Replication(e) => {
                 matches!(
                     e,
                     ReplicationError::Auth(_) | ReplicationError::Certificate(_)
-                )
+                ) || e.sqlstate().is_some_and(crate::pg::is_fatal_sqlstate)
             }
             StreamError::Delivery(e) => e.class == ErrorClass::Final,
             StreamError::Refused { cause, .. } => cause.class == ErrorClass::Final,
@@ -165,6 +161,9 @@ impl From<tokio_postgres::Error> for StreamError {
         StreamError::Postgres(e)
     }
 }
+
+/// How to get past an event that cannot be mapped, under `on_poison = fail`.
+const POISON_HINT: &str = "; on_poison = fail stops here, and a restart meets the same event: set on_poison = dead-letter to set such events aside (or skip: logged and counted), or move the slot past its transaction with `pgoutbox slot skip --to LSN` (a WAL position after that transaction's commit: its other events are skipped too)";
 
 /// What to change when Kafka refuses a record for good.
 fn refusal_hint(e: &DeliveryError) -> &'static str {
