@@ -48,6 +48,23 @@ async fn settings_mistakes() {
         "{line}"
     );
 
+    // Out of range: refused at start (a huge shutdown timeout once overflowed the clock).
+    let line = fatal(
+        "postgres://u@127.0.0.1:9/db",
+        "k:9092",
+        &["--shutdown-timeout-secs", "18446744073709551615"],
+    )
+    .await;
+    assert_eq!(
+        line,
+        "pgoutbox: error: shutdown_timeout_secs is out of range: at most 86400 (one day)"
+    );
+    let line = fatal("postgres://u@127.0.0.1:9/db", "127.0.0.1:99999", &[]).await;
+    assert_eq!(
+        line,
+        "pgoutbox: error: Kafka broker \"127.0.0.1:99999\" is not host:port with a port from 1 to 65535"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let toml = dir.path().join("bad.toml");
     std::fs::write(&toml, "slot = \"unterminated\n").unwrap();
@@ -126,6 +143,18 @@ async fn database_mistakes() {
     assert_eq!(
         fatal(&wrong, k, &[]).await,
         "pgoutbox: error: PostgreSQL: FATAL 28P01: password authentication failed for user \"pw_user\""
+    );
+
+    // No password for a role the server asks one of: fatal at once, not retried.
+    let missing = format!("postgres://pw_user@127.0.0.1:{}/postgres", pg.port());
+    assert_eq!(
+        fatal(&missing, k, &[]).await,
+        "pgoutbox: error: PostgreSQL: invalid configuration: password missing; the server asks for a password and none is configured: put it in the URL, PGOUTBOX_POSTGRES_PASSWORD or postgres_password_file"
+    );
+    // A database that does not exist: fatal at once, not retried.
+    assert_eq!(
+        fatal(&pg.url_for("postgres", "nope"), k, &[]).await,
+        "pgoutbox: error: PostgreSQL: FATAL 3D000: database \"nope\" does not exist; check the database name in the PostgreSQL URL"
     );
 
     // The slot belongs to another database.

@@ -211,3 +211,106 @@ async fn an_outbox_dropped_and_recreated_stops_pgoutbox() {
         "{text}"
     );
 }
+
+/// The payload column renamed, even back again: the row inserted meanwhile no longer fits.
+/// It is a poison event, so `on_poison = dead-letter` sets it aside and `fail` stops with the
+/// way out. Before, it failed every restart whatever `on_poison` said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_no_longer_fits_is_a_poison_event_not_a_dead_end() {
+    let env = Env::start().await;
+    let dlq = pgoutbox::config::DEFAULT_DEAD_LETTER_TOPIC;
+    env.kafka.create_topic(dlq, 1).unwrap();
+    let running = env.spawn_streamer(env.config());
+    env.wait_streaming().await;
+    let [a, b, c] = [1, 2, 3].map(|i| Event::new(i, "order", "k"));
+    env.db
+        .batch_execute(&format!(
+            "{a}
+             ALTER TABLE outbox RENAME COLUMN payload TO body;
+             {b}
+             ALTER TABLE outbox RENAME COLUMN body TO payload;
+             {c}",
+            a = a.insert_sql(),
+            b = b.insert_sql().replace(", payload)", ", body)"),
+            c = c.insert_sql(),
+        ))
+        .await
+        .unwrap();
+    let e = ended(running, Duration::from_secs(30)).await;
+    let text = e.to_string();
+    assert!(
+        e.is_fatal()
+            && text.contains("has no column \"payload\"")
+            && text.contains("set on_poison = dead-letter"),
+        "{text}"
+    );
+
+    let mut cfg = env.config();
+    cfg.on_poison = PoisonPolicy::DeadLetter;
+    let running = env.spawn_streamer(cfg);
+    assert_all_arrive(&env, &ids(&[a, c])).await;
+    let reader = TopicReader::new(env.kafka.bootstrap_servers(), &[(dlq, 1)]).unwrap();
+    let dead = reader.read(1, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header_str(&dead[0], "id"), b.id);
+    assert_eq!(header_str(&dead[0], "pgoutbox.error.class"), "malformed");
+    let row: serde_json::Value =
+        serde_json::from_slice(dead[0].payload.as_deref().unwrap()).unwrap();
+    assert!(
+        row["body"].as_str().unwrap().contains("\"seq\": 2"),
+        "the row is kept whole: {row}"
+    );
+    running.stop().await;
+}
+
+/// The publication dropped and created again: decoding fails from the drop on, for good.
+/// pgoutbox stops at once with the way out, and `pgoutbox slot skip --to now` takes it.
+/// Before, every restart retried `publication "pgoutbox_pub" does not exist` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_publication_stops_pgoutbox_and_slot_skip_gets_past_it() {
+    let env = Env::start().await;
+    let running = env.spawn_streamer(env.config());
+    env.wait_streaming().await;
+    let [a, gap, c] = [1, 2, 3].map(|i| Event::new(i, "order", "k"));
+    env.commit(&[vec![a.clone()]]).await;
+    assert_all_arrive(&env, &ids(&[a])).await;
+    env.db
+        .batch_execute(&format!(
+            "DROP PUBLICATION pgoutbox_pub;
+             {gap}
+             CREATE PUBLICATION pgoutbox_pub FOR TABLE outbox WITH (publish = 'insert');",
+            gap = gap.insert_sql()
+        ))
+        .await
+        .unwrap();
+    let e = ended(running, Duration::from_secs(15)).await;
+    assert!(e.is_fatal(), "{e}");
+    assert!(e.to_string().contains("slot skip --to now"), "{e}");
+
+    // A restart fails the same way, at once.
+    let e = ended(env.spawn_streamer(env.config()), Duration::from_secs(15)).await;
+    let text = e.to_string();
+    assert!(
+        e.is_fatal()
+            && text.contains("publication \"pgoutbox_pub\" does not exist")
+            && text.contains("slot skip --to now"),
+        "{text}"
+    );
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+        .args(["slot", "skip", "--to", "now"])
+        .env("PGOUTBOX_POSTGRES_URL", env.pg.url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("replication slot pgoutbox moved from"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let running = env.spawn_streamer(env.config());
+    env.commit(&[vec![c.clone()]]).await;
+    assert_all_arrive(&env, &ids(&[c])).await;
+    running.stop().await;
+}

@@ -261,10 +261,16 @@ impl OutboxMapper {
             };
             obj.insert(name, v);
         }
+        // A table that no longer fits still has its id and key columns, most likely.
+        let by_name = |column: &str| {
+            rel.and_then(|r| r.columns.iter().position(|c| c.name == column))
+                .and_then(text)
+        };
+        let cfg = self.table(insert.relation_id);
         RawRow {
             json: Bytes::from(serde_json::Value::Object(obj).to_string()),
-            key: cols.and_then(|c| text(c.key)),
-            id: cols.and_then(|c| text(c.id)),
+            key: cols.map_or_else(|| cfg.and_then(|t| by_name(&t.key_column)), |c| text(c.key)),
+            id: cols.map_or_else(|| cfg.and_then(|t| by_name(&t.id_column)), |c| text(c.id)),
         }
     }
 
