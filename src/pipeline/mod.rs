@@ -7,6 +7,7 @@ mod budget;
 mod guard;
 mod ha;
 mod health;
+mod held;
 mod monitor;
 pub(crate) mod poison;
 mod session;
@@ -107,6 +108,8 @@ pub enum StreamError {
         "PostgreSQL cannot decode the slot: {message}. Decoding reads the catalog as of each WAL position, so a publication dropped (and perhaps created again) after the slot's position fails the same way on every retry. Fix: move the slot past the gap with `pgoutbox slot skip --to now` (events committed in the gap are not sent: re-send rows still in the table with `source = poll`), or drop and recreate the slot"
     )]
     Undecodable { message: String },
+    #[error("at-most-once: holding a transaction's events until its commit is confirmed: {0}")]
+    Hold(std::io::Error),
     #[error("looking up relation {oid} in the catalog: {error}")]
     Catalog { oid: u32, error: String },
 }
@@ -127,7 +130,7 @@ impl StreamError {
             | StreamError::SlotLost(_)
             | StreamError::Drift { .. }
             | StreamError::Undecodable { .. } => true,
-            StreamError::Catalog { .. } => false,
+            StreamError::Catalog { .. } | StreamError::Hold(_) => false,
             StreamError::Preflight(e) => e.is_fatal(),
             StreamError::Postgres(e) => crate::pg::is_fatal(e),
             StreamError::Replication(e) => {

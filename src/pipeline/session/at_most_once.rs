@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{sleep_until_opt, Session, Ticket};
+use super::{sleep_until_opt, Session, StreamError, Ticket};
 use crate::config::DeliveryMode;
 use crate::metrics as m;
 use crate::outbox::OutboxRecord;
@@ -22,9 +22,66 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How long purged records may take to report back when giving up.
 const PURGE_WAIT: Duration = Duration::from_secs(2);
 
+/// Released events queued for the producer at a time.
+const REFILL: usize = 64;
+
 impl Session<'_> {
     fn at_most_once(&self) -> bool {
         self.cfg.delivery() == DeliveryMode::AtMostOnce
+    }
+
+    /// The held transaction is confirmed: its events are released to the producer.
+    pub(super) fn release_held(&mut self) -> Result<(), StreamError> {
+        let n = self.held.len();
+        if self.held.spilled() > 0 {
+            debug!(
+                events = n,
+                on_disk = self.held.spilled(),
+                "at-most-once: releasing a transaction held partly on disk"
+            );
+        }
+        match self.held.take() {
+            Ok(r) => {
+                self.release = Some(r);
+                Ok(())
+            }
+            Err(e) => {
+                self.lost_unnamed(n, &e);
+                Err(StreamError::Hold(e))
+            }
+        }
+    }
+
+    /// Moves released events to the producer queue while the in-flight budget has room.
+    pub(super) fn refill(&mut self) -> Result<(), StreamError> {
+        let Some(mut release) = self.release.take() else {
+            return Ok(());
+        };
+        while self.pending.len() < REFILL && self.budget.has_room() {
+            match release.next_event() {
+                Ok(Some((rec, commit_time))) => {
+                    let queued = self.ticketed(rec, None, commit_time);
+                    self.pending.push_back(queued);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.lost_unnamed(release.len() + 1, &e);
+                    return Err(StreamError::Hold(e));
+                }
+            }
+        }
+        if !release.is_empty() {
+            self.release = Some(release);
+        }
+        Ok(())
+    }
+
+    /// Confirmed events that cannot be read back from the spill file: counted, not named.
+    fn lost_unnamed(&mut self, n: u64, e: &std::io::Error) {
+        error!(events = n, error = %e,
+            "events lost: at-most-once confirmed them, and their spill file failed");
+        metrics::counter!(m::LOST_EVENTS).increment(n);
+        self.lost += n;
     }
 
     /// Whether this failure is resent in process: at-most-once, an event (not an offsets
@@ -94,7 +151,9 @@ impl Session<'_> {
         acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
         shutdown: &CancellationToken,
     ) {
-        if !self.at_most_once() || (self.budget.events() == 0 && self.pending.is_empty()) {
+        if !self.at_most_once()
+            || (self.budget.events() == 0 && self.pending.is_empty() && self.release.is_none())
+        {
             return;
         }
         info!(
@@ -105,8 +164,9 @@ impl Session<'_> {
         let mut stop_by = shutdown
             .is_cancelled()
             .then(|| tokio::time::Instant::now() + self.cfg.shutdown_timeout);
-        while self.budget.events() > 0 || !self.pending.is_empty() {
+        while self.budget.events() > 0 || !self.pending.is_empty() || self.release.is_some() {
             // A refusal here is logged as a lost event by `refused`; go on with the rest.
+            let _ = self.refill();
             let _ = self.flush(sink);
             tokio::select! {
                 Some(d) = acks.recv() => {
@@ -131,8 +191,20 @@ impl Session<'_> {
         if !self.at_most_once() {
             return;
         }
-        let queued: Vec<_> = self.pending.drain(..).collect();
-        for (_, ticket) in &queued {
+        let mut queued: Vec<_> = self.pending.drain(..).map(|(_, t)| t).collect();
+        if let Some(mut release) = self.release.take() {
+            loop {
+                match release.next_event() {
+                    Ok(Some((rec, _))) => queued.push(self.ticketed(rec, None, 0).1),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.lost_unnamed(release.len() + 1, &e);
+                        break;
+                    }
+                }
+            }
+        }
+        for ticket in &queued {
             self.lost(ticket, "not yet produced when pgoutbox stopped");
         }
         if self.budget.events() == 0 {

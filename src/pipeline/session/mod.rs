@@ -14,6 +14,7 @@ use tracing::{debug, error, info, trace, warn};
 mod at_most_once;
 
 use super::batches::Batches;
+use super::held::{Held, Release};
 use super::poison::{self, Poisoned};
 use super::{AbortOnDrop, AckedEvent, Budget, Health, Progress, StreamError};
 use crate::config::{Config, DeliveryMode};
@@ -326,8 +327,8 @@ enum Step {
     Continue,
     Reply,
     Produce(OutboxRecord, Ticket),
-    /// At-most-once: report the watermark now, then produce these.
-    Confirm(Vec<(OutboxRecord, Ticket)>),
+    /// At-most-once: report the watermark now, then produce what is held.
+    Confirm,
 }
 
 /// Per-session state: the watermark, relation cache, mapper and in-flight budget.
@@ -340,7 +341,10 @@ struct Session<'a> {
     tx: Option<(TxId, i64)>,
     budget: Budget,
     /// At-most-once: the open transaction's events, produced after its Commit is confirmed.
-    held: Vec<(OutboxRecord, Ticket)>,
+    held: Held,
+    /// At-most-once: a confirmed transaction's events, handed to the producer as the
+    /// in-flight budget allows; nothing more is read until all are.
+    release: Option<Release>,
     /// Exactly-once: the Kafka transactions.
     batches: Option<Batches>,
     /// Exactly-once: the open PostgreSQL transaction is in Kafka already (a resend).
@@ -434,7 +438,8 @@ impl<'a> Session<'a> {
             mapper: OutboxMapper::new(cfg.outboxes()),
             tx: None,
             budget: Budget::new(cfg.max_in_flight_events, cfg.max_in_flight_bytes),
-            held: Vec::new(),
+            held: Held::new(cfg.max_in_flight_bytes),
+            release: None,
             batches,
             skip_tx: false,
             observer,
@@ -460,17 +465,19 @@ impl<'a> Session<'a> {
         let mut heard = Instant::now();
         let timeout = self.cfg.replication_timeout;
         loop {
+            self.refill()?;
             self.flush(sink)?;
             if let Some(deadline) = stop_by {
                 // A transaction read only in part could never be confirmed, so its events
                 // would be sent again after a restart: finish it first.
-                if (self.tx.is_none() && self.pending.is_empty())
+                if (self.tx.is_none() && self.pending.is_empty() && self.release.is_none())
                     || tokio::time::Instant::now() >= deadline
                 {
                     return self.drain(stream, sink, acks, deadline).await;
                 }
             }
-            let can_read = self.pending.is_empty() && self.budget.has_room();
+            let can_read =
+                self.pending.is_empty() && self.release.is_none() && self.budget.has_room();
             if !can_read {
                 // Not reading on purpose (backpressure): silence proves nothing.
                 heard = Instant::now();
@@ -505,11 +512,12 @@ impl<'a> Session<'a> {
                             self.pending.push_back((rec, ticket));
                             self.flush(sink)?;
                         }
-                        Step::Confirm(held) => {
+                        Step::Confirm => {
                             // The server has the confirmation before Kafka has the events:
                             // a crash from here on loses them rather than sending them twice.
                             self.send_status(stream, false).await?;
-                            self.pending.extend(held);
+                            self.release_held()?;
+                            self.refill()?;
                             self.flush(sink)?;
                         }
                     }
@@ -868,7 +876,7 @@ impl<'a> Session<'a> {
                     k.last_end = c.end_lsn;
                 }
                 if !self.held.is_empty() {
-                    return Ok(Step::Confirm(std::mem::take(&mut self.held)));
+                    return Ok(Step::Confirm);
                 }
             }
             Message::Relation(r) => self.on_relation(r).await?,
@@ -992,13 +1000,15 @@ impl<'a> Session<'a> {
                 } else {
                     None
                 };
-                let (rec, ticket) = self.ticketed(rec, tx, commit_time);
-                if counted {
-                    return Ok(Step::Produce(rec, ticket));
+                if !counted {
+                    // Produced once its Commit has been confirmed, so a crash can't resend it.
+                    self.held
+                        .push(rec, commit_time)
+                        .map_err(StreamError::Hold)?;
+                    return Ok(Step::Continue);
                 }
-                // Produced once its Commit has been confirmed, so a crash can't resend it.
-                self.held.push((rec, ticket));
-                Ok(Step::Continue)
+                let (rec, ticket) = self.ticketed(rec, tx, commit_time);
+                Ok(Step::Produce(rec, ticket))
             }
             None if counted => {
                 let id = self.wm.standalone(standalone_end)?;
@@ -1007,8 +1017,9 @@ impl<'a> Session<'a> {
             }
             None => {
                 self.wm.passed(standalone_end);
-                let held = self.ticketed(rec, None, crate::pgtime::now());
-                Ok(Step::Confirm(vec![held]))
+                let now = crate::pgtime::now();
+                self.held.push(rec, now).map_err(StreamError::Hold)?;
+                Ok(Step::Confirm)
             }
         }
     }
@@ -1123,7 +1134,8 @@ impl<'a> Session<'a> {
         deadline: tokio::time::Instant,
     ) -> Result<(), StreamError> {
         let mut tick = tokio::time::interval(self.cfg.status_interval);
-        while self.budget.events() > 0 || !self.pending.is_empty() {
+        while self.budget.events() > 0 || !self.pending.is_empty() || self.release.is_some() {
+            self.refill()?;
             self.flush(sink)?;
             tokio::select! {
                 Some(d) = acks.recv() => self.on_delivery(d)?,
