@@ -88,6 +88,11 @@ async fn dead_letter_policy_writes_each_with_its_reason_and_moves_on() {
         "00000000-0000-4000-8000-0000000000b1"
     );
     assert!(header(bad_topic, "pgoutbox.error.message").contains("not a valid Kafka topic"));
+    // The topic it would have gone to, even though no broker would take that name.
+    assert_eq!(
+        header(bad_topic, "pgoutbox.original.topic"),
+        "outbox.event.has space"
+    );
     assert!(header(bad_topic, "pgoutbox.lsn").contains('/'));
 
     let null_route = class("unroutable");

@@ -88,6 +88,17 @@ async fn missing_table_publication_and_coverage_are_reported() {
     assert!(!ok);
     assert!(line.contains("does not publish inserts"), "{line}");
 
+    // An UNLOGGED table never reaches the WAL: say that, not "add it to the publication"
+    // (which PostgreSQL refuses for unlogged tables).
+    pg.psql("ALTER PUBLICATION pgoutbox_pub SET (publish = 'insert'); ALTER PUBLICATION pgoutbox_pub DROP TABLE outbox; ALTER TABLE outbox SET UNLOGGED")
+        .unwrap();
+    let (ok, line) = run_binary(&url, &[]).await;
+    assert!(!ok);
+    assert!(
+        line.contains("table public.outbox is UNLOGGED: its rows never reach the WAL, so no replication slot can see them; run `ALTER TABLE public.outbox SET LOGGED;`"),
+        "{line}"
+    );
+
     // Nothing was created or confirmed along the way.
     assert_eq!(
         pg.psql("SELECT count(*) FROM pg_replication_slots")

@@ -33,6 +33,8 @@ pub enum MapError {
     },
     #[error("outbox row at {lsn}: column {column:?} is NULL")]
     Null { lsn: Lsn, column: String },
+    #[error("outbox row at {lsn}: column {column:?} is empty, so it routes nowhere")]
+    EmptyRoute { lsn: Lsn, column: String },
     #[error("outbox row at {lsn}: {column:?} is not valid UTF-8")]
     NotUtf8 { lsn: Lsn, column: String },
     #[error("outbox row at {lsn}: topic {topic:?} is not a valid Kafka topic name")]
@@ -65,6 +67,14 @@ impl MapError {
         !matches!(self, MapError::UnknownRelation(_))
     }
 
+    /// The topic the event was meant for, where the error knows it.
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            MapError::InvalidTopic { topic, .. } => Some(topic),
+            _ => None,
+        }
+    }
+
     /// A short name for the dead-letter header and metrics.
     pub fn class(&self) -> &'static str {
         match self {
@@ -72,7 +82,8 @@ impl MapError {
             MapError::Null { .. }
             | MapError::NotUtf8 { .. }
             | MapError::BadPartition { .. }
-            | MapError::NotOutbox { .. } => "unroutable",
+            | MapError::NotOutbox { .. }
+            | MapError::EmptyRoute { .. } => "unroutable",
             _ => "malformed",
         }
     }
@@ -308,6 +319,12 @@ impl OutboxMapper {
                 lsn,
                 column: cfg.route_column.clone(),
             })?;
+            if route.is_empty() {
+                return Err(MapError::EmptyRoute {
+                    lsn,
+                    column: cfg.route_column.clone(),
+                });
+            }
             cfg.topic_template.render(route)
         } else {
             cfg.topic_template.render("")
@@ -596,10 +613,17 @@ mod tests {
             t("{}"),
             t("x"),
         ]);
-        assert!(matches!(
-            m.map_insert(&bad, Lsn(1)),
-            Err(MapError::InvalidTopic { .. })
-        ));
+        let e = m.map_insert(&bad, Lsn(1)).unwrap_err();
+        assert_eq!(e.topic(), Some("outbox.event.has space"));
+        let empty = row(vec![t("1"), t(""), t("k"), t("T"), t("{}"), t("x")]);
+        let e = m.map_insert(&empty, Lsn(1)).unwrap_err();
+        assert_eq!(
+            (e.class(), e.to_string().as_str()),
+            (
+                "unroutable",
+                "outbox row at 0/1: column \"aggregatetype\" is empty, so it routes nowhere"
+            )
+        );
         let short = row(vec![t("1")]);
         assert!(matches!(
             m.map_insert(&short, Lsn(1)),

@@ -41,6 +41,12 @@ pub fn map_message(
     }
     let bad = |why: String| MapError::BadMessage { lsn: m.lsn, why };
     let e: Emitted<'_> = serde_json::from_slice(&m.content).map_err(|err| bad(err.to_string()))?;
+    if e.aggregatetype.is_empty() && cfg.topic_template.uses_route() {
+        return Err(MapError::EmptyRoute {
+            lsn: m.lsn,
+            column: "aggregatetype".into(),
+        });
+    }
     let topic = cfg.topic_template.render(&e.aggregatetype);
     if !is_valid_topic(&topic) {
         return Err(MapError::InvalidTopic { lsn: m.lsn, topic });

@@ -36,7 +36,7 @@ impl Poisoned {
     /// An outbox row that could not be mapped, kept whole, and why.
     pub fn unmapped_row(e: &MapError, raw: RawRow, lsn: Lsn) -> Self {
         Poisoned {
-            topic: String::new(),
+            topic: e.topic().unwrap_or_default().to_owned(),
             key: raw.key,
             payload: Some(raw.json),
             headers: raw

@@ -748,6 +748,7 @@ impl<'a> Session<'a> {
             return Err(e.into());
         }
         let poisoned = Poisoned {
+            topic: e.topic().map_or(raw.topic, str::to_owned),
             class: e.class(),
             message: e.to_string(),
             ..raw

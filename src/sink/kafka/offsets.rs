@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::config::KafkaConfig;
@@ -44,6 +44,24 @@ pub enum OffsetsError {
     Config(#[from] super::config::KafkaConfigError),
 }
 
+/// The reader's context: reaching a partition's end is how the read ends, not an error to
+/// log (librdkafka reports it through the error callback too).
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end {
+            tracing::warn!(%error, reason, "Kafka offsets reader");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// The newest offsets record of `slot` that a read_committed consumer sees, if any.
 /// Blocking (librdkafka): call it from a blocking thread.
 pub fn read_last(
@@ -63,7 +81,8 @@ pub fn read_last(
         .set("group.id", "pgoutbox-offsets-reader")
         // Reaching the end quickly matters more than fetch efficiency for one read at start.
         .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer = c.create().map_err(err)?;
+    let consumer: BaseConsumer<ReaderContext> =
+        c.create_with_context(ReaderContext).map_err(err)?;
     let md = consumer.fetch_metadata(Some(topic), timeout).map_err(err)?;
     let partitions: Vec<i32> = md
         .topics()
