@@ -60,6 +60,14 @@ pub enum PreflightError {
         role_key: &'static str,
     },
     #[error(
+        "column {column:?} of {table} is a generated column, which logical replication does not send (before PostgreSQL 18): store the value in a plain column, or take it out of {role_key}"
+    )]
+    GeneratedColumn {
+        table: TableName,
+        column: String,
+        role_key: &'static str,
+    },
+    #[error(
         "column {column:?} of {table} has type {ty}; the payload must be jsonb, json, bytea, text or varchar"
     )]
     PayloadType {
@@ -152,7 +160,8 @@ pub async fn table_exists(pg: &Client, table: &TableName) -> Result<(), Prefligh
 pub async fn columns(pg: &Client, outbox: &OutboxConfig) -> Result<(), PreflightError> {
     let rows = pg
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL)
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attgenerated::text,
+                    current_setting('server_version_num')::int
              FROM pg_attribute a
              WHERE a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text))
                AND a.attnum > 0 AND NOT a.attisdropped",
@@ -174,12 +183,24 @@ pub async fn columns(pg: &Client, outbox: &OutboxConfig) -> Result<(), Preflight
     if let Some(p) = &outbox.partition_column {
         wanted.push((p, "partition", "partition_column"));
     }
+    for (column, _) in &outbox.additional_headers {
+        wanted.push((column, "additional header", "additional_headers"));
+    }
     for (column, role, role_key) in wanted {
-        if ty(column).is_none() {
+        let Some(row) = rows.iter().find(|r| r.get::<_, String>(0) == *column) else {
             return Err(PreflightError::MissingColumn {
                 table: outbox.table.clone(),
                 column: column.clone(),
                 role,
+                role_key,
+            });
+        };
+        // Before PostgreSQL 18, pgoutput never sends generated columns.
+        let generated = !row.get::<_, String>(2).is_empty();
+        if generated && row.get::<_, i32>(3) < 180_000 {
+            return Err(PreflightError::GeneratedColumn {
+                table: outbox.table.clone(),
+                column: column.clone(),
                 role_key,
             });
         }

@@ -103,3 +103,26 @@ async fn check_setup_check_status() {
     assert!(v["lag_bytes"].as_i64().unwrap() > 0, "{v}");
     assert!(v["retained_wal_bytes"].as_i64().unwrap() >= v["lag_bytes"].as_i64().unwrap());
 }
+
+/// `setup` with a slot of that name in another database: refused with the fix, not
+/// "✔ replication slot … already exists".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_refuses_a_slot_of_another_database() {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    pg.psql("CREATE DATABASE other").unwrap();
+    let other = common::connect(&pg.url_for("postgres", "other")).await;
+    other
+        .batch_execute("SELECT pg_create_logical_replication_slot('pgoutbox', 'pgoutput')")
+        .await
+        .unwrap();
+    let (ok, out, err) = pgoutbox(&["setup"], &pg.url(), "").await;
+    assert!(!ok, "{out}");
+    assert!(!out.contains("already exists"), "{out}");
+    assert_eq!(
+        err.trim_end(),
+        "pgoutbox: error: replication slot \"pgoutbox\" belongs to database \"other\", not \"postgres\": choose another --slot or connect to \"other\""
+    );
+}

@@ -129,6 +129,19 @@ async fn database_mistakes() {
     pg.psql("ALTER TABLE outbox ALTER COLUMN payload TYPE jsonb USING NULL; CREATE PUBLICATION pgoutbox_pub FOR TABLE outbox WITH (publish = 'insert')")
         .unwrap();
 
+    // Header columns: checked at start, not at the first insert. A generated column is
+    // never sent by pgoutput (before 18), so it could never become a header.
+    pg.psql("ALTER TABLE outbox ADD COLUMN region text GENERATED ALWAYS AS (aggregateid || '-eu') STORED")
+        .unwrap();
+    assert_eq!(
+        fatal(&url, k, &["--additional-headers", "region"]).await,
+        "pgoutbox: error: column \"region\" of public.outbox is a generated column, which logical replication does not send (before PostgreSQL 18): store the value in a plain column, or take it out of additional_headers"
+    );
+    assert_eq!(
+        fatal(&url, k, &["--additional-headers", "tenant:x-tenant"]).await,
+        "pgoutbox: error: table public.outbox has no column \"tenant\" (the additional header column): add it, or set additional_headers to the column to use"
+    );
+
     // A role without REPLICATION.
     pg.psql("CREATE ROLE plain LOGIN").unwrap();
     assert_eq!(

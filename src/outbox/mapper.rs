@@ -571,6 +571,22 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_headers_column_is_described_as_such() {
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+        let e = json_headers(deep.as_bytes(), Lsn(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("outbox row at 0/1: headers column is not a JSON object of headers: recursion limit exceeded"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("aggregatetype"),
+            "not the table-less format: {e}"
+        );
+    }
+
+    #[test]
     fn a_renamed_outbox_is_followed_by_its_oid() {
         let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
         m.learn_oid(7, 0);

@@ -23,25 +23,105 @@ pub struct TableName {
 }
 
 impl TableName {
-    /// Parses `schema.table` or `table` (schema `public`).
+    /// Parses `schema.table` or `table` (schema `public`); either part may be a quoted SQL
+    /// identifier (`"My Schema"."Out.Box"`, `""` for a quote inside).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (schema, name) = match s.split_once('.') {
-            Some((schema, name)) => (schema, name),
-            None => ("public", s),
+        let invalid = || format!("invalid table name {s:?}: expected schema.table");
+        let parts = split_identifiers(s).ok_or_else(invalid)?;
+        let (schema, name) = match parts.as_slice() {
+            [name] => ("public".to_owned(), name.clone()),
+            [schema, name] => (schema.clone(), name.clone()),
+            _ => return Err(invalid()),
         };
-        if schema.is_empty() || name.is_empty() || name.contains('.') {
-            return Err(format!("invalid table name {s:?}: expected schema.table"));
+        if schema.is_empty() || name.is_empty() {
+            return Err(invalid());
         }
-        Ok(TableName {
-            schema: schema.to_owned(),
-            name: name.to_owned(),
-        })
+        Ok(TableName { schema, name })
+    }
+}
+
+/// Splits at dots outside double quotes, unquoting quoted parts; `None` for an unclosed quote
+/// or a quote in the middle of a part.
+fn split_identifiers(s: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (false, '.') => parts.push(std::mem::take(&mut part)),
+            (false, '"') if part.is_empty() => quoted = true,
+            (false, '"') => return None,
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                part.push('"');
+            }
+            (true, '"') => {
+                quoted = false;
+                if !matches!(chars.peek(), None | Some('.')) {
+                    return None;
+                }
+            }
+            (_, c) => part.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    parts.push(part);
+    Some(parts)
+}
+
+/// An identifier as SQL needs it: bare when it is a plain lower-case name, quoted otherwise.
+fn sql_ident(s: &str) -> std::borrow::Cow<'_, str> {
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        s.into()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
     }
 }
 
 impl std::fmt::Display for TableName {
+    /// As SQL would name it, so that fixes quoting it can be pasted.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
+        write!(f, "{}.{}", sql_ident(&self.schema), sql_ident(&self.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_plain_and_quoted() {
+        let t = TableName::parse("outbox").unwrap();
+        assert_eq!((t.schema.as_str(), t.name.as_str()), ("public", "outbox"));
+        let t = TableName::parse(r#""My Schema"."Out.Box""#).unwrap();
+        assert_eq!(
+            (t.schema.as_str(), t.name.as_str()),
+            ("My Schema", "Out.Box")
+        );
+        assert_eq!(t.to_string(), r#""My Schema"."Out.Box""#);
+        let t = TableName::parse(r#"app."say ""hi""""#).unwrap();
+        assert_eq!(t.name, r#"say "hi""#);
+        assert_eq!(t.to_string(), r#"app."say ""hi""""#);
+        for bad in [
+            "",
+            "a.",
+            ".b",
+            "a.b.c",
+            r#""open"#,
+            r#"x"y"."z""#,
+            r#""a"b"#,
+        ] {
+            assert!(TableName::parse(bad).is_err(), "{bad}");
+        }
     }
 }
 

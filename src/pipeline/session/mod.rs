@@ -1067,7 +1067,7 @@ impl<'a> Session<'a> {
         let name = format!("{}.{}", r.namespace, r.name);
         if let Some(t) = table.and_then(|t| self.mapper.tables().get(t)) {
             let configured = t.table.to_string();
-            if configured != name {
+            if t.table.schema != r.namespace || t.table.name != r.name {
                 info!(relation = %name, outbox = %configured, id = r.id,
                     "relation is the outbox table (renamed, or a partition of it)");
             }
