@@ -177,3 +177,74 @@ async fn secrets_never_reach_logs_or_errors() {
         assert!(!log.contains(s), "{s} leaked:\n{log}");
     }
 }
+
+/// The CLI's own mistakes and conveniences: `config` prints every setting as a file that
+/// loads back; a bad environment value is named by its variable, with the usual prefix;
+/// settings may come before the subcommand.
+#[tokio::test]
+async fn config_output_bad_env_values_and_settings_before_the_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shown.toml");
+    let bin = env!("CARGO_BIN_EXE_pgoutbox");
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        std::process::Command::new(bin)
+            .args(args)
+            .env("PGOUTBOX_POSTGRES_URL", "postgres://u:s3cret@h/db")
+            .env("PGOUTBOX_KAFKA_BROKERS", "k:9092")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        &["config"],
+        &[
+            ("PGOUTBOX_SLOT", "shown"),
+            ("PGOUTBOX_KAFKA_PROPERTIES", "sasl.password=kpw;linger.ms=7"),
+        ],
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{shown}");
+    for key in [
+        "slot = \"shown\"",
+        "metrics_addr = ",
+        "ready_max_lag_bytes = ",
+        "log_format = ",
+        "poll_interval_ms = ",
+        "\"linger.ms\" = \"7\"",
+    ] {
+        assert!(shown.contains(key), "{key} missing:\n{shown}");
+    }
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("kpw"),
+        "{shown}"
+    );
+    // It loads back as a config file, and shows the same.
+    std::fs::write(&file, &shown).unwrap();
+    let again = run(&["config", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), shown);
+
+    // A bad value from the environment is named by its variable.
+    let out = run(&["run"], &[("PGOUTBOX_MAX_IN_FLIGHT_EVENTS", "-1")]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        err.trim_end(),
+        "pgoutbox: error: invalid value '-1' for PGOUTBOX_MAX_IN_FLIGHT_EVENTS: invalid digit found in string"
+    );
+    // …and a bad flag by its flag.
+    let out = run(&["run", "--max-in-flight-events", "x"], &[]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("pgoutbox: error: invalid value 'x' for '--max-in-flight-events <MAX_IN_FLIGHT_EVENTS>'"),
+        "{err}"
+    );
+
+    // Settings before the subcommand are taken as the subcommand's.
+    let out = run(&["--config", file.to_str().unwrap(), "config"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), shown);
+}

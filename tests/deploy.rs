@@ -200,6 +200,6 @@ fn kubernetes_manifests_are_consistent() {
         "{}{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("ha: true"), "{stdout}");
-    assert!(stdout.contains("VerifyFull"), "{stdout}");
+    assert!(stdout.contains("\nha = true\n"), "{stdout}");
+    assert!(stdout.contains("sslmode=verify-full"), "{stdout}");
 }

@@ -6,7 +6,10 @@ mod http;
 mod run;
 mod settings;
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 pub use settings::{LogFormat, SettingArgs, Settings};
@@ -74,6 +77,72 @@ struct StatusArgs {
     settings: Box<SettingArgs>,
 }
 
+/// Parses the command line. Settings given before the subcommand (`--config f run`) are
+/// taken as the subcommand's. A mistake is one line, `pgoutbox: error: …`, naming the
+/// environment variable when the bad value came from one; exit code 2.
+pub fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, ExitCode> {
+    let first = match Cli::try_parse_from(&argv) {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    if !matches!(
+        first.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        for (i, a) in argv.iter().enumerate().skip(2) {
+            if names.iter().any(|n| a.to_str() == Some(n)) {
+                let mut moved = argv.clone();
+                let sub = moved.remove(i);
+                moved.insert(1, sub);
+                if let Ok(cli) = Cli::try_parse_from(&moved) {
+                    return Ok(cli);
+                }
+            }
+        }
+    }
+    Err(usage_error(first, &argv))
+}
+
+/// Prints a parse error (help and version as they are) and gives the exit code.
+fn usage_error(e: clap::Error, argv: &[std::ffi::OsString]) -> ExitCode {
+    use clap::error::ContextKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.to_string();
+    let mut line = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
+    // "invalid value 'x' for '--flag <FLAG>'": if the flag was not given, its variable was.
+    if let Some(clap::error::ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+        let flag = arg.split_whitespace().next().unwrap_or_default();
+        let given = argv.iter().filter_map(|a| a.to_str()).any(|a| {
+            a == flag
+                || a.strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+        });
+        if let (false, Some(name)) = (given, flag.strip_prefix("--")) {
+            let var = match name {
+                "kafka-property" => "PGOUTBOX_KAFKA_PROPERTIES".to_owned(),
+                n => format!("PGOUTBOX_{}", n.replace('-', "_").to_uppercase()),
+            };
+            if std::env::var_os(&var).is_some() {
+                line = line.replace(&format!("'{arg}'"), &var);
+            }
+        }
+    }
+    eprintln!("pgoutbox: error: {line}");
+    ExitCode::from(2)
+}
+
 /// Runs the chosen subcommand.
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let admin = |args: Box<SettingArgs>| -> anyhow::Result<pgoutbox::Config> {
@@ -94,9 +163,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         })) => admin::slot_skip(admin(settings)?, &to).await,
         Some(Command::Config(args)) => {
             let settings = Settings::load(*args)?;
-            let cfg = settings.config(true)?;
-            // Config's Debug redacts every secret.
-            println!("{cfg:#?}");
+            // Refused like `run` would refuse it; then every setting, as a config file.
+            settings.config(true)?;
+            print!("{}", settings.to_toml()?);
             Ok(())
         }
         Some(Command::Run(args)) => run(args).await,

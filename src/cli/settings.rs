@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use pgoutbox::config::{Config, DEFAULT_PUBLICATION, DEFAULT_SLOT};
 use pgoutbox::outbox::{OutboxConfig, TableName, TopicTemplate};
 use pgoutbox::sink::kafka::KafkaConfig;
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -67,6 +67,22 @@ macro_rules! settings {
         }
 
         impl Settings {
+            /// Every setting as a TOML document that loads back as a config file, secrets
+            /// shown as `***`.
+            pub fn to_toml(&self) -> anyhow::Result<String> {
+                let mut t = toml::Table::new();
+                $(
+                    let value = toml::Value::try_from(&self.$name)
+                        .with_context(|| format!("showing setting {}", stringify!($name)))?;
+                    t.insert(stringify!($name).to_owned(), value);
+                )*
+                redact(&mut t, &self.kafka_properties, &self.tables)?;
+                Ok(format!(
+                    "# pgoutbox: the effective configuration (flags > environment > file > defaults); secrets as ***\n{}",
+                    toml::to_string(&t)?
+                ))
+            }
+
             fn merge(args: SettingArgs, file: FileSettings) -> anyhow::Result<Settings> {
                 let mut kafka_properties = Vec::new();
                 for (k, v) in file.kafka {
@@ -288,7 +304,36 @@ fn parse_headers(list: &str) -> Vec<(String, String)> {
 }
 
 /// One `[[tables]]` entry: another outbox table. Keys left out take the main table's value.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Secrets out of the shown settings; the `[kafka]` properties and `[[tables]]` in.
+fn redact(
+    t: &mut toml::Table,
+    kafka: &[(String, String)],
+    tables: &[TableSettings],
+) -> anyhow::Result<()> {
+    if let Some(toml::Value::String(url)) = t.get_mut("postgres_url") {
+        *url = pgoutbox::config::redact_url(url);
+    }
+    if let Some(toml::Value::String(pw)) = t.get_mut("postgres_password") {
+        if !pw.is_empty() {
+            *pw = "***".into();
+        }
+    }
+    let mut props = toml::Table::new();
+    for (k, v) in kafka {
+        let v = match pgoutbox::config::is_secret_property(k) {
+            true => "***".to_owned(),
+            false => v.clone(),
+        };
+        props.insert(k.clone(), toml::Value::String(v));
+    }
+    t.insert("kafka".into(), toml::Value::Table(props));
+    if !tables.is_empty() {
+        t.insert("tables".into(), toml::Value::try_from(tables)?);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSettings {
     /// Schema-qualified table name (required).
