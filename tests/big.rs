@@ -67,13 +67,19 @@ async fn drain(env: &Env, what: &str, expected: i64, extra: &[(&str, &str)]) {
     assert!(rss < 100, "{what}: peak RSS {rss} MiB");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn million_row_transaction() {
+/// A test environment whose slot exists before any event is written.
+async fn with_slot() -> Env {
     let env = Env::start().await;
     env.db
         .batch_execute("SELECT pg_create_logical_replication_slot('pgoutbox', 'pgoutput')")
         .await
         .unwrap();
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn million_row_transaction() {
+    let env = with_slot().await;
     env.db
         .batch_execute(
             "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
@@ -88,11 +94,7 @@ async fn million_row_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gigabyte_backlog() {
-    let env = Env::start().await;
-    env.db
-        .batch_execute("SELECT pg_create_logical_replication_slot('pgoutbox', 'pgoutput')")
-        .await
-        .unwrap();
+    let env = with_slot().await;
     // 8,192 events of 128 KiB = 1 GiB of payload, in 64 transactions.
     for batch in 0..64 {
         env.db
@@ -125,11 +127,7 @@ async fn one_gigabyte_backlog() {
 /// transaction peaked at 1,687 MB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_once_huge_transaction_holds_on_disk() {
-    let env = Env::start().await;
-    env.db
-        .batch_execute("SELECT pg_create_logical_replication_slot('pgoutbox', 'pgoutput')")
-        .await
-        .unwrap();
+    let env = with_slot().await;
     // 40,000 events of 4 KiB: 160 MiB in one transaction.
     env.db
         .batch_execute(

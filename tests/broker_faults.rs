@@ -70,14 +70,7 @@ async fn retriable_produce_errors_are_absorbed() {
     let txs = workload(0, 100);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
     env.commit(&txs).await;
-    let reader = env.reader();
-    let mut got = read_until_all(&reader, &ids, Duration::from_secs(60)).await;
-    got.extend(
-        reader
-            .read(usize::MAX, Duration::from_secs(1))
-            .await
-            .unwrap(),
-    );
+    let got = read_all(&env, &ids, Duration::from_secs(60)).await;
     let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
     assert_eq!(ids.difference(&seen).count(), 0, "events lost");
     // The idempotent producer's retries do not duplicate.

@@ -62,14 +62,7 @@ async fn sigterm_under_load_then_restart_sends_nothing_twice() {
     }
     writer.await.unwrap();
 
-    let reader = env.reader();
-    let mut got = read_until_all(&reader, &ids, Duration::from_secs(60)).await;
-    got.extend(
-        reader
-            .read(usize::MAX, Duration::from_secs(1))
-            .await
-            .unwrap(),
-    );
+    let got = read_all(&env, &ids, Duration::from_secs(60)).await;
     let mut count: HashMap<String, usize> = HashMap::new();
     for r in &got {
         *count.entry(header_str(r, "id")).or_default() += 1;
@@ -145,14 +138,7 @@ async fn sighup_reloads_the_configuration_without_losing_or_resending() {
     }
     writer.await.unwrap();
 
-    let reader = env.reader();
-    let mut got = read_until_all(&reader, &ids, Duration::from_secs(60)).await;
-    got.extend(
-        reader
-            .read(usize::MAX, Duration::from_secs(1))
-            .await
-            .unwrap(),
-    );
+    let got = read_all(&env, &ids, Duration::from_secs(60)).await;
     let distinct: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(

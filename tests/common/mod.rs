@@ -374,6 +374,23 @@ pub async fn read_until_all(
     out
 }
 
+/// Reads until `ids` have all arrived (or `timeout`), then one more second for duplicates.
+pub async fn read_all(
+    env: &Env,
+    ids: &std::collections::HashSet<String>,
+    timeout: Duration,
+) -> Vec<ConsumedRecord> {
+    let reader = env.reader();
+    let mut got = read_until_all(&reader, ids, timeout).await;
+    got.extend(
+        reader
+            .read(usize::MAX, Duration::from_secs(1))
+            .await
+            .unwrap(),
+    );
+    got
+}
+
 pub fn header_str(r: &ConsumedRecord, name: &str) -> String {
     String::from_utf8_lossy(r.header(name).unwrap_or_default()).into_owned()
 }
