@@ -126,3 +126,50 @@ async fn setup_refuses_a_slot_of_another_database() {
         "pgoutbox: error: replication slot \"pgoutbox\" belongs to database \"other\", not \"postgres\": choose another --slot or connect to \"other\""
     );
 }
+
+/// `status` exits non-zero when the slot is missing or lost, after printing it (JSON too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_fails_for_a_missing_or_lost_slot() {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = pg.url();
+    let (ok, out, err) = pgoutbox(&["status", "--json"], &url, "").await;
+    assert!(!ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["exists"], false);
+    assert_eq!(
+        err.trim_end(),
+        "pgoutbox: error: replication slot \"pgoutbox\" does not exist"
+    );
+
+    // A slot whose WAL the server removed (max_slot_wal_keep_size) is lost.
+    pg.psql("SELECT pg_create_logical_replication_slot('pgoutbox', 'pgoutput')")
+        .unwrap();
+    pg.psql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        .unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    pg.psql("CREATE TABLE w (x text)").unwrap();
+    for _ in 0..20 {
+        pg.psql("INSERT INTO w SELECT repeat('x', 1000) FROM generate_series(1, 5000)")
+            .unwrap();
+        pg.psql("SELECT pg_switch_wal()").unwrap();
+        pg.psql("CHECKPOINT").unwrap();
+        let status = pg
+            .psql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pgoutbox'")
+            .unwrap();
+        if status == "lost" {
+            break;
+        }
+    }
+    let (ok, out, err) = pgoutbox(&["status"], &url, "").await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("wal_status           lost"), "{out}");
+    assert!(
+        err.trim_end()
+            .starts_with("pgoutbox: error: replication slot \"pgoutbox\" is lost")
+            || err.contains("is invalidated"),
+        "{err}"
+    );
+}

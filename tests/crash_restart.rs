@@ -47,7 +47,8 @@ async fn kill_loop(
 ) -> Killed {
     let logdir = tempfile::tempdir().unwrap();
     let log = logdir.path().join("pgoutbox.log");
-    let mut settings = vec![("PGOUTBOX_STATUS_INTERVAL_MS", "100")];
+    // The default status interval: duplicates must follow what was in flight, not it.
+    let mut settings = vec![("PGOUTBOX_STATUS_INTERVAL_MS", "1000")];
     settings.extend_from_slice(extra);
     let mut child = env.spawn_binary(&log, &settings);
     env.wait_streaming().await;
@@ -109,6 +110,14 @@ async fn sigkill_mid_stream_loses_nothing() {
         got.len() - seen.len(),
         lsn.samples,
         lsn.early_confirms,
+    );
+    // pgoutbox confirms as soon as the watermark moves (coalesced to one update per 20 ms),
+    // so a kill resends about the in-flight window. Confirming only every status interval
+    // resent 2,566 per kill here (51,315 in 20 kills); prompt confirmation 8 per kill.
+    let duplicates = got.len() - seen.len();
+    assert!(
+        duplicates <= cycles * 150,
+        "{duplicates} duplicates in {cycles} kills: more than the in-flight window"
     );
     assert!(lsn.samples >= 2, "too few LSN samples to mean anything");
     assert_eq!(

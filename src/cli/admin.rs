@@ -57,21 +57,33 @@ pub async fn check(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the slot; fails (exit 1) when it is missing, lost or invalidated, after printing.
 pub async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
     let pg = connect(&cfg).await?;
     let s = status::slot_status(&pg, &cfg.slot).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
-    }
-    if !s.exists {
+    } else if !s.exists {
         println!(
             "slot {}: does not exist (current WAL {})",
             s.slot, s.current_wal_lsn
         );
-        return Ok(());
+    } else {
+        print_status(&s);
     }
+    match s.problem() {
+        Some(p) => bail!("{p}"),
+        None => Ok(()),
+    }
+}
+
+fn print_status(s: &status::SlotStatus) {
     let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let yes_no = |v: Option<bool>| match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "- (PostgreSQL 17+)",
+    };
     println!("slot                 {}", s.slot);
     println!(
         "active               {}",
@@ -84,9 +96,12 @@ pub async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
     println!("restart_lsn          {}", or(&s.restart_lsn));
     println!("current WAL          {}", s.current_wal_lsn);
     println!("wal_status           {}", or(&s.wal_status));
+    if let Some(r) = &s.invalidation_reason {
+        println!("invalidated          {r}");
+    }
+    println!("failover slot        {}", yes_no(s.failover));
     println!("retained WAL         {}", bytes(s.retained_wal_bytes));
     println!("lag (unconfirmed)    {}", bytes(s.lag_bytes));
-    Ok(())
 }
 
 fn bytes(b: Option<i64>) -> String {

@@ -271,6 +271,10 @@ impl Catalog {
     }
 }
 
+/// The least time between two status updates sent because the watermark moved (the periodic
+/// ones and replies to keepalives go out regardless).
+const CONFIRM_GAP: Duration = Duration::from_millis(20);
+
 /// How long a Kafka transaction commit may take before the session gives up on it.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Header naming the Kafka transaction a record was written in (exactly-once).
@@ -355,6 +359,9 @@ struct Session<'a> {
     pending: VecDeque<(OutboxRecord, Ticket)>,
     /// At-most-once: no resend of a failed delivery before this instant.
     retry_at: Option<Instant>,
+    /// The last status update: what it confirmed, and when.
+    sent_flush: Lsn,
+    sent_at: Instant,
     /// At-most-once: failed deliveries resent, and events given up.
     retries: u64,
     lost: u64,
@@ -430,6 +437,8 @@ impl<'a> Session<'a> {
             retry_at: None,
             retries: 0,
             lost: 0,
+            sent_flush: start,
+            sent_at: Instant::now(),
             guard,
             catalog: crate::pg::LazyClient::new(cfg.clone()),
             cfg,
@@ -501,6 +510,10 @@ impl<'a> Session<'a> {
                     // Past half the timeout, ask for a reply: a live server answers at once.
                     self.send_status(stream, silent > timeout / 2).await?;
                 }
+                // The watermark moved: confirm it promptly, at most one update per CONFIRM_GAP,
+                // so a crash resends about what was in flight, not a status interval's worth.
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(self.sent_at + CONFIRM_GAP)),
+                    if self.flushable() > self.sent_flush => self.send_status(stream, false).await?,
                 Some(d) = acks.recv() => self.on_delivery(d)?,
                 Some(e) = self.guard.recv() => return Err(e),
                 msg = stream.recv(), if can_read => {
@@ -1123,7 +1136,10 @@ impl<'a> Session<'a> {
             "status update");
         self.meters.received_lsn.set(self.wm.received().0 as f64);
         self.meters.confirmed_lsn.set(flush.0 as f64);
-        stream.send_status(self.wm.received(), flush, reply).await
+        stream.send_status(self.wm.received(), flush, reply).await?;
+        self.sent_flush = flush;
+        self.sent_at = Instant::now();
+        Ok(())
     }
 
     /// Graceful stop: read no more, wait (until `deadline`) for in-flight acks, confirm, close.
