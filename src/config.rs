@@ -32,6 +32,9 @@ pub struct Config {
     pub publication: String,
     /// The outbox table and its routing; its routing also serves the table-less outbox.
     pub outbox: OutboxConfig,
+    /// `message_prefix` was set on purpose: the table-less outbox is required, so a server
+    /// that cannot send logical decoding messages (PostgreSQL 13) is refused, not warned of.
+    pub message_prefix_explicit: bool,
     /// Further outbox tables in the same publication, each with its own routing. Default none.
     pub extra_tables: Vec<OutboxConfig>,
     /// An UPDATE of an outbox row (when the publication publishes updates). Default warn.
@@ -61,6 +64,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Create the slot when it does not exist at start. Default true.
     pub create_slot: bool,
+    /// Create the slot as a failover slot (PostgreSQL 17+), which standbys with
+    /// `sync_replication_slots` keep a copy of. Default true.
+    pub failover: bool,
     /// Emit `pg_logical_emit_message(false, 'pgoutbox.heartbeat', '')` this often, so the slot
     /// advances even on a database that writes nothing. Default off.
     pub heartbeat_interval: Option<Duration>,
@@ -114,6 +120,7 @@ impl std::fmt::Debug for Config {
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("create_slot", &self.create_slot)
+            .field("failover", &self.failover)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("ha", &self.ha)
             .field("replication_timeout", &self.replication_timeout)
@@ -206,6 +213,7 @@ impl Config {
             slot: DEFAULT_SLOT.into(),
             publication: DEFAULT_PUBLICATION.into(),
             outbox: OutboxConfig::default(),
+            message_prefix_explicit: false,
             extra_tables: Vec::new(),
             on_update: UpdatePolicy::default(),
             on_poison: PoisonPolicy::default(),
@@ -223,6 +231,7 @@ impl Config {
             max_in_flight_bytes: 32 << 20,
             shutdown_timeout: Duration::from_secs(10),
             create_slot: true,
+            failover: true,
             heartbeat_interval: None,
             ha: false,
             replication_timeout: Duration::from_secs(60),
@@ -359,6 +368,31 @@ impl Config {
             return Err(ConfigError::ReplicationTimeout);
         }
         Ok(())
+    }
+}
+
+/// The first PostgreSQL version whose pgoutput sends logical decoding messages.
+pub const MESSAGES_SINCE: u32 = 140_000;
+
+impl Config {
+    /// Whether the table-less outbox works on a server of `version` (`server_version_num`):
+    /// `Ok(None)` yes or not used, `Ok(Some(warning))` no but not asked for explicitly,
+    /// `Err(why)` no and asked for.
+    pub fn tableless_on(&self, version: u32) -> Result<Option<String>, String> {
+        let Some(prefix) = &self.outbox.message_prefix else {
+            return Ok(None);
+        };
+        if version >= MESSAGES_SINCE {
+            return Ok(None);
+        }
+        let why = format!(
+            "PostgreSQL {} cannot send logical decoding messages to pgoutput, so table-less outbox events (pg_logical_emit_message with prefix {prefix:?}) are never delivered; the table-less outbox needs PostgreSQL 14+",
+            version / 10_000
+        );
+        match self.message_prefix_explicit {
+            true => Err(format!("{why}: upgrade, or unset message_prefix and write events to the outbox table")),
+            false => Ok(Some(format!("{why}. Only outbox table rows are delivered; set message_prefix = \"\" to say the table-less outbox is not used"))),
+        }
     }
 }
 

@@ -18,15 +18,25 @@ pub struct SetupReport {
 }
 
 /// Applies the DDL (idempotent) and creates the pgoutput slot if it is missing.
-pub async fn apply(pg: &Client, slot: &str) -> Result<SetupReport, tokio_postgres::Error> {
+/// With `failover` on PostgreSQL 17+, the slot is a failover slot.
+pub async fn apply(
+    pg: &Client,
+    slot: &str,
+    failover: bool,
+) -> Result<SetupReport, tokio_postgres::Error> {
     pg.batch_execute(SETUP_SQL).await?;
-    let created = pg
-        .query_opt(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')
-             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[&slot],
-        )
-        .await?;
+    let version: i32 = pg
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let create = if failover && version as u32 >= crate::replication::FAILOVER_SINCE {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)
+         WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
+    } else {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')
+         WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
+    };
+    let created = pg.query_opt(create, &[&slot]).await?;
     Ok(SetupReport {
         created_slot_at: created.and_then(|r| r.get::<_, String>(0).parse().ok()),
     })

@@ -173,3 +173,52 @@ async fn status_fails_for_a_missing_or_lost_slot() {
         "{err}"
     );
 }
+
+/// Failover slots: on PostgreSQL 17+ both `setup` and the streamer create the slot with
+/// `failover`, and `check` and `status` say so; before 17, `check` says there are none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_slots_where_the_server_has_them() {
+    let pg = tokio::task::spawn_blocking(TempPostgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let kafka = TempKafka::start(1).unwrap();
+    kafka.create_topic("outbox.event.order", 1).unwrap();
+    let (url, brokers) = (pg.url(), kafka.bootstrap_servers().to_owned());
+    let version: i32 = pg.psql("SHOW server_version_num").unwrap().parse().unwrap();
+    let failover_of = || {
+        pg.psql("SELECT coalesce((to_jsonb(s) ->> 'failover')::bool, false) FROM pg_replication_slots s WHERE slot_name = 'pgoutbox'")
+            .unwrap()
+    };
+    let (ok, out, err) = pgoutbox(&["setup"], &url, "").await;
+    assert!(ok, "{out}{err}");
+    let (_, out, _) = pgoutbox(&["check"], &url, &brokers).await;
+    let check = line(&out, "failover");
+    let (_, status, _) = pgoutbox(&["status"], &url, "").await;
+    if version >= 170_000 {
+        assert_eq!(failover_of(), "t");
+        assert!(
+            check.starts_with("✔ failover: slot pgoutbox is a failover slot"),
+            "{out}"
+        );
+        assert!(status.contains("failover slot        yes"), "{status}");
+        // The streamer creates it the same way.
+        pg.psql("SELECT pg_drop_replication_slot('pgoutbox')")
+            .unwrap();
+        let mut cfg = pgoutbox::Config::new(url.clone(), brokers.clone());
+        cfg.status_interval = std::time::Duration::from_millis(200);
+        let db = common::connect(&url).await;
+        common::deliver_one_event(cfg, &db).await.stop().await;
+        assert_eq!(failover_of(), "t");
+    } else {
+        assert_eq!(failover_of(), "f");
+        assert!(
+            check.contains("no failover slots before PostgreSQL 17"),
+            "{out}"
+        );
+        assert!(
+            status.contains("failover slot        - (PostgreSQL 17+)"),
+            "{status}"
+        );
+    }
+}

@@ -12,6 +12,15 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logical_messages_are_outbox_events() {
     let env = Env::start().await;
+    let version: i32 = env
+        .db
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if version < 140_000 {
+        return tableless_is_never_silent_where_it_cannot_work(&env).await;
+    }
     let running = env.spawn_streamer(env.config());
     env.wait_streaming().await;
     env.db
@@ -73,4 +82,51 @@ async fn logical_messages_are_outbox_events() {
         .unwrap();
     assert!(again.is_empty(), "resent after restart: {again:?}");
     running.stop().await;
+}
+
+/// PostgreSQL 13's pgoutput cannot send logical decoding messages: a table-less event would
+/// be skipped without a trace. Asked for explicitly, that is a start-up error; by default, a
+/// warning at every start and a `check` line; the outbox table still works.
+async fn tableless_is_never_silent_where_it_cannot_work(env: &Env) {
+    let mut cfg = env.config();
+    cfg.message_prefix_explicit = true;
+    let running = env.spawn_streamer(cfg);
+    let e = tokio::time::timeout(Duration::from_secs(30), running.task)
+        .await
+        .expect("refused at start")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        e.is_fatal()
+            && e.to_string()
+                .contains("the table-less outbox needs PostgreSQL 14+"),
+        "{e}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let _child = env.spawn_binary(&log, &[]);
+    env.wait_streaming().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("WARN") && text.contains("table-less outbox events (pg_logical_emit_message with prefix \"outbox\") are never delivered"),
+        "{text}"
+    );
+    let event = Event::new(1, "order", "k");
+    env.commit(&[vec![event.clone()]]).await;
+    assert_all_arrive(env, &std::collections::HashSet::from([event.id])).await;
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+        .arg("check")
+        .env("PGOUTBOX_POSTGRES_URL", env.pg.url())
+        .env("PGOUTBOX_KAFKA_BROKERS", env.kafka.bootstrap_servers())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .contains("✔ table-less outbox: ! PostgreSQL 13 cannot send logical decoding messages"),
+        "{stdout}"
+    );
 }

@@ -17,7 +17,7 @@ async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
 
 pub async fn setup(cfg: Config) -> anyhow::Result<()> {
     let pg = connect(&cfg).await?;
-    let report = setup::apply(&pg, &cfg.slot)
+    let report = setup::apply(&pg, &cfg.slot, cfg.failover)
         .await
         .context("applying sql/setup.sql")?;
     println!("✔ applied sql/setup.sql: table public.outbox, publication pgoutbox_pub (insert), role pgoutbox");

@@ -63,6 +63,8 @@ macro_rules! settings {
             pub kafka_properties: Vec<(String, String)>,
             /// The file's `[[tables]]`.
             pub tables: Vec<TableSettings>,
+            /// The settings given (flag, environment or file) rather than defaulted.
+            pub explicit: std::collections::BTreeSet<&'static str>,
             $( pub $name: $ty, )*
         }
 
@@ -95,9 +97,16 @@ macro_rules! settings {
                 for p in args.kafka_properties.iter().filter(|p| !p.trim().is_empty()) {
                     kafka_properties.push(KafkaConfig::parse_property(p)?);
                 }
+                let mut explicit = std::collections::BTreeSet::new();
+                $(
+                    if args.$name.is_some() || file.$name.is_some() {
+                        explicit.insert(stringify!($name));
+                    }
+                )*
                 Ok(Settings {
                     kafka_properties,
                     tables: file.tables,
+                    explicit,
                     $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )*
                 })
             }
@@ -182,6 +191,8 @@ settings! {
     shutdown_timeout_secs: u64 = 10, "PGOUTBOX_SHUTDOWN_TIMEOUT_SECS";
     /// Create the slot when it is missing at start (true/false) [default: true]
     create_slot: bool = true, "PGOUTBOX_CREATE_SLOT";
+    /// Create the slot as a failover slot, kept by standbys with sync_replication_slots (PostgreSQL 17+; true/false) [default: true]
+    failover: bool = true, "PGOUTBOX_FAILOVER";
     /// Seconds between heartbeat messages (pg_logical_emit_message) so an idle database's slot advances; 0 = off [default: 0]
     heartbeat_interval_secs: u64 = 0, "PGOUTBOX_HEARTBEAT_INTERVAL_SECS";
     /// Hot standby: stream only while holding the slot's HA lock (true/false) [default: false]
@@ -224,6 +235,8 @@ impl Settings {
         cfg.slot = self.slot.clone();
         cfg.publication = self.publication.clone();
         cfg.outbox = self.outbox_config()?;
+        cfg.message_prefix_explicit =
+            self.explicit.contains("message_prefix") && !self.message_prefix.is_empty();
         for t in &self.tables {
             cfg.extra_tables.push(t.apply(&cfg.outbox)?);
         }
@@ -254,6 +267,7 @@ impl Settings {
         cfg.shutdown_timeout = Duration::from_secs(self.shutdown_timeout_secs);
         cfg.replication_timeout = Duration::from_secs(self.replication_timeout_secs);
         cfg.create_slot = self.create_slot;
+        cfg.failover = self.failover;
         cfg.ha = self.ha;
         cfg.heartbeat_interval = (self.heartbeat_interval_secs > 0)
             .then(|| Duration::from_secs(self.heartbeat_interval_secs));

@@ -85,6 +85,17 @@ impl TempPostgres {
         &self.bin
     }
 
+    /// A client program (`psql`, `pg_recvlogical`): beside the server binaries if there, else
+    /// the newest installed one (server-only builds ship none; clients talk to older and newer
+    /// servers alike), else from `PATH`.
+    pub fn client_tool(&self, name: &str) -> PathBuf {
+        let own = self.bin.join(name);
+        if own.exists() {
+            return own;
+        }
+        newest_installed(name).unwrap_or_else(|| PathBuf::from(name))
+    }
+
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
@@ -116,7 +127,7 @@ impl TempPostgres {
     }
 
     fn run_psql(&self, args: &[&str]) -> Result<String, EmbeddedError> {
-        let mut c = Command::new(self.bin.join("psql"));
+        let mut c = Command::new(self.client_tool("psql"));
         c.args([
             "-X",
             "-q",
@@ -226,13 +237,18 @@ fn find_bin_dir() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("PGOUTBOX_PG_BIN") {
         return Some(PathBuf::from(p));
     }
+    newest_installed("initdb").and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// `/usr/lib/postgresql/<newest major having it>/bin/<name>`.
+fn newest_installed(name: &str) -> Option<PathBuf> {
     let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(|e| {
             let e = e.ok()?;
             let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((v, bin))
+            let tool = e.path().join("bin").join(name);
+            tool.exists().then_some((v, tool))
         })
         .collect();
     candidates.sort();

@@ -110,6 +110,8 @@ pub enum StreamError {
     Undecodable { message: String },
     #[error("at-most-once: holding a transaction's events until its commit is confirmed: {0}")]
     Hold(std::io::Error),
+    #[error("{0}")]
+    NoMessages(String),
     #[error("looking up relation {oid} in the catalog: {error}")]
     Catalog { oid: u32, error: String },
 }
@@ -129,7 +131,8 @@ impl StreamError {
             | StreamError::PollSchema(_)
             | StreamError::SlotLost(_)
             | StreamError::Drift { .. }
-            | StreamError::Undecodable { .. } => true,
+            | StreamError::Undecodable { .. }
+            | StreamError::NoMessages(_) => true,
             StreamError::Catalog { .. } | StreamError::Hold(_) => false,
             StreamError::Preflight(e) => e.is_fatal(),
             StreamError::Postgres(e) => crate::pg::is_fatal(e),

@@ -56,6 +56,9 @@ impl ReplicationError {
     }
 }
 
+/// The first PostgreSQL version with failover slots.
+pub const FAILOVER_SINCE: u32 = 170_000;
+
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone)]
 pub struct DbError {
@@ -540,11 +543,24 @@ impl ReplicationClient {
     }
 
     /// Creates a logical slot with pgoutput; returns its consistent point.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<Lsn, ReplicationError> {
-        let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-            quote_ident(slot)
-        );
+    /// With `failover` on PostgreSQL 17+, a failover slot (synchronized to standbys that
+    /// have `sync_replication_slots`); before 17 there is no such slot and it is ignored.
+    pub async fn create_slot(
+        &mut self,
+        slot: &str,
+        failover: bool,
+    ) -> Result<Lsn, ReplicationError> {
+        let sql = if failover && self.server_version_num().unwrap_or(0) >= FAILOVER_SINCE {
+            format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER true)",
+                quote_ident(slot)
+            )
+        } else {
+            format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                quote_ident(slot)
+            )
+        };
         let rows = self.simple_query(&sql).await?;
         let lsn = rows
             .first()

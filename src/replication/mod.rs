@@ -8,5 +8,7 @@
 pub mod client;
 pub mod protocol;
 
-pub use client::{ConnectConfig, ReplicationClient, ReplicationError, ReplicationStream};
+pub use client::{
+    ConnectConfig, ReplicationClient, ReplicationError, ReplicationStream, FAILOVER_SINCE,
+};
 pub use protocol::ReplicationMessage;

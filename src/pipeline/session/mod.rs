@@ -92,6 +92,11 @@ pub(super) async fn run(
     .await?;
     debug!(system_id = %sys.system_id, timeline = sys.timeline, xlog_pos = %sys.xlog_pos,
         "identified system");
+    match cfg.tableless_on(repl.server_version_num().unwrap_or(0)) {
+        Ok(None) => {}
+        Ok(Some(warning)) => warn!("{warning}"),
+        Err(why) => return Err(StreamError::NoMessages(why)),
+    }
     let start = match slot {
         Some(s) => {
             if let Some(pid) = s.active_pid {
@@ -103,7 +108,7 @@ pub(super) async fn run(
         None if *slot_known => return Err(StreamError::SlotLost(cfg.slot.clone())),
         None if !cfg.create_slot => return Err(PreflightError::NoSlot(cfg.slot.clone()).into()),
         None => {
-            let lsn = repl.create_slot(&cfg.slot).await?;
+            let lsn = repl.create_slot(&cfg.slot, cfg.failover).await?;
             *slot_known = true;
             info!(slot = %cfg.slot, consistent_point = %lsn, "created replication slot");
             lsn

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The PostgreSQL version matrix: the streaming, crash/restart (kill -9 with the LSN checker),
+# table-less, admin and heartbeat tests against each major other than the default (15), with
+# server binaries fetched by scripts/pg-fetch.sh. Majors: $PGOUTBOX_MATRIX (default
+# "13 14 16 17 18"). A summary line per major at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+majors=${PGOUTBOX_MATRIX:-13 14 16 17 18}
+runner=(cargo test --no-fail-fast)
+cargo nextest --version >/dev/null 2>&1 && runner=(cargo nextest run --no-fail-fast)
+summary=()
+status=0
+for major in $majors; do
+    bin=$(scripts/pg-fetch.sh "$major")
+    echo "== PostgreSQL $major ($bin)"
+    if PGOUTBOX_PG_BIN=$bin "${runner[@]}" --test streaming --test crash_restart --test tableless \
+        --test admin --test heartbeat; then
+        summary+=("PostgreSQL $major: pass")
+    else
+        summary+=("PostgreSQL $major: FAIL")
+        status=1
+    fi
+done
+printf '%s\n' "${summary[@]}"
+exit $status
