@@ -268,6 +268,8 @@ async fn drop_slot(db: &Client, slot: &str) {
             .await
             .is_ok()
         {
+            // Dropped on purpose: the next run may create it afresh.
+            let _ = pgoutbox::state::forget(db, slot).await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -29,10 +29,21 @@ END
 $$;
 ALTER PUBLICATION pgoutbox_pub SET (publish = 'insert');
 
+-- Which slots pgoutbox has streamed from, and how far it had confirmed. Physical replication
+-- carries this table to standbys and backups, so after a failover to a standby without the
+-- slot (or a restored backup, or a dropped slot) pgoutbox tells a missing slot from a first
+-- start and refuses to create a new one over the gap. `pgoutbox slot forget` deletes a row.
+CREATE TABLE IF NOT EXISTS public.pgoutbox_state (
+    slot          text        PRIMARY KEY,
+    confirmed_lsn pg_lsn      NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+
 -- The role pgoutbox connects as. Least privilege:
 --   * LOGIN + REPLICATION: open a replication connection, create and stream its slot;
 --   * CONNECT on this database;
---   * nothing on the outbox table itself: streaming reads the WAL, not the table.
+--   * nothing on the outbox table itself: streaming reads the WAL, not the table;
+--   * read and write on public.pgoutbox_state, its slot record.
 -- It has no password here (no secret in a SQL file); give it one before use:
 --   ALTER ROLE pgoutbox PASSWORD '...';
 DO $$
@@ -43,3 +54,5 @@ BEGIN
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO pgoutbox', current_database());
 END
 $$;
+-- Its only table privilege: the state record above.
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.pgoutbox_state TO pgoutbox;

@@ -139,6 +139,7 @@ async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Ve
             .await
             .map(|()| "the role may replicate".into()),
     ));
+    let record = crate::state::read(pg, &cfg.slot).await.ok().flatten();
     out.push(result(
         "replication slot",
         preflight::slot_state(pg, &cfg.slot)
@@ -151,6 +152,16 @@ async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Ve
                     s.active_pid
                         .map_or(String::new(), |p| format!(", streaming to pid {p}"))
                 )),
+                None if record.is_some() => Err(PreflightError::SlotMissing {
+                    slot: cfg.slot.clone(),
+                    confirmed: record
+                        .as_ref()
+                        .map_or(crate::lsn::Lsn::ZERO, |r| r.confirmed),
+                    at: record
+                        .as_ref()
+                        .map(|r| r.updated_at.clone())
+                        .unwrap_or_default(),
+                }),
                 None if cfg.create_slot => Ok(format!(
                     "{} does not exist yet; it is created on first start",
                     cfg.slot

@@ -24,6 +24,7 @@ pub mod preflight;
 pub mod replication;
 pub mod setup;
 pub mod sink;
+pub mod state;
 pub mod status;
 pub mod tls;
 pub mod watermark;

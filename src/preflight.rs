@@ -47,6 +47,14 @@ pub enum PreflightError {
     )]
     SlotLost(String),
     #[error(
+        "replication slot {slot:?} is missing, but pgoutbox streamed from it before (confirmed up to WAL {confirmed}, recorded {at}): a failover to a standby without the slot, a restored backup or a dropped slot. Events committed after WAL {confirmed} may never be delivered, and pgoutbox does not start a new slot over that gap. Recover: re-send what was committed since (rows still in the table: `source = poll`), then run `pgoutbox slot forget` and start again; the new slot starts at the present"
+    )]
+    SlotMissing {
+        slot: String,
+        confirmed: Lsn,
+        at: String,
+    },
+    #[error(
         "replication slot {0:?} does not exist and slot creation is off: create it with `SELECT pg_create_logical_replication_slot('{0}', 'pgoutput');`"
     )]
     NoSlot(String),

@@ -37,6 +37,12 @@ pub async fn apply(
          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
     };
     let created = pg.query_opt(create, &[&slot]).await?;
+    if let Some(lsn) = created
+        .as_ref()
+        .and_then(|r| r.get::<_, String>(0).parse().ok())
+    {
+        crate::state::write(pg, slot, lsn).await?;
+    }
     Ok(SetupReport {
         created_slot_at: created.and_then(|r| r.get::<_, String>(0).parse().ok()),
     })

@@ -159,3 +159,20 @@ pub async fn slot_skip(cfg: Config, to: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `slot forget`: deletes the slot's state record.
+pub async fn slot_forget(cfg: Config) -> anyhow::Result<()> {
+    let pg = connect(&cfg).await?;
+    let forgot = pgoutbox::state::forget(&pg, &cfg.slot)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))
+        .context("deleting the state record")?;
+    match forgot {
+        true => println!(
+            "✔ forgot replication slot {}: if it is missing, pgoutbox creates a new one at the present position on its next start",
+            cfg.slot
+        ),
+        false => println!("✔ nothing recorded for replication slot {}", cfg.slot),
+    }
+    Ok(())
+}

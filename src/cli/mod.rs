@@ -40,7 +40,7 @@ enum Command {
     Check(Box<SettingArgs>),
     /// Show the slot: active pid, confirmed and restart LSN, retained WAL, lag.
     Status(StatusArgs),
-    /// Operate on the replication slot (`slot skip --to LSN|now`).
+    /// Operate on the replication slot (`slot skip --to LSN|now`, `slot forget`).
     Slot(SlotArgs),
     /// Print the effective configuration (secrets redacted) without connecting anywhere.
     Config(Box<SettingArgs>),
@@ -63,6 +63,13 @@ enum SlotCommand {
         /// The WAL position to move to (e.g. 0/1A2B3C4D), or `now` for the current one.
         #[arg(long, value_name = "LSN|now")]
         to: String,
+        #[command(flatten)]
+        settings: Box<SettingArgs>,
+    },
+    /// Forget that pgoutbox streamed from the slot (its record in public.pgoutbox_state), so
+    /// that a missing slot may be created afresh: after a failover or restore, once what was
+    /// committed since the last confirmed position has been re-sent or written off.
+    Forget {
         #[command(flatten)]
         settings: Box<SettingArgs>,
     },
@@ -161,6 +168,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Slot(SlotArgs {
             command: SlotCommand::Skip { to, settings },
         })) => admin::slot_skip(admin(settings)?, &to).await,
+        Some(Command::Slot(SlotArgs {
+            command: SlotCommand::Forget { settings },
+        })) => admin::slot_forget(admin(settings)?).await,
         Some(Command::Config(args)) => {
             let settings = Settings::load(*args)?;
             // Refused like `run` would refuse it; then every setting, as a config file.

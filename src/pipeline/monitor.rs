@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Health;
 use crate::config::Config;
@@ -21,10 +21,36 @@ pub async fn run(cfg: Config, health: Arc<Health>) {
     let slot = cfg.slot.clone();
     let mut pg = crate::pg::LazyClient::new(cfg);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
+    let mut warned = false;
     loop {
         tick.tick().await;
         match pg.with(async |c| slot_status(c, &slot).await).await {
             Ok(s) => {
+                // The state record follows the slot (sql/setup.sql's table, where it exists).
+                if let Some(lsn) = s
+                    .confirmed_flush_lsn
+                    .as_deref()
+                    .and_then(|l| l.parse().ok())
+                {
+                    let written = pg
+                        .with(async |c| match crate::state::available(c).await? {
+                            true => crate::state::write(c, &slot, lsn).await.map(|()| true),
+                            false => Ok(false),
+                        })
+                        .await;
+                    match written {
+                        Ok(true) => {}
+                        Ok(false) if !warned => {
+                            warned = true;
+                            warn!(slot = %slot, "no table public.pgoutbox_state (sql/setup.sql): if the slot is lost in a failover, pgoutbox cannot tell that from a first start");
+                        }
+                        Err(e) if !warned => {
+                            warned = true;
+                            warn!(slot = %slot, error = %e, "cannot write the slot's state record (public.pgoutbox_state)");
+                        }
+                        _ => {}
+                    }
+                }
                 if let Some(r) = s.retained_wal_bytes {
                     retained.set(r as f64);
                 }

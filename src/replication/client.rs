@@ -117,6 +117,8 @@ pub struct ConnectConfig {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Whether a server that declines TLS is acceptable (`sslmode=prefer`).
     pub tls_optional: bool,
+    /// `target_session_attrs=read-write`: skip hosts in recovery (standbys), as libpq does.
+    pub read_write: bool,
 }
 
 impl std::fmt::Debug for ConnectConfig {
@@ -182,6 +184,10 @@ impl ConnectConfig {
                 .unwrap_or(Duration::from_secs(10)),
             tls: None,
             tls_optional: true,
+            read_write: matches!(
+                cfg.get_target_session_attrs(),
+                tokio_postgres::config::TargetSessionAttrs::ReadWrite
+            ),
         })
     }
 
@@ -260,6 +266,10 @@ impl ReplicationClient {
                         source: io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"),
                     })
                 });
+            let attempt = match attempt {
+                Ok(c) if cfg.read_write => c.writable(host).await,
+                other => other,
+            };
             match attempt {
                 Ok(c) => return Ok(c),
                 Err(e) => {
@@ -269,6 +279,21 @@ impl ReplicationClient {
             }
         }
         Err(last.unwrap_or(ReplicationError::Protocol("no host to connect to".into())))
+    }
+
+    /// This connection if its server accepts writes (not a standby), for
+    /// `target_session_attrs=read-write`.
+    async fn writable(mut self, host: &Host) -> Result<Self, ReplicationError> {
+        let rows = self.simple_query("SELECT pg_is_in_recovery()").await?;
+        match rows.first().and_then(|r| r.first().cloned().flatten()) {
+            Some(v) if v == "f" => Ok(self),
+            _ => Err(ReplicationError::Connect {
+                addr: format!("{host:?}"),
+                source: io::Error::other(
+                    "the server is in recovery (a standby), and target_session_attrs=read-write",
+                ),
+            }),
+        }
     }
 
     async fn connect_one(cfg: &ConnectConfig, host: &Host) -> Result<Self, ReplicationError> {

@@ -106,11 +106,22 @@ pub(super) async fn run(
             s.confirmed_flush.unwrap_or(Lsn::ZERO)
         }
         None if *slot_known => return Err(StreamError::SlotLost(cfg.slot.clone())),
-        None if !cfg.create_slot => return Err(PreflightError::NoSlot(cfg.slot.clone()).into()),
         None => {
+            if let Some(r) = &catalog.record {
+                return Err(PreflightError::SlotMissing {
+                    slot: cfg.slot.clone(),
+                    confirmed: r.confirmed,
+                    at: r.updated_at.clone(),
+                }
+                .into());
+            }
+            if !cfg.create_slot {
+                return Err(PreflightError::NoSlot(cfg.slot.clone()).into());
+            }
             let lsn = repl.create_slot(&cfg.slot, cfg.failover).await?;
             *slot_known = true;
             info!(slot = %cfg.slot, consistent_point = %lsn, "created replication slot");
+            record_slot(cfg, lsn).await;
             lsn
         }
     };
@@ -197,6 +208,10 @@ pub(super) async fn run(
             let _ = session.send_status(&mut stream, false).await;
         }
     }
+    if result.is_ok() {
+        // A graceful stop: the state record says how far, for whatever happens meanwhile.
+        record_slot(cfg, session.flushable()).await;
+    }
     // Dropping the producer blocks briefly while librdkafka shuts down.
     let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
     result
@@ -246,6 +261,8 @@ struct Catalog {
     oids: Vec<Vec<u32>>,
     /// The WAL position when the baseline was read.
     since: Lsn,
+    /// The state record of the slot, if one was written.
+    record: Option<crate::state::Record>,
 }
 
 impl Catalog {
@@ -268,10 +285,12 @@ impl Catalog {
                 seen: since,
             });
         }
+        let record = crate::state::read(pg, &cfg.slot).await?;
         Ok(Catalog {
             baseline,
             oids,
             since,
+            record,
         })
     }
 }
@@ -279,6 +298,30 @@ impl Catalog {
 /// The least time between two status updates sent because the watermark moved (the periodic
 /// ones and replies to keepalives go out regardless).
 const CONFIRM_GAP: Duration = Duration::from_millis(20);
+
+/// Writes the state record of a slot just created; without it, a later failover that loses
+/// the slot could not be told from a first start, so a failure is said loudly.
+async fn record_slot(cfg: &Config, at: Lsn) {
+    let written = async {
+        let (client, conn) = crate::pg::connect(cfg).await.map_err(|e| e.to_string())?;
+        let r = match crate::state::available(&client).await {
+            Ok(true) => crate::state::write(&client, &cfg.slot, at)
+                .await
+                .map(|()| true),
+            other => other,
+        };
+        drop(client);
+        conn.abort();
+        r.map_err(|e| crate::pg::describe(&e))
+    };
+    match written.await {
+        Ok(true) => {}
+        Ok(false) => warn!(slot = %cfg.slot,
+            "no table public.pgoutbox_state (sql/setup.sql): if this slot is ever lost, for example in a failover, pgoutbox cannot tell that from a first start"),
+        Err(e) => warn!(slot = %cfg.slot, error = %e,
+            "cannot write the slot's state record (public.pgoutbox_state): a lost slot could not be told from a first start"),
+    }
+}
 
 /// How long a Kafka transaction commit may take before the session gives up on it.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -904,6 +947,14 @@ impl<'a> Session<'a> {
                 let mapped = match self.mapper.map_insert(&ins, wal_start) {
                     // Every insert pgoutput sends is from a published table: one that is no
                     // outbox is refused loudly, never passed in silence.
+                    // The state record's own table (a publication of all tables sends it).
+                    Ok(None)
+                        if relation.is_some_and(|r| {
+                            (r.namespace.as_str(), r.name.as_str()) == crate::state::TABLE
+                        }) =>
+                    {
+                        return Ok(Step::Continue)
+                    }
                     Ok(None) => Err(MapError::NotOutbox {
                         relation: relation.map_or_else(
                             || format!("relation {}", ins.relation_id),
