@@ -2,7 +2,8 @@
 # The PostgreSQL version matrix: the streaming, crash/restart (kill -9 with the LSN checker),
 # table-less, admin and heartbeat tests against each major other than the default (15), with
 # server binaries fetched by scripts/pg-fetch.sh. Majors: $PGOUTBOX_MATRIX (default
-# "13 14 16 17 18"). A summary line per major at the end.
+# "13 14 16 17 18"), then tests/failover.rs on a complete PostgreSQL 18 (primary, standby made
+# with pg_basebackup). A summary line per run at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 majors=${PGOUTBOX_MATRIX:-13 14 16 17 18}
@@ -21,5 +22,16 @@ for major in $majors; do
         status=1
     fi
 done
+# Failover: a PostgreSQL 18 primary and a pg_basebackup standby (the complete 18 build).
+if [ -n "$majors" ]; then
+    bin=$(scripts/pg-fetch.sh 18-full)
+    echo "== failover on PostgreSQL 18 ($bin)"
+    if PGOUTBOX_PG_BIN=$bin "${runner[@]}" --test failover; then
+        summary+=("failover (PostgreSQL 18 primary and standby): pass")
+    else
+        summary+=("failover (PostgreSQL 18 primary and standby): FAIL")
+        status=1
+    fi
+fi
 printf '%s\n' "${summary[@]}"
 exit $status

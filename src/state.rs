@@ -16,11 +16,13 @@ pub struct Record {
     pub updated_at: String,
 }
 
-/// Whether the state table exists here (an older setup may lack it).
+/// Whether the state table exists here and this role may read and write it (an older setup
+/// may lack it, another role may lack the grant).
 pub async fn available(pg: &Client) -> Result<bool, tokio_postgres::Error> {
     Ok(pg
         .query_one(
-            "SELECT to_regclass('public.pgoutbox_state') IS NOT NULL",
+            "SELECT to_regclass('public.pgoutbox_state') IS NOT NULL
+                    AND has_table_privilege('public.pgoutbox_state', 'SELECT, INSERT, UPDATE')",
             &[],
         )
         .await?

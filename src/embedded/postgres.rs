@@ -80,6 +80,80 @@ impl TempPostgres {
         Err(last.unwrap_or(EmbeddedError::NoPostgres))
     }
 
+    /// A physical standby of `primary`, made with `pg_basebackup` through the new physical
+    /// slot `slot` (`-R`: it follows the primary), started with `options` (for example
+    /// `hot_standby_feedback` and `sync_replication_slots`). `port` reuses a port, such as a
+    /// dead primary's, so that a fixed multi-host URL finds it.
+    pub fn standby_of(
+        primary: &TempPostgres,
+        slot: &str,
+        port: Option<u16>,
+        options: PostgresOptions,
+    ) -> Result<Self, EmbeddedError> {
+        let dir = tempfile::Builder::new().prefix("pgoutbox-pg-").tempdir()?;
+        let mut pg = TempPostgres {
+            dir,
+            bin: primary.bin.clone(),
+            port: 0,
+            as_postgres: primary.as_postgres,
+            options,
+        };
+        if pg.as_postgres {
+            pg.run_checked(
+                "chown",
+                Command::new("chown").arg("postgres:").arg(pg.dir.path()),
+            )?;
+        }
+        let mut backup = pg.server_cmd("pg_basebackup");
+        backup.arg("-D").arg(pg.data_dir()).args([
+            "-d",
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                primary.port
+            ),
+            "-X",
+            "stream",
+            // An immediate checkpoint: a spread one made this take a minute.
+            "-c",
+            "fast",
+            "-R",
+            "-C",
+            "-S",
+            slot,
+            "--no-sync",
+        ]);
+        pg.run_checked("pg_basebackup", &mut backup)?;
+        pg.port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        pg.pg_ctl_start()?;
+        Ok(pg)
+    }
+
+    /// Promotes a standby to a primary and waits until it accepts writes.
+    pub fn promote(&self) -> Result<(), EmbeddedError> {
+        self.pg_ctl(&["promote", "-w", "-t", "60"])
+    }
+
+    /// SIGKILL to the postmaster: a crash, not a shutdown (its backends follow it).
+    pub fn kill(&self) -> Result<(), EmbeddedError> {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))?;
+        let pid: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| EmbeddedError::Command {
+                what: "kill".into(),
+                detail: "no pid in postmaster.pid".into(),
+            })?;
+        // SAFETY: kill(2) with a pid read from our own cluster's postmaster.pid.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
     /// The directory of the server binaries (for `pg_recvlogical` and friends).
     pub fn bin_dir(&self) -> &Path {
         &self.bin

@@ -42,7 +42,7 @@ pub async fn run(cfg: Config, health: Arc<Health>) {
                         Ok(true) => {}
                         Ok(false) if !warned => {
                             warned = true;
-                            warn!(slot = %slot, "no table public.pgoutbox_state (sql/setup.sql): if the slot is lost in a failover, pgoutbox cannot tell that from a first start");
+                            warn!(slot = %slot, "no usable table public.pgoutbox_state (sql/setup.sql creates it and grants it to role pgoutbox): if the slot is lost in a failover, pgoutbox cannot tell that from a first start");
                         }
                         Err(e) if !warned => {
                             warned = true;

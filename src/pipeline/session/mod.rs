@@ -317,7 +317,7 @@ async fn record_slot(cfg: &Config, at: Lsn) {
     match written.await {
         Ok(true) => {}
         Ok(false) => warn!(slot = %cfg.slot,
-            "no table public.pgoutbox_state (sql/setup.sql): if this slot is ever lost, for example in a failover, pgoutbox cannot tell that from a first start"),
+            "no usable table public.pgoutbox_state (sql/setup.sql creates it and grants it to role pgoutbox): if this slot is ever lost, for example in a failover, pgoutbox cannot tell that from a first start"),
         Err(e) => warn!(slot = %cfg.slot, error = %e,
             "cannot write the slot's state record (public.pgoutbox_state): a lost slot could not be told from a first start"),
     }
