@@ -176,6 +176,45 @@ async fn primary_failover_under_load_loses_nothing() {
     cfg.status_interval = Duration::from_millis(200);
     let running = spawn_streamer(cfg);
     wait_active(&primary).await;
+
+    // `check` on the primary: a failover slot, and synchronized_standby_slots naming the
+    // standby's slot (without it, a fail).
+    let check = |url: String, brokers: String| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+            .arg("check")
+            .env("PGOUTBOX_POSTGRES_URL", url)
+            .env("PGOUTBOX_KAFKA_BROKERS", brokers)
+            .output()
+            .await
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.lines()
+            .find(|l| l.contains(" failover: "))
+            .unwrap_or_else(|| panic!("no failover line:\n{out}"))
+            .to_owned()
+    };
+    let brokers = kafka.bootstrap_servers().to_owned();
+    let line = check(primary.url(), brokers.clone()).await;
+    assert_eq!(
+        line,
+        "✔ failover: slot pgoutbox is a failover slot; synchronized_standby_slots = standby"
+    );
+    primary
+        .psql("ALTER SYSTEM SET synchronized_standby_slots = ''")
+        .unwrap();
+    primary.psql("SELECT pg_reload_conf()").unwrap();
+    let line = check(primary.url(), brokers.clone()).await;
+    assert!(
+        line.starts_with(
+            "✘ failover: slot pgoutbox is a failover slot, but synchronized_standby_slots is empty"
+        ),
+        "{line}"
+    );
+    primary
+        .psql("ALTER SYSTEM SET synchronized_standby_slots = 'standby'")
+        .unwrap();
+    primary.psql("SELECT pg_reload_conf()").unwrap();
+
     let writer = checker::spawn_tracked_writer(
         url.clone(),
         Default::default(),
