@@ -84,15 +84,21 @@ async fn a_missing_slot_that_was_streamed_is_not_recreated() {
 /// Failover needs a PostgreSQL with failover slots (17+) and pg_basebackup: the matrix runs
 /// this file with `scripts/pg-fetch.sh 18-full`; elsewhere it says it did not run.
 fn failover_capable() -> Option<pgoutbox::embedded::TempPostgres> {
-    let pg = pgoutbox::embedded::TempPostgres::start_with(standby_ready()).expect("postgres");
-    let version: i32 = pg.psql("SHOW server_version_num").unwrap().parse().unwrap();
-    if version < 170_000 || !pg.bin_dir().join("pg_basebackup").exists() {
+    // Plain first: older servers do not know the standby settings.
+    let probe = pgoutbox::embedded::TempPostgres::start().expect("postgres");
+    let version: i32 = probe
+        .psql("SHOW server_version_num")
+        .unwrap()
+        .parse()
+        .unwrap();
+    if version < 170_000 || !probe.bin_dir().join("pg_basebackup").exists() {
         eprintln!(
             "not run: needs PostgreSQL 17+ with pg_basebackup (PGOUTBOX_PG_BIN=$(scripts/pg-fetch.sh 18-full)); this server is {version}"
         );
         return None;
     }
-    Some(pg)
+    drop(probe);
+    Some(pgoutbox::embedded::TempPostgres::start_with(standby_ready()).expect("postgres"))
 }
 
 /// What every server of a failover pair runs with: standbys synchronize failover slots.
