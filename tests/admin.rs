@@ -203,7 +203,10 @@ async fn failover_slots_where_the_server_has_them() {
         );
         assert!(status.contains("failover slot        yes"), "{status}");
         // The streamer creates it the same way.
+        // Dropped on purpose, and forgotten (else the state record refuses a new slot).
         pg.psql("SELECT pg_drop_replication_slot('pgoutbox')")
+            .unwrap();
+        pg.psql("DELETE FROM pgoutbox_state WHERE slot = 'pgoutbox'")
             .unwrap();
         let mut cfg = pgoutbox::Config::new(url.clone(), brokers.clone());
         cfg.status_interval = std::time::Duration::from_millis(200);
