@@ -128,6 +128,28 @@ fn attach_standby(
     standby
 }
 
+/// The outbox set up on `primary`, a standby attached, and pgoutbox's configuration for the
+/// pair: a multi-host URL with `target_session_attrs=read-write`.
+async fn pair(
+    primary: &pgoutbox::embedded::TempPostgres,
+    kafka: &pgoutbox::embedded::TempKafka,
+) -> (pgoutbox::embedded::TempPostgres, String, pgoutbox::Config) {
+    connect(&primary.url())
+        .await
+        .batch_execute(SETUP_SQL)
+        .await
+        .unwrap();
+    let standby = attach_standby(primary, None);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
+        primary.port(),
+        standby.port()
+    );
+    let mut cfg = pgoutbox::Config::new(url.clone(), kafka.bootstrap_servers());
+    cfg.status_interval = Duration::from_millis(200);
+    (standby, url, cfg)
+}
+
 /// Waits until `pg` has slot `pgoutbox` synchronized from its primary (persistent).
 async fn wait_synced(pg: &pgoutbox::embedded::TempPostgres) {
     let db = connect(&pg.url()).await;
@@ -167,19 +189,7 @@ async fn primary_failover_under_load_loses_nothing() {
     for t in AGGREGATE_TYPES {
         kafka.create_topic(&topic(t), PARTITIONS).unwrap();
     }
-    connect(&primary.url())
-        .await
-        .batch_execute(SETUP_SQL)
-        .await
-        .unwrap();
-    let mut standby = attach_standby(&primary, None);
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
-        primary.port(),
-        standby.port()
-    );
-    let mut cfg = pgoutbox::Config::new(url.clone(), kafka.bootstrap_servers());
-    cfg.status_interval = Duration::from_millis(200);
+    let (mut standby, url, cfg) = pair(&primary, &kafka).await;
     let running = spawn_streamer(cfg);
     wait_active(&primary).await;
 
@@ -299,19 +309,7 @@ async fn failover_without_failover_slots_stops_instead_of_starting_over() {
     };
     let kafka = pgoutbox::embedded::TempKafka::start(1).unwrap();
     kafka.create_topic("outbox.event.order", 1).unwrap();
-    connect(&primary.url())
-        .await
-        .batch_execute(SETUP_SQL)
-        .await
-        .unwrap();
-    let standby = attach_standby(&primary, None);
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
-        primary.port(),
-        standby.port()
-    );
-    let mut cfg = pgoutbox::Config::new(url.clone(), kafka.bootstrap_servers());
-    cfg.status_interval = Duration::from_millis(200);
+    let (standby, _, mut cfg) = pair(&primary, &kafka).await;
     cfg.failover = false;
     let db = connect(&primary.url()).await;
     deliver_one_event(cfg.clone(), &db).await.stop().await;
