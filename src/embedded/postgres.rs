@@ -46,12 +46,7 @@ impl TempPostgres {
             as_postgres,
             options,
         };
-        if as_postgres {
-            pg.run_checked(
-                "chown",
-                Command::new("chown").arg("postgres:").arg(pg.dir.path()),
-            )?;
-        }
+        pg.own_dir()?;
         let mut initdb = pg.server_cmd("initdb");
         initdb.arg("-D").arg(pg.data_dir()).args([
             "-U",
@@ -98,12 +93,7 @@ impl TempPostgres {
             as_postgres: primary.as_postgres,
             options,
         };
-        if pg.as_postgres {
-            pg.run_checked(
-                "chown",
-                Command::new("chown").arg("postgres:").arg(pg.dir.path()),
-            )?;
-        }
+        pg.own_dir()?;
         let mut backup = pg.server_cmd("pg_basebackup");
         backup.arg("-D").arg(pg.data_dir()).args([
             "-d",
@@ -129,6 +119,17 @@ impl TempPostgres {
         };
         pg.pg_ctl_start()?;
         Ok(pg)
+    }
+
+    /// Gives the cluster's directory to `postgres` when the servers run as that user.
+    fn own_dir(&self) -> Result<(), EmbeddedError> {
+        if self.as_postgres {
+            self.run_checked(
+                "chown",
+                Command::new("chown").arg("postgres:").arg(self.dir.path()),
+            )?;
+        }
+        Ok(())
     }
 
     /// Promotes a standby to a primary and waits until it accepts writes.
