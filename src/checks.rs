@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, Source};
+use crate::config::{Config, DestinationKind, Source};
+use crate::destination::{kafka, nats};
 use crate::preflight::{self, PreflightError};
-use crate::sink::kafka;
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -60,11 +60,20 @@ pub async fn run(cfg: &Config) -> Vec<CheckResult> {
             let _ = conn.await;
         }
     }
-    let kcfg = cfg.kafka.clone();
-    let probe = tokio::task::spawn_blocking(move || kafka::probe(&kcfg, Duration::from_secs(5)))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    match cfg.destination {
+        DestinationKind::Kafka => kafka_checks(cfg, &mut out).await,
+        DestinationKind::Nats => nats_checks(cfg, &mut out).await,
+    }
+    out
+}
+
+async fn kafka_checks(cfg: &Config, out: &mut Vec<CheckResult>) {
+    let (kcfg, delivery) = (cfg.producer(), cfg.delivery());
+    let probe =
+        tokio::task::spawn_blocking(move || kafka::probe(&kcfg, delivery, Duration::from_secs(5)))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
     out.push(match probe {
         Ok(n) => CheckResult {
             name: "Kafka reachable",
@@ -79,7 +88,113 @@ pub async fn run(cfg: &Config) -> Vec<CheckResult> {
             ),
         },
     });
-    out
+}
+
+/// The server (reachable, credentials, JetStream), the stream, the subjects it stores and
+/// its duplicate window.
+async fn nats_checks(cfg: &Config, out: &mut Vec<CheckResult>) {
+    let fail = |name, detail: String| CheckResult {
+        name,
+        ok: false,
+        detail,
+    };
+    let client = match nats::connect(&cfg.nats).await {
+        Ok(c) => c,
+        Err(e) => {
+            return out.push(fail(
+                "NATS reachable",
+                format!(
+                "{e}: check nats_url (nats://user:password@host:port) and nats_credentials_file"
+            ),
+            ))
+        }
+    };
+    let server = client.server_info();
+    out.push(CheckResult {
+        name: "NATS reachable",
+        ok: true,
+        detail: format!(
+            "nats-server {} at {}, max_payload {} bytes",
+            server.version,
+            crate::config::redact_url(&cfg.nats.url),
+            server.max_payload
+        ),
+    });
+    let js = nats::jetstream(client, &cfg.nats);
+    let info = match nats::stream::inspect(&js, &cfg.nats).await {
+        Ok(i) => i,
+        Err(e) => {
+            return out.push(fail(
+                "NATS stream",
+                format!(
+                    "{e} (needs JetStream: nats-server -js); fix: {}",
+                    nats::stream::add_command(cfg)
+                ),
+            ))
+        }
+    };
+    out.push(CheckResult {
+        name: "NATS stream",
+        ok: true,
+        detail: format!(
+            "{} stores {} ({} messages)",
+            cfg.nats.stream,
+            info.subjects.join(", "),
+            info.messages
+        ),
+    });
+    let needed = nats::stream::subjects(cfg);
+    let missing: Vec<_> = needed
+        .iter()
+        .filter(|n| !info.subjects.iter().any(|s| subject_covers(s, n)))
+        .cloned()
+        .collect();
+    out.push(match missing.is_empty() {
+        true => CheckResult {
+            name: "NATS subjects",
+            ok: true,
+            detail: format!("the stream takes {}", needed.join(", ")),
+        },
+        false => fail(
+            "NATS subjects",
+            format!(
+                "stream {} does not store {}: events there would be unroutable; fix: nats stream edit {} --subjects '{}'",
+                cfg.nats.stream,
+                missing.join(", "),
+                cfg.nats.stream,
+                info.subjects.iter().chain(&missing).cloned().collect::<Vec<_>>().join(",")
+            ),
+        ),
+    });
+    out.push(match info.duplicate_window >= cfg.nats.duplicate_window {
+        true => CheckResult {
+            name: "NATS duplicate window",
+            ok: true,
+            detail: format!(
+                "{:?}: a restart within it sends no event twice (Nats-Msg-Id)",
+                info.duplicate_window
+            ),
+        },
+        false => fail(
+            "NATS duplicate window",
+            nats::stream::short_window(&cfg.nats, info.duplicate_window),
+        ),
+    });
+}
+
+/// Whether NATS subject pattern `pattern` takes every subject `filter` matches.
+pub fn subject_covers(pattern: &str, filter: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut f = filter.split('.');
+    loop {
+        match (p.next(), f.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 async fn server_version(pg: &tokio_postgres::Client) -> String {
@@ -278,4 +393,21 @@ async fn poll_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Vec<Ch
             .await
             .map(|()| "seq and status (sql/poll.sql)".into()),
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_covers;
+
+    #[test]
+    fn subject_coverage() {
+        assert!(subject_covers("outbox.>", "outbox.event.>"));
+        assert!(subject_covers("outbox.event.>", "outbox.event.>"));
+        assert!(subject_covers("outbox.*.x", "outbox.*.x"));
+        assert!(subject_covers("a.*", "a.b"));
+        assert!(!subject_covers("a.*", "a.>"));
+        assert!(!subject_covers("outbox.event.*", "outbox.event.>"));
+        assert!(!subject_covers("other.>", "outbox.event.>"));
+        assert!(!subject_covers("a.b", "a.b.c"));
+    }
 }

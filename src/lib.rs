@@ -1,16 +1,17 @@
-//! pgoutbox: streams the transactional outbox from PostgreSQL logical replication to Kafka,
-//! confirming WAL to the slot only past transactions whose every event Kafka acknowledged.
+//! pgoutbox: streams the transactional outbox from PostgreSQL logical replication to a
+//! message broker (Kafka, NATS JetStream), confirming WAL to the slot only past transactions
+//! whose every event the broker acknowledged.
 //!
-//! The modules follow the data flow (see DESIGN.md):
-//! [`replication`] (wire protocol) → [`pgoutput`] (decoder) → [`outbox`] (mapping) →
-//! [`sink::kafka`] (producer) → acks → [`watermark`] (which LSN may be confirmed).
-//! [`pipeline`] wires them together; [`preflight`] checks the database setup;
-//! [`embedded`] starts throwaway Postgres and Kafka for the demo and tests.
+//! The modules follow the data flow (README "Layout"):
+//! [`sources`] ([`replication`] wire protocol → [`pgoutput`] decoder, or polling) →
+//! [`outbox`] (mapping) → [`pipeline`] (the guarantees: [`watermark`], delivery modes, poison
+//! policy) → [`destination`] (I/O only) → outcomes back into the pipeline.
+//! [`streamer`] runs it all with reconnects; [`config`] is at the bottom of the graph.
 
 pub mod catalog;
 pub mod checks;
 pub mod config;
-pub mod delivery;
+pub mod destination;
 pub mod embedded;
 pub mod lsn;
 pub mod metrics;
@@ -19,16 +20,18 @@ pub mod pg;
 pub mod pgoutput;
 pub mod pgtime;
 pub mod pipeline;
-pub mod poll;
 pub mod preflight;
 pub mod replication;
 pub mod setup;
-pub mod sink;
+pub mod sources;
 pub mod state;
 pub mod status;
+pub mod streamer;
 pub mod tls;
 pub mod watermark;
 
+pub use config::delivery;
 pub use config::Config;
 pub use lsn::Lsn;
-pub use pipeline::Streamer;
+pub use sources::poll;
+pub use streamer::Streamer;

@@ -17,7 +17,7 @@ use pgoutbox::delivery::DeliveryMode;
 async fn a_broker_outage_loses_nothing_while_the_process_lives() {
     let env = Env::start().await;
     let mut cfg = env.config();
-    cfg.kafka.delivery = DeliveryMode::AtMostOnce;
+    cfg.delivery = DeliveryMode::AtMostOnce;
     // librdkafka gives up on a record after 2 s: the outage outlasts that three times.
     cfg.kafka
         .properties

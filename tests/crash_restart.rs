@@ -9,81 +9,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::kill::{cycles, kill_loop};
 use common::*;
 use pgoutbox::embedded::ConsumedRecord;
-use rand::Rng;
-
-fn cycles() -> usize {
-    std::env::var("PGOUTBOX_KILL_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
-}
-
-/// What a kill loop left behind.
-struct Killed {
-    ids: HashSet<String>,
-    kills_with_unconfirmed_wal: usize,
-    log: String,
-    logdir: tempfile::TempDir,
-    child: tokio::process::Child,
-}
-
-impl Killed {
-    fn log_path(&self) -> std::path::PathBuf {
-        self.logdir.path().join("pgoutbox.log")
-    }
-}
-
-/// Runs the binary (with `extra` settings) under continuous load, killing it with SIGKILL at
-/// random instants and restarting it after a random outage, `cycles` times. Returns once the
-/// last instance has confirmed everything written. With `streaming_first`, each instance is
-/// killed only once it streams (so kills land mid-transaction rather than during start-up).
-async fn kill_loop(
-    env: &Env,
-    cycles: usize,
-    extra: &[(&str, &str)],
-    streaming_first: bool,
-) -> Killed {
-    let logdir = tempfile::tempdir().unwrap();
-    let log = logdir.path().join("pgoutbox.log");
-    // The default status interval: duplicates must follow what was in flight, not it.
-    let mut settings = vec![("PGOUTBOX_STATUS_INTERVAL_MS", "1000")];
-    settings.extend_from_slice(extra);
-    let mut child = env.spawn_binary(&log, &settings);
-    env.wait_streaming().await;
-
-    // Continuous load sized to the kills: transactions of 1–10 events, a few ms apart.
-    let txs = workload(0, cycles * 60);
-    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let writer = env.spawn_writer(txs, Duration::from_millis(4));
-
-    let mut rng = rand::rng();
-    let mut kills_with_unconfirmed_wal = 0;
-    for _ in 0..cycles {
-        if streaming_first {
-            env.wait_streaming().await;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
-        if env.confirmed_flush().await.unwrap() < env.current_lsn().await {
-            kills_with_unconfirmed_wal += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
-        child = env.spawn_binary(&log, &settings);
-    }
-    writer.await.unwrap();
-    let end = env.current_lsn().await;
-    env.wait_confirmed(end, Duration::from_secs(60)).await;
-    Killed {
-        ids,
-        kills_with_unconfirmed_wal,
-        log: std::fs::read_to_string(&log).unwrap_or_default(),
-        logdir,
-        child,
-    }
-}
 
 fn distinct(got: &[ConsumedRecord]) -> HashSet<String> {
     got.iter().map(|r| header_str(r, "id")).collect()

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use pgoutbox::delivery::DeliveryMode;
+use pgoutbox::destination::kafka::offsets::OffsetRecord;
 use pgoutbox::embedded::TopicReader;
-use pgoutbox::sink::kafka::offsets::OffsetRecord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_rewound_behind_the_offsets_topic_resends_nothing() {
@@ -26,7 +26,7 @@ async fn a_slot_rewound_behind_the_offsets_topic_resends_nothing() {
         .await
         .unwrap();
     let mut cfg = env.config();
-    cfg.kafka.delivery = DeliveryMode::ExactlyOnce;
+    cfg.delivery = DeliveryMode::ExactlyOnce;
     let running = env.spawn_streamer(cfg.clone());
     env.wait_streaming().await;
     let txs = workload(0, 30);
@@ -158,7 +158,7 @@ async fn a_graceful_stop_commits_the_open_transaction() {
     let env = Env::start().await;
     env.kafka.create_topic("pgoutbox.offsets", 1).unwrap();
     let mut cfg = env.config();
-    cfg.kafka.delivery = DeliveryMode::ExactlyOnce;
+    cfg.delivery = DeliveryMode::ExactlyOnce;
     cfg.transaction_interval = Duration::from_secs(600);
     let running = env.spawn_streamer(cfg.clone());
     env.wait_streaming().await;

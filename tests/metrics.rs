@@ -69,7 +69,10 @@ async fn metrics_and_health_endpoints() {
     .await;
     let text = get(port, "/metrics").await.unwrap().1;
     for t in AGGREGATE_TYPES {
-        let line = format!("pgoutbox_events_delivered_total{{topic=\"{}\"}}", topic(t));
+        let line = format!(
+            "pgoutbox_events_delivered_total{{topic=\"{}\",destination=\"kafka\"}}",
+            topic(t)
+        );
         assert_eq!(
             sample(&text, &line),
             Some(per_topic(t) as f64),
@@ -77,12 +80,15 @@ async fn metrics_and_health_endpoints() {
         );
     }
     assert_eq!(
-        sample(&text, "pgoutbox_commit_to_ack_seconds_count"),
+        sample(
+            &text,
+            "pgoutbox_commit_to_ack_seconds_count{destination=\"kafka\"}"
+        ),
         Some(n as f64),
         "{text}"
     );
     assert!(
-        text.contains("pgoutbox_commit_to_ack_seconds_bucket{le=\"0.005\"}"),
+        text.contains("pgoutbox_commit_to_ack_seconds_bucket{destination=\"kafka\",le=\"0.005\"}"),
         "{text}"
     );
     assert_eq!(sample(&text, "pgoutbox_in_flight_events"), Some(0.0));

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 
 use pgoutbox::config::Config;
+use pgoutbox::destination::nats;
 use pgoutbox::outbox::TableName;
 use pgoutbox::Lsn;
 use pgoutbox::{checks, setup, status};
@@ -15,7 +16,7 @@ async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-pub async fn setup(cfg: Config) -> anyhow::Result<()> {
+pub async fn setup(cfg: Config, nats_stream: bool) -> anyhow::Result<()> {
     let pg = connect(&cfg).await?;
     let report = setup::apply(&pg, &cfg.slot, cfg.failover)
         .await
@@ -39,6 +40,17 @@ pub async fn setup(cfg: Config) -> anyhow::Result<()> {
             "! you configured table {} and publication {}; sql/setup.sql creates the defaults: \
              create yours with the same DDL, then run `pgoutbox check`",
             cfg.outbox.table, cfg.publication
+        );
+    }
+    if nats_stream {
+        let client = nats::connect(&cfg.nats).await?;
+        let js = nats::jetstream(client, &cfg.nats);
+        let info = nats::stream::create(&js, &cfg).await?;
+        println!(
+            "✔ NATS stream {} stores {} (duplicate_window {:?})",
+            cfg.nats.stream,
+            info.subjects.join(", "),
+            info.duplicate_window
         );
     }
     println!("  next: give the role a password (ALTER ROLE pgoutbox PASSWORD '…') and run `pgoutbox check`");

@@ -32,11 +32,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Stream outbox inserts to Kafka (the default).
+    /// Stream outbox inserts to the destination (the default).
     Run(Box<SettingArgs>),
     /// Create the outbox table, publication, role (sql/setup.sql) and the slot; idempotent.
-    Setup(Box<SettingArgs>),
-    /// Check PostgreSQL and Kafka setup: one line per check, non-zero exit on any failure.
+    Setup(SetupArgs),
+    /// Check PostgreSQL and the destination: one line per check, non-zero exit on any failure.
     Check(Box<SettingArgs>),
     /// Show the slot: active pid, confirmed and restart LSN, retained WAL, lag.
     Status(StatusArgs),
@@ -46,6 +46,16 @@ enum Command {
     Config(Box<SettingArgs>),
     /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SetupArgs {
+    /// Also create the NATS JetStream stream (nats_stream) for the subjects pgoutbox
+    /// publishes to, with the duplicate window nats_duplicate_window_secs.
+    #[arg(long)]
+    nats_stream: bool,
+    #[command(flatten)]
+    settings: Box<SettingArgs>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,7 +172,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn", LogFormat::Text);
             demo::main(args).await
         }
-        Some(Command::Setup(args)) => admin::setup(admin(args)?).await,
+        Some(Command::Setup(a)) => admin::setup(admin(a.settings)?, a.nats_stream).await,
         Some(Command::Check(args)) => admin::check(admin(args)?).await,
         Some(Command::Status(a)) => admin::status(admin(a.settings)?, a.json).await,
         Some(Command::Slot(SlotArgs {

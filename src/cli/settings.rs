@@ -12,8 +12,9 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use pgoutbox::config::{Config, DEFAULT_PUBLICATION, DEFAULT_SLOT};
+use pgoutbox::config::{DestinationKind, KafkaConfig};
+use pgoutbox::destination::kafka::Librdkafka;
 use pgoutbox::outbox::{OutboxConfig, TableName, TopicTemplate};
-use pgoutbox::sink::kafka::KafkaConfig;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -125,10 +126,24 @@ settings! {
     postgres_sslmode: String = String::new(), "PGOUTBOX_POSTGRES_SSLMODE";
     /// Root certificate(s) (PEM) to verify the server with (overrides the URL's sslrootcert)
     postgres_sslrootcert: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_SSLROOTCERT";
-    /// Kafka bootstrap servers, e.g. kafka-1:9092,kafka-2:9092 (required)
+    /// Where events go: kafka or nats (JetStream) [default: kafka]
+    destination: String = "kafka".into(), "PGOUTBOX_DESTINATION";
+    /// Kafka bootstrap servers, e.g. kafka-1:9092,kafka-2:9092 (required with destination = kafka)
     kafka_brokers: String = String::new(), "PGOUTBOX_KAFKA_BROKERS";
     /// File holding the Kafka SASL password (sets sasl.password)
     kafka_sasl_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_KAFKA_SASL_PASSWORD_FILE";
+    /// NATS server URL(s), comma-separated; nats://user:password@host:port carries credentials [default: nats://127.0.0.1:4222]
+    nats_url: String = pgoutbox::config::nats::DEFAULT_URL.into(), "PGOUTBOX_NATS_URL";
+    /// NATS credentials file (.creds: JWT and NKey seed) [default: none]
+    nats_credentials_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_CREDENTIALS_FILE";
+    /// JetStream stream that stores the outbox subjects (check looks it up, setup can create it) [default: OUTBOX]
+    nats_stream: String = pgoutbox::config::nats::DEFAULT_STREAM.into(), "PGOUTBOX_NATS_STREAM";
+    /// Seconds of duplicate removal (Nats-Msg-Id) the stream must keep at least: check fails on a shorter duplicate_window [default: 120]
+    nats_duplicate_window_secs: u64 = 120, "PGOUTBOX_NATS_DUPLICATE_WINDOW_SECS";
+    /// Milliseconds to wait for a publish's acknowledgement before it counts as failed [default: 10000]
+    nats_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_NATS_ACK_TIMEOUT_MS";
+    /// Publishes awaiting acknowledgement at most [default: 4096]
+    nats_max_pending: usize = 4096, "PGOUTBOX_NATS_MAX_PENDING";
     /// Logical replication slot, created on first start if missing [default: pgoutbox]
     slot: String = DEFAULT_SLOT.into(), "PGOUTBOX_SLOT";
     /// Publication covering the outbox table [default: pgoutbox_pub]
@@ -159,9 +174,9 @@ settings! {
     require_key: bool = false, "PGOUTBOX_REQUIRE_KEY";
     /// An UPDATE of an outbox row (publication publishing updates): warn, error (log and go on) or fatal (stop) [default: warn]
     on_update: String = "warn".into(), "PGOUTBOX_ON_UPDATE";
-    /// An event Kafka refuses for good or that cannot be routed: fail (stop), dead-letter, or skip (log and count) [default: fail]
+    /// An event the destination refuses for good or that cannot be routed: fail (stop), dead-letter, or skip (log and count) [default: fail]
     on_poison: String = "fail".into(), "PGOUTBOX_ON_POISON";
-    /// Delivery mode: at-least-once, at-most-once (no duplicates, may lose on a crash) or exactly-once (Kafka transactions) [default: at-least-once]
+    /// Delivery mode: at-least-once, at-most-once (no duplicates, may lose on a crash) or exactly-once (Kafka transactions; NATS: duplicate removal) [default: at-least-once]
     delivery: String = "at-least-once".into(), "PGOUTBOX_DELIVERY";
     /// Where events come from: replication (logical replication slot) or poll (polling publisher; run sql/poll.sql) [default: replication]
     source: String = "replication".into(), "PGOUTBOX_SOURCE";
@@ -221,6 +236,8 @@ impl Settings {
         if self.postgres_url.is_empty() {
             bail!("no PostgreSQL URL: set postgres_url in the config file, PGOUTBOX_POSTGRES_URL or --postgres-url");
         }
+        let destination: DestinationKind = self.destination.parse().map_err(anyhow::Error::msg)?;
+        let need_kafka = need_kafka && destination == DestinationKind::Kafka;
         if need_kafka && self.kafka_brokers.is_empty() {
             bail!("no Kafka brokers: set kafka_brokers in the config file, PGOUTBOX_KAFKA_BROKERS or --kafka-brokers");
         }
@@ -244,7 +261,17 @@ impl Settings {
         cfg.on_poison = self.on_poison.parse().map_err(anyhow::Error::msg)?;
         cfg.dead_letter_topic = self.dead_letter_topic.clone();
         cfg.kafka.properties = self.kafka_properties.clone();
-        cfg.kafka.delivery = self.delivery.parse().map_err(anyhow::Error::msg)?;
+        cfg.delivery = self.delivery.parse().map_err(anyhow::Error::msg)?;
+        cfg.destination = destination;
+        cfg.nats = pgoutbox::config::NatsConfig {
+            url: self.nats_url.clone(),
+            stream: self.nats_stream.clone(),
+            credentials_file: Some(self.nats_credentials_file.clone())
+                .filter(|p| !p.as_os_str().is_empty()),
+            duplicate_window: Duration::from_secs(self.nats_duplicate_window_secs),
+            ack_timeout: Duration::from_millis(self.nats_ack_timeout_ms),
+            max_pending: self.nats_max_pending,
+        };
         cfg.kafka.transactional_id = Some(self.transactional_id.clone()).filter(|t| !t.is_empty());
         cfg.offsets_topic = self.offsets_topic.clone();
         cfg.source = self.source.parse().map_err(anyhow::Error::msg)?;
@@ -259,7 +286,7 @@ impl Settings {
             cfg.kafka.properties.push(("sasl.password".into(), pw));
         }
         if need_kafka {
-            cfg.producer().producer_config()?;
+            cfg.producer().producer_config(cfg.delivery)?;
         }
         cfg.status_interval = Duration::from_millis(self.status_interval_ms);
         cfg.max_in_flight_events = self.max_in_flight_events;
@@ -324,8 +351,10 @@ fn redact(
     kafka: &[(String, String)],
     tables: &[TableSettings],
 ) -> anyhow::Result<()> {
-    if let Some(toml::Value::String(url)) = t.get_mut("postgres_url") {
-        *url = pgoutbox::config::redact_url(url);
+    for key in ["postgres_url", "nats_url"] {
+        if let Some(toml::Value::String(url)) = t.get_mut(key) {
+            *url = pgoutbox::config::redact_url(url);
+        }
     }
     if let Some(toml::Value::String(pw)) = t.get_mut("postgres_password") {
         if !pw.is_empty() {

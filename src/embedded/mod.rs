@@ -1,11 +1,14 @@
 //! Throwaway infrastructure for `pgoutbox demo`, the integration tests and benchmarks:
 //! a real PostgreSQL cluster with `wal_level=logical` on its own port and data dir, and
-//! librdkafka's mock cluster, a real Kafka-protocol broker on loopback.
+//! librdkafka's mock cluster, a real Kafka-protocol broker on loopback; and a real NATS
+//! server with JetStream (Debian's `nats-server`).
 
 pub mod kafka;
+pub mod nats;
 pub mod postgres;
 
 pub use kafka::{ConsumedRecord, TempKafka, TopicReader};
+pub use nats::TempNats;
 pub use postgres::{PostgresOptions, TempPostgres};
 
 /// Starting or driving embedded infrastructure failed.
@@ -15,6 +18,10 @@ pub enum EmbeddedError {
         "PostgreSQL server binaries not found: run `apt-get install -y postgresql` (Debian) or set PGOUTBOX_PG_BIN to the directory holding initdb"
     )]
     NoPostgres,
+    #[error(
+        "nats-server not found: run `apt-get install -y nats-server` (Debian) or set PGOUTBOX_NATS_SERVER to the binary"
+    )]
+    NoNats,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("{0}")]

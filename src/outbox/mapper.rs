@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::template::is_valid_topic;
 use super::{OutboxConfig, OutboxRecord};
 use crate::lsn::Lsn;
 use crate::pgoutput::{Insert, Relation, TupleData, Value};
@@ -37,8 +36,6 @@ pub enum MapError {
     EmptyRoute { lsn: Lsn, column: String },
     #[error("outbox row at {lsn}: {column:?} is not valid UTF-8")]
     NotUtf8 { lsn: Lsn, column: String },
-    #[error("outbox row at {lsn}: topic {topic:?} is not a valid Kafka topic name")]
-    InvalidTopic { lsn: Lsn, topic: String },
     #[error(
         "outbox row at {lsn}: partition {value:?} (column {column:?}) is not a partition number"
     )]
@@ -67,18 +64,9 @@ impl MapError {
         !matches!(self, MapError::UnknownRelation(_))
     }
 
-    /// The topic the event was meant for, where the error knows it.
-    pub fn topic(&self) -> Option<&str> {
-        match self {
-            MapError::InvalidTopic { topic, .. } => Some(topic),
-            _ => None,
-        }
-    }
-
     /// A short name for the dead-letter header and metrics.
     pub fn class(&self) -> &'static str {
         match self {
-            MapError::InvalidTopic { .. } => "invalid-topic",
             MapError::Null { .. }
             | MapError::NotUtf8 { .. }
             | MapError::BadPartition { .. }
@@ -329,9 +317,7 @@ impl OutboxMapper {
         } else {
             cfg.topic_template.render("")
         };
-        if !is_valid_topic(&topic) {
-            return Err(MapError::InvalidTopic { lsn, topic });
-        }
+        // Whether the destination takes that name is the destination's to say.
         let mut headers = vec![("id".to_owned(), event_id.clone())];
         if let Some(t) = value(cols.kind) {
             headers.push(("type".to_owned(), t));
@@ -613,7 +599,7 @@ mod tests {
     }
 
     #[test]
-    fn null_route_and_bad_topic_are_errors() {
+    fn null_route_is_an_error_and_topic_names_are_the_destinations_to_check() {
         let mut m = OutboxMapper::new(vec![OutboxConfig::default()]);
         m.on_relation(&outbox_rel(3802)).unwrap();
         let null_route = row(vec![t("1"), Value::Null, t("k"), t("T"), t("{}"), t("x")]);
@@ -629,8 +615,8 @@ mod tests {
             t("{}"),
             t("x"),
         ]);
-        let e = m.map_insert(&bad, Lsn(1)).unwrap_err();
-        assert_eq!(e.topic(), Some("outbox.event.has space"));
+        let rec = m.map_insert(&bad, Lsn(1)).unwrap().unwrap();
+        assert_eq!(rec.topic, "outbox.event.has space");
         let empty = row(vec![t("1"), t(""), t("k"), t("T"), t("{}"), t("x")]);
         let e = m.map_insert(&empty, Lsn(1)).unwrap_err();
         assert_eq!(

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::template::is_valid_topic;
 use super::{MapError, OutboxConfig, OutboxRecord};
 use crate::pgoutput::LogicalMessage;
 
@@ -48,9 +47,6 @@ pub fn map_message(
         });
     }
     let topic = cfg.topic_template.render(&e.aggregatetype);
-    if !is_valid_topic(&topic) {
-        return Err(MapError::InvalidTopic { lsn: m.lsn, topic });
-    }
     let event_id = Bytes::from(e.id.unwrap_or_else(|| format!("lsn-{}", m.lsn)));
     let mut headers = vec![("id".to_owned(), event_id.clone())];
     if let Some(t) = e.kind {
@@ -143,6 +139,8 @@ mod tests {
         let m = msg("outbox", r#"{"aggregatetype":"a","payload":null}"#);
         assert_eq!(map_message(&tombstones, &m).unwrap().unwrap().payload, None);
         assert!(map_message(&cfg, &msg("outbox", "not json")).is_err());
-        assert!(map_message(&cfg, &msg("outbox", r#"{"aggregatetype":"bad topic"}"#)).is_err());
+        // Topic names are the destination's to check.
+        let spaced = map_message(&cfg, &msg("outbox", r#"{"aggregatetype":"bad topic"}"#));
+        assert_eq!(spaced.unwrap().unwrap().topic, "outbox.event.bad topic");
     }
 }

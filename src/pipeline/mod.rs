@@ -1,36 +1,29 @@
-//! The pipeline: replication stream → pgoutput → outbox mapping → Kafka, with acks flowing back
-//! into the watermark. [`Streamer::run`] reconnects with backoff; [`session`] is one connection.
+//! The pipeline: the guarantees, once for every source and destination. Events go to a
+//! destination; outcomes come back into the watermark; the delivery modes, the poison policy
+//! and the in-flight budget are applied here ([`session`]).
 
-mod backoff;
 mod batches;
 mod budget;
-mod guard;
-mod ha;
 mod health;
 mod held;
-mod monitor;
 pub(crate) mod poison;
-mod session;
+pub mod session;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
 
-pub use backoff::Backoff;
+pub use batches::Batches;
 pub use budget::Budget;
 pub use health::Health;
 
-use crate::config::{Config, ConfigError, Source};
+use crate::config::ConfigError;
+use crate::destination::{DestinationError, Refusal};
 use crate::lsn::Lsn;
 use crate::outbox::MapError;
 use crate::pgoutput::DecodeError;
 use crate::preflight::PreflightError;
 use crate::replication::ReplicationError;
-use crate::sink::kafka::{DeliveryError, ErrorClass, SinkError};
 use crate::watermark::WatermarkError;
 
 /// Why a session ended with an error.
@@ -55,32 +48,23 @@ pub enum StreamError {
     #[error("LSN bookkeeping: {0}")]
     Watermark(#[from] WatermarkError),
     #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error(transparent)]
-    Delivery(#[from] DeliveryError),
-    #[error("delivering event {event} ({bytes} bytes to topic {topic}, WAL {lsn}) failed: {error}{hint}",
-        error = .cause.error,
-        hint = refusal_hint(.cause))]
+    Destination(#[from] DestinationError),
+    #[error("delivering event {event} ({bytes} bytes to topic {topic}, WAL {lsn}) failed: {cause}{hint}",
+        hint = .cause.hint)]
     Refused {
         event: String,
         topic: String,
         bytes: usize,
         lsn: Lsn,
         /// Rendered in the message, so deliberately not a `source()`.
-        cause: Box<DeliveryError>,
+        cause: Box<Refusal>,
     },
     #[error(
         "replication slot {slot:?} is in use by PID {pid} (another pgoutbox or replication client): waiting for it to be released; run standbys with ha = true, or give each instance its own slot"
     )]
     SlotBusy { slot: String, pid: String },
-    #[error(
-        "fenced: another pgoutbox with transactional.id {id:?} has taken over ({message}); this instance stops so that only one writes"
-    )]
-    Fenced { id: String, message: String },
-    #[error(transparent)]
-    Transaction(#[from] crate::sink::kafka::TxnError),
-    #[error(transparent)]
-    Offsets(#[from] crate::sink::kafka::offsets::OffsetsError),
+    #[error("fenced: {0}; this instance stops so that only one writes")]
+    Fenced(String),
     #[error(
         "polling needs columns seq (bigserial) and status (smallint) on {0}: run sql/poll.sql"
     )]
@@ -125,9 +109,8 @@ impl StreamError {
             | StreamError::Decode(_)
             | StreamError::Map(_)
             | StreamError::Watermark(_)
-            | StreamError::Sink(_)
             | StreamError::OutboxUpdate { .. }
-            | StreamError::Fenced { .. }
+            | StreamError::Fenced(_)
             | StreamError::PollSchema(_)
             | StreamError::SlotLost(_)
             | StreamError::Drift { .. }
@@ -142,13 +125,9 @@ impl StreamError {
                     ReplicationError::Auth(_) | ReplicationError::Certificate(_)
                 ) || e.sqlstate().is_some_and(crate::pg::is_fatal_sqlstate)
             }
-            StreamError::Delivery(e) => e.class == ErrorClass::Final,
-            StreamError::Refused { cause, .. } => cause.class == ErrorClass::Final,
+            StreamError::Destination(e) => e.is_fatal(),
+            StreamError::Refused { cause, .. } => cause.class.is_final(),
             StreamError::SlotBusy { .. } => false,
-            StreamError::Transaction(e) => e.fatal,
-            StreamError::Offsets(e) => {
-                matches!(e, crate::sink::kafka::offsets::OffsetsError::Config(_))
-            }
         }
     }
 }
@@ -171,23 +150,6 @@ impl From<tokio_postgres::Error> for StreamError {
 /// How to get past an event that cannot be mapped, under `on_poison = fail`.
 const POISON_HINT: &str = "; on_poison = fail stops here, and a restart meets the same event: set on_poison = dead-letter to set such events aside (or skip: logged and counted), or move the slot past its transaction with `pgoutbox slot skip --to LSN` (a WAL position after that transaction's commit: its other events are skipped too)";
 
-/// What to change when Kafka refuses a record for good.
-fn refusal_hint(e: &DeliveryError) -> &'static str {
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
-    match &e.error {
-        KafkaError::MessageProduction(C::MessageSizeTooLarge) => {
-            "; raise the producer's message.max.bytes (-X) and the topic's max.message.bytes, or make the payload smaller"
-        }
-        KafkaError::MessageProduction(C::UnknownTopicOrPartition | C::UnknownTopic) => {
-            "; create the topic, or enable topic auto-creation on the brokers"
-        }
-        KafkaError::MessageProduction(C::TopicAuthorizationFailed) => {
-            "; grant this client WRITE (and IDEMPOTENT_WRITE) on the topic"
-        }
-        _ => "",
-    }
-}
-
 impl From<crate::pg::ConnectError> for StreamError {
     fn from(e: crate::pg::ConnectError) -> Self {
         match e {
@@ -198,10 +160,11 @@ impl From<crate::pg::ConnectError> for StreamError {
     }
 }
 
-/// An event Kafka acknowledged, for observers (the demo, later metrics).
+/// An event the destination acknowledged, for observers (the demo).
 #[derive(Debug, Clone)]
 pub struct AckedEvent {
     pub event_id: Bytes,
+    /// Kafka partition and offset; NATS: 0 and the stream sequence.
     pub partition: i32,
     pub offset: i64,
     /// When Postgres committed the event's transaction.
@@ -214,135 +177,4 @@ pub struct AckedEvent {
 pub struct Progress {
     pub streaming_since: Option<Instant>,
     pub confirmed: Lsn,
-}
-
-/// Runs the pipeline until shutdown or a fatal error.
-pub struct Streamer {
-    cfg: Config,
-    observer: Option<mpsc::UnboundedSender<AckedEvent>>,
-    health: Arc<Health>,
-}
-
-impl Streamer {
-    pub fn new(cfg: Config) -> Result<Self, ConfigError> {
-        cfg.validate()?;
-        Ok(Streamer {
-            cfg,
-            observer: None,
-            health: Arc::default(),
-        })
-    }
-
-    /// Reports into `health` (kept across a reload) instead of a health of its own.
-    pub fn with_health(mut self, health: Arc<Health>) -> Self {
-        self.health = health;
-        self
-    }
-
-    /// Streaming state and slot lag, for health endpoints.
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
-    }
-
-    /// Reports every acked event to `tx`.
-    pub fn with_observer(mut self, tx: mpsc::UnboundedSender<AckedEvent>) -> Self {
-        self.observer = Some(tx);
-        self
-    }
-
-    /// Streams until `shutdown` is cancelled (Ok) or a fatal error (Err). Transient errors
-    /// reconnect with capped exponential backoff and resume from the slot's confirmed LSN.
-    /// With `ha`, streams only while holding the HA lock, and waits as a standby otherwise.
-    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
-        if !self.cfg.ha {
-            return self.stream(shutdown).await;
-        }
-        loop {
-            let Some(mut leadership) = ha::acquire(&self.cfg, &shutdown, &self.health).await?
-            else {
-                return Ok(());
-            };
-            info!(slot = %self.cfg.slot, "leader: holding the HA lock, streaming");
-            // Losing the lock ends this term gracefully; shutdown ends it for good.
-            let term = shutdown.child_token();
-            let stream = self.stream(term.clone());
-            tokio::pin!(stream);
-            let result = tokio::select! {
-                r = &mut stream => r,
-                _ = leadership.lost() => {
-                    warn!("lost the HA lock session: stepping down");
-                    term.cancel();
-                    stream.await
-                }
-            };
-            drop(leadership);
-            result?;
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Streams with reconnects until `shutdown` or a fatal error.
-    async fn stream(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let mut slot_known = false;
-        // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.
-        let polling = self.cfg.source == Source::Poll;
-        // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.
-        let _stop_monitor = (!polling).then(|| {
-            AbortOnDrop(tokio::spawn(monitor::run(
-                self.cfg.clone(),
-                self.health.clone(),
-            )))
-        });
-        loop {
-            let mut progress = Progress::default();
-            let result = if polling {
-                progress.streaming_since = Some(Instant::now());
-                self.health.set_streaming(true);
-                let r = crate::poll::run(&self.cfg, &shutdown).await;
-                self.health.set_streaming(false);
-                r
-            } else {
-                session::run(
-                    &self.cfg,
-                    &mut slot_known,
-                    &shutdown,
-                    self.observer.as_ref(),
-                    &mut progress,
-                    &self.health,
-                )
-                .await
-            };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_fatal() => {
-                    error!(error = %e, "stopping: this needs an operator");
-                    return Err(e);
-                }
-                Err(e) => {
-                    if progress
-                        .streaming_since
-                        .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
-                    {
-                        backoff.reset();
-                    }
-                    let wait = backoff.next_delay();
-                    if progress.streaming_since.is_some() {
-                        warn!(error = %e, retry_in = ?wait, confirmed = %progress.confirmed,
-                            "stream stopped; reconnecting and resuming from the slot");
-                    } else {
-                        warn!(error = %e, retry_in = ?wait, "cannot stream yet; retrying");
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    info!("reconnecting");
-                    metrics::counter!(crate::metrics::RECONNECTS).increment(1);
-                }
-            }
-        }
-    }
 }

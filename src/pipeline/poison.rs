@@ -1,12 +1,11 @@
 //! Poison events: what `on_poison = dead-letter` writes. Pure: the session decides when.
 
 use bytes::Bytes;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
 
+use crate::destination::Refusal;
 use crate::lsn::Lsn;
 use crate::metrics as m;
 use crate::outbox::{MapError, OutboxRecord, PoisonPolicy, RawRow};
-use crate::sink::kafka::DeliveryError;
 
 /// Header names on dead-letter records.
 pub const ERROR_CLASS: &str = "pgoutbox.error.class";
@@ -36,7 +35,7 @@ impl Poisoned {
     /// An outbox row that could not be mapped, kept whole, and why.
     pub fn unmapped_row(e: &MapError, raw: RawRow, lsn: Lsn) -> Self {
         Poisoned {
-            topic: e.topic().unwrap_or_default().to_owned(),
+            topic: String::new(),
             key: raw.key,
             payload: Some(raw.json),
             headers: raw
@@ -48,6 +47,20 @@ impl Poisoned {
             lsn,
             class: e.class(),
             message: e.to_string(),
+        }
+    }
+
+    /// A record the destination refused for good, and why.
+    pub fn refused(rec: OutboxRecord, e: Refusal) -> Self {
+        Poisoned {
+            class: e.class.label(),
+            message: e.message,
+            topic: rec.topic,
+            key: rec.key,
+            payload: rec.payload,
+            headers: rec.headers,
+            event_id: rec.event_id,
+            lsn: rec.lsn,
         }
     }
 
@@ -92,22 +105,6 @@ pub fn handle(policy: PoisonPolicy, dead_letter_topic: &str, p: Poisoned) -> Opt
     match policy {
         PoisonPolicy::Skip | PoisonPolicy::Fail => None,
         PoisonPolicy::DeadLetter => Some(p.into_dead_letter(dead_letter_topic)),
-    }
-}
-
-/// The dead-letter class of a delivery error Kafka will not retry.
-pub fn class_of(e: &DeliveryError) -> &'static str {
-    match &e.error {
-        KafkaError::MessageProduction(
-            C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize,
-        ) => "too-large",
-        KafkaError::MessageProduction(
-            C::UnknownTopicOrPartition | C::UnknownTopic | C::InvalidTopic,
-        ) => "invalid-topic",
-        KafkaError::MessageProduction(
-            C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed,
-        ) => "not-authorized",
-        _ => "refused",
     }
 }
 

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod kill;
+pub mod nats;
 pub mod proxy;
 
 use std::collections::HashMap;

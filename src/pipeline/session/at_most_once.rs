@@ -10,14 +10,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{sleep_until_opt, Session, StreamError, Ticket};
+use super::event_loop::sleep_until_opt;
+use super::{Session, StreamError, Ticket};
 use crate::config::DeliveryMode;
+use crate::destination::{Class, Destination, Outcome, Refusal, Returned};
 use crate::metrics as m;
 use crate::outbox::OutboxRecord;
-use crate::sink::kafka::{Delivery, DeliveryError, ErrorClass, KafkaSink, Returned};
 
-/// Pause before a failed delivery is sent again (librdkafka has already retried it for
-/// `message.timeout.ms`; this only keeps an instant refusal from spinning).
+/// Pause before a failed delivery is sent again (the destination's client has usually
+/// retried it already; this only keeps an instant refusal from spinning).
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How long purged records may take to report back when giving up.
 const PURGE_WAIT: Duration = Duration::from_secs(2);
@@ -27,7 +28,7 @@ const REFILL: usize = 64;
 
 impl Session<'_> {
     fn at_most_once(&self) -> bool {
-        self.cfg.delivery() == DeliveryMode::AtMostOnce
+        self.mode == DeliveryMode::AtMostOnce
     }
 
     /// The held transaction is confirmed: its events are released to the producer.
@@ -52,7 +53,7 @@ impl Session<'_> {
         }
     }
 
-    /// Moves released events to the producer queue while the in-flight budget has room.
+    /// Moves released events to the destination queue while the in-flight budget has room.
     pub(super) fn refill(&mut self) -> Result<(), StreamError> {
         let Some(mut release) = self.release.take() else {
             return Ok(());
@@ -84,18 +85,18 @@ impl Session<'_> {
         self.lost += n;
     }
 
-    /// Whether this failure is resent in process: at-most-once, an event (not an offsets
-    /// record), and a failure Kafka may get over.
-    pub(super) fn retries_in_process(&self, ticket: &Ticket, e: &DeliveryError) -> bool {
-        self.at_most_once() && !ticket.control && e.class == ErrorClass::Retriable
+    /// Whether this failure is resent in process: at-most-once, and a failure the
+    /// destination may get over.
+    pub(super) fn retries_in_process(&self, e: &Refusal) -> bool {
+        self.at_most_once() && e.class == Class::Retriable
     }
 
     /// Queues a record for a resend after [`RETRY_DELAY`]; nothing is read until it is sent.
-    pub(super) fn retry_later(&mut self, rec: OutboxRecord, ticket: Ticket, e: &DeliveryError) {
+    pub(super) fn retry_later(&mut self, rec: OutboxRecord, ticket: Ticket, e: &Refusal) {
         self.retries += 1;
         // One line per outage, not per event: the first, then every 1,000th.
         if self.retries % 1000 == 1 {
-            warn!(event = %String::from_utf8_lossy(&ticket.event_id), error = %e.error,
+            warn!(event = %String::from_utf8_lossy(&ticket.event_id), error = %e,
                 retries = self.retries,
                 "delivery failed; at-most-once resends it in process (its position is confirmed, so a restart would not)");
         }
@@ -108,10 +109,10 @@ impl Session<'_> {
     pub(super) fn resend_or_return(
         &mut self,
         ticket: Ticket,
-        e: &DeliveryError,
+        e: &Refusal,
         returned: Option<Returned>,
     ) -> Option<(Ticket, Option<Returned>)> {
-        if !self.retries_in_process(&ticket, e) {
+        if !self.retries_in_process(e) {
             return Some((ticket, returned));
         }
         let Some(r) = returned else {
@@ -133,7 +134,7 @@ impl Session<'_> {
 
     /// An at-most-once event that will never be delivered: said with its id, and counted.
     pub(super) fn lost(&mut self, ticket: &Ticket, why: &str) {
-        if !self.at_most_once() || ticket.control {
+        if !self.at_most_once() {
             return;
         }
         error!(event = %String::from_utf8_lossy(&ticket.event_id), lsn = %ticket.lsn,
@@ -145,10 +146,10 @@ impl Session<'_> {
     /// After a session error, at-most-once: delivers (with resends) every event whose
     /// position is confirmed before the session ends; on shutdown, for at most the shutdown
     /// timeout, after which the rest is given up.
-    pub(super) async fn settle(
+    pub async fn settle<D: Destination<Ticket>>(
         &mut self,
-        sink: &KafkaSink<Ticket>,
-        acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
+        dest: &D,
+        acks: &mut mpsc::UnboundedReceiver<Outcome<Ticket>>,
         shutdown: &CancellationToken,
     ) {
         if !self.at_most_once()
@@ -167,7 +168,7 @@ impl Session<'_> {
         while self.budget.events() > 0 || !self.pending.is_empty() || self.release.is_some() {
             // A refusal here is logged as a lost event by `refused`; go on with the rest.
             let _ = self.refill();
-            let _ = self.flush(sink);
+            let _ = self.flush(dest);
             tokio::select! {
                 Some(d) = acks.recv() => {
                     let _ = self.on_delivery(d);
@@ -179,14 +180,14 @@ impl Session<'_> {
                 _ = sleep_until_opt(stop_by) => break,
             }
         }
-        self.give_up(sink, acks).await;
+        self.give_up(dest, acks).await;
     }
 
     /// At-most-once, stopping with events still queued or in flight: each is lost, and said.
-    pub(super) async fn give_up(
+    pub(super) async fn give_up<D: Destination<Ticket>>(
         &mut self,
-        sink: &KafkaSink<Ticket>,
-        acks: &mut mpsc::UnboundedReceiver<Delivery<Ticket>>,
+        dest: &D,
+        acks: &mut mpsc::UnboundedReceiver<Outcome<Ticket>>,
     ) {
         if !self.at_most_once() {
             return;
@@ -211,7 +212,7 @@ impl Session<'_> {
             return;
         }
         // Purged records come back through the delivery reports, each with its ticket.
-        sink.abort();
+        dest.purge();
         let until = tokio::time::Instant::now() + PURGE_WAIT;
         while self.budget.events() > 0 {
             tokio::select! {

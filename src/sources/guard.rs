@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::StreamError;
 use crate::catalog::{self, Baseline};
 use crate::config::Config;
 use crate::lsn::Lsn;
+use crate::pipeline::StreamError;
 
 /// How often the catalog is compared with the baseline.
 pub const INTERVAL: Duration = Duration::from_secs(2);

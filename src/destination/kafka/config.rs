@@ -3,21 +3,8 @@
 
 use rdkafka::ClientConfig;
 
-use crate::delivery::DeliveryMode;
-
-/// What the sink needs to build a producer.
-#[derive(Debug, Clone, Default)]
-pub struct KafkaConfig {
-    /// `bootstrap.servers`, e.g. `localhost:9092`.
-    pub brokers: String,
-    /// Extra librdkafka properties (`key=value`), applied after our defaults.
-    pub properties: Vec<(String, String)>,
-    /// At-most-once lets `acks` be lowered; the other modes enforce `acks=all`.
-    pub delivery: DeliveryMode,
-    /// Exactly-once: the producer's `transactional.id`, stable across restarts so a newer
-    /// instance fences an older one.
-    pub transactional_id: Option<String>,
-}
+pub use crate::config::kafka::KafkaConfig;
+use crate::config::DeliveryMode;
 
 /// A producer configuration that cannot work or would weaken the delivery guarantee.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +20,6 @@ pub enum KafkaConfigError {
     },
     #[error("Kafka property {key} is set by pgoutbox: use {instead}")]
     Reserved { key: String, instead: &'static str },
-    #[error("invalid Kafka property {0:?}: expected key=value")]
-    Malformed(String),
     #[error("Kafka configuration rejected by librdkafka: {0}")]
     Rejected(String),
 }
@@ -73,17 +58,16 @@ const ENFORCED: &[(&str, &[&str], &str)] = &[
     ("acks", &["all", "-1"], "acks=all"),
 ];
 
-impl KafkaConfig {
-    /// Parses `key=value` into a pass-through property.
-    pub fn parse_property(s: &str) -> Result<(String, String), KafkaConfigError> {
-        match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-            _ => Err(KafkaConfigError::Malformed(s.to_owned())),
-        }
-    }
-
+/// The librdkafka configurations of [`KafkaConfig`].
+pub trait Librdkafka {
     /// Connection settings for any client (the offsets reader): brokers and user properties.
-    pub fn client_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+    fn client_config(&self) -> Result<ClientConfig, KafkaConfigError>;
+    /// The librdkafka configuration for the producer of this delivery mode.
+    fn producer_config(&self, delivery: DeliveryMode) -> Result<ClientConfig, KafkaConfigError>;
+}
+
+impl Librdkafka for KafkaConfig {
+    fn client_config(&self) -> Result<ClientConfig, KafkaConfigError> {
         if self.brokers.trim().is_empty() {
             return Err(KafkaConfigError::NoBrokers);
         }
@@ -98,10 +82,9 @@ impl KafkaConfig {
         Ok(c)
     }
 
-    /// The librdkafka configuration for the producer of this delivery mode.
-    pub fn producer_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+    fn producer_config(&self, delivery: DeliveryMode) -> Result<ClientConfig, KafkaConfigError> {
         // At-most-once may trade acks for latency; the idempotent producer needs acks=all.
-        let enforced: &[_] = match self.delivery {
+        let enforced: &[_] = match delivery {
             DeliveryMode::AtMostOnce => &[],
             _ => ENFORCED,
         };
@@ -126,7 +109,7 @@ impl KafkaConfig {
                         key: k.clone(),
                         value: v.clone(),
                         need,
-                        mode: self.delivery,
+                        mode: delivery,
                     });
                 }
             }
@@ -141,7 +124,7 @@ impl KafkaConfig {
                 }
             }
         }
-        if self.delivery == DeliveryMode::ExactlyOnce {
+        if delivery == DeliveryMode::ExactlyOnce {
             let id = self.transactional_id.as_deref().unwrap_or("pgoutbox");
             c.set("transactional.id", id);
             // librdkafka requires message.timeout.ms <= transaction.timeout.ms (60 s default).
@@ -180,7 +163,7 @@ mod tests {
             properties: vec![("linger.ms".into(), "20".into())],
             ..KafkaConfig::default()
         };
-        let c = cfg.producer_config().unwrap();
+        let c = cfg.producer_config(DeliveryMode::AtLeastOnce).unwrap();
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("linger.ms"), Some("20"));
@@ -191,11 +174,10 @@ mod tests {
     fn exactly_once_is_transactional_within_its_timeout() {
         let cfg = KafkaConfig {
             brokers: "b".into(),
-            delivery: DeliveryMode::ExactlyOnce,
             transactional_id: Some("pgoutbox-s1".into()),
             ..KafkaConfig::default()
         };
-        let c = cfg.producer_config().unwrap();
+        let c = cfg.producer_config(DeliveryMode::ExactlyOnce).unwrap();
         assert_eq!(c.get("transactional.id"), Some("pgoutbox-s1"));
         assert_eq!(c.get("message.timeout.ms"), Some("60000"));
         assert_eq!(c.get("acks"), Some("all"));
@@ -203,7 +185,10 @@ mod tests {
             properties: vec![("transactional.id".into(), "x".into())],
             ..cfg
         };
-        let e = own_id.producer_config().unwrap_err().to_string();
+        let e = own_id
+            .producer_config(DeliveryMode::ExactlyOnce)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("transactional_id"), "{e}");
     }
 
@@ -212,17 +197,16 @@ mod tests {
         let cfg = KafkaConfig {
             brokers: "b".into(),
             properties: vec![("acks".into(), "1".into())],
-            delivery: DeliveryMode::AtMostOnce,
             transactional_id: None,
         };
-        let c = cfg.producer_config().unwrap();
+        let c = cfg.producer_config(DeliveryMode::AtMostOnce).unwrap();
         assert_eq!(c.get("acks"), Some("1"));
         assert_eq!(c.get("enable.idempotence"), Some("false"));
         let default = KafkaConfig {
             properties: vec![],
             ..cfg
         };
-        let c = default.producer_config().unwrap();
+        let c = default.producer_config(DeliveryMode::AtMostOnce).unwrap();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
     }
@@ -235,9 +219,14 @@ mod tests {
                 properties: vec![(k.into(), v.into())],
                 ..KafkaConfig::default()
             };
-            assert!(cfg.producer_config().is_err(), "{k}={v}");
+            assert!(
+                cfg.producer_config(DeliveryMode::AtLeastOnce).is_err(),
+                "{k}={v}"
+            );
         }
-        assert!(KafkaConfig::default().producer_config().is_err());
+        assert!(KafkaConfig::default()
+            .producer_config(DeliveryMode::AtLeastOnce)
+            .is_err());
     }
 
     /// librdkafka is built with OpenSSL: TLS and SASL/SCRAM settings are accepted.
@@ -253,8 +242,10 @@ mod tests {
             ],
             ..KafkaConfig::default()
         };
-        let producer: Result<rdkafka::producer::BaseProducer, _> =
-            cfg.producer_config().unwrap().create();
+        let producer: Result<rdkafka::producer::BaseProducer, _> = cfg
+            .producer_config(DeliveryMode::AtLeastOnce)
+            .unwrap()
+            .create();
         assert!(producer.is_ok(), "{:?}", producer.err());
     }
 
@@ -266,18 +257,11 @@ mod tests {
                 properties: vec![(k.into(), v.into())],
                 ..KafkaConfig::default()
             };
-            let e = cfg.producer_config().unwrap_err().to_string();
+            let e = cfg
+                .producer_config(DeliveryMode::AtLeastOnce)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(k), "{e}");
         }
-    }
-
-    #[test]
-    fn parses_properties() {
-        assert_eq!(
-            KafkaConfig::parse_property("sasl.mechanism = PLAIN").unwrap(),
-            ("sasl.mechanism".into(), "PLAIN".into())
-        );
-        assert!(KafkaConfig::parse_property("novalue").is_err());
-        assert!(KafkaConfig::parse_property("=x").is_err());
     }
 }

@@ -2,9 +2,15 @@
 
 use std::time::Duration;
 
-pub use crate::delivery::DeliveryMode;
+pub mod delivery;
+pub mod kafka;
+pub mod nats;
+pub mod poll;
+
 use crate::outbox::{OutboxConfig, PoisonPolicy, UpdatePolicy};
-use crate::sink::kafka::KafkaConfig;
+pub use delivery::DeliveryMode;
+pub use kafka::{is_secret_property, KafkaConfig};
+pub use nats::NatsConfig;
 
 /// Default slot name.
 pub const DEFAULT_SLOT: &str = "pgoutbox";
@@ -49,11 +55,16 @@ pub struct Config {
     /// Exactly-once: commit the open Kafka transaction this often (at the next PostgreSQL
     /// transaction boundary). Default 100 ms.
     pub transaction_interval: Duration,
+    /// What a crash may lose or repeat. Default at-least-once.
+    pub delivery: DeliveryMode,
+    /// Where events go. Default Kafka.
+    pub destination: DestinationKind,
     pub kafka: KafkaConfig,
+    pub nats: NatsConfig,
     /// Where events come from: the replication slot (default) or polling the table.
     pub source: Source,
     /// Polling settings (`source = poll`).
-    pub poll: crate::poll::PollConfig,
+    pub poll: poll::PollConfig,
     /// How often to send a standby status update. Default 1 s.
     pub status_interval: Duration,
     /// Stop reading WAL while this many events await Kafka acks. Default 10,000.
@@ -97,8 +108,11 @@ impl std::fmt::Debug for Config {
             )
             .field("source", &self.source)
             .field("poll", &self.poll)
-            .field("delivery", &self.kafka.delivery)
+            .field("delivery", &self.delivery)
+            .field("destination", &self.destination)
             .field("kafka_brokers", &self.kafka.brokers)
+            .field("nats_url", &redact_url(&self.nats.url))
+            .field("nats_stream", &self.nats.stream)
             .field(
                 "kafka_properties",
                 &self
@@ -155,6 +169,45 @@ impl std::str::FromStr for Source {
     }
 }
 
+/// Where events are delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DestinationKind {
+    /// Apache Kafka (default), through librdkafka.
+    #[default]
+    Kafka,
+    /// NATS JetStream.
+    Nats,
+}
+
+impl DestinationKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DestinationKind::Kafka => "kafka",
+            DestinationKind::Nats => "nats",
+        }
+    }
+}
+
+impl std::str::FromStr for DestinationKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kafka" => Ok(DestinationKind::Kafka),
+            "nats" => Ok(DestinationKind::Nats),
+            "rabbitmq" => {
+                Err("destination rabbitmq is not available yet: use kafka or nats".into())
+            }
+            _ => Err(format!("destination must be kafka or nats, not {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for DestinationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -172,6 +225,12 @@ pub enum ConfigError {
     DuplicateTable(String),
     #[error("{0:?} is not a valid Kafka topic name")]
     Topic(String),
+    #[error("{0:?} is not a valid NATS subject to publish to (dot-separated tokens, no spaces or wildcards)")]
+    Subject(String),
+    #[error("{0:?} is not a valid NATS stream name (no spaces, dots, wildcards or slashes)")]
+    Stream(String),
+    #[error("source = poll with delivery = exactly-once needs a destination that removes duplicates (nats); on Kafka use at-least-once with an idempotent consumer")]
+    PollExactlyOnce,
     #[error("{name} is out of range: at most {max} (one day)")]
     TooLong { name: &'static str, max: String },
     #[error("Kafka broker {0:?} is not host:port with a port from 1 to 65535")]
@@ -181,26 +240,6 @@ pub enum ConfigError {
 /// The longest any interval or timeout may be. Longer has no use, and a deadline computed
 /// from a huge value would overflow the clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
-
-/// Checks a `host:port` list (an optional `scheme://`, `[v6]:port`, or a bare host taking the
-/// default port): a port given must be 1-65535, or librdkafka would quietly wrap it.
-fn check_brokers(list: &str) -> Result<(), ConfigError> {
-    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let addr = entry.split_once("://").map_or(entry, |(_, a)| a);
-        let port = match addr.rsplit_once(':') {
-            Some((host, port))
-                if !host.is_empty() && (host.ends_with(']') || !host.contains(':')) =>
-            {
-                port
-            }
-            _ => continue,
-        };
-        if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
-            return Err(ConfigError::Broker(entry.to_owned()));
-        }
-    }
-    Ok(())
-}
 
 impl Config {
     /// A configuration with every default, for the given endpoints.
@@ -220,12 +259,15 @@ impl Config {
             dead_letter_topic: DEFAULT_DEAD_LETTER_TOPIC.into(),
             offsets_topic: DEFAULT_OFFSETS_TOPIC.into(),
             transaction_interval: Duration::from_millis(100),
+            delivery: DeliveryMode::default(),
+            destination: DestinationKind::default(),
             kafka: KafkaConfig {
                 brokers: kafka_brokers.into(),
                 ..KafkaConfig::default()
             },
+            nats: NatsConfig::default(),
             source: Source::default(),
-            poll: crate::poll::PollConfig::default(),
+            poll: poll::PollConfig::default(),
             status_interval: Duration::from_secs(1),
             max_in_flight_events: 10_000,
             max_in_flight_bytes: 32 << 20,
@@ -243,7 +285,7 @@ impl Config {
         // tokio-postgres knows neither verify-* nor sslrootcert: pgoutbox handles TLS itself.
         let (url, _, _) = crate::tls::split_tls_params(&self.postgres_url);
         let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            ConfigError::PostgresUrl(redact_secrets(&crate::pg::describe(&e), &self.postgres_url))
+            ConfigError::PostgresUrl(redact_secrets(&error_chain(&e), &self.postgres_url))
         })?;
         cfg.ssl_mode(match self.tls_settings()?.mode {
             crate::tls::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
@@ -274,9 +316,9 @@ impl Config {
         })
     }
 
-    /// The delivery mode (it shapes the producer too, so it lives in the Kafka settings).
+    /// The delivery mode.
     pub fn delivery(&self) -> DeliveryMode {
-        self.kafka.delivery
+        self.delivery
     }
 
     /// Exactly-once: the `transactional.id`, by default `pgoutbox-<slot>` (stable, so a
@@ -312,9 +354,27 @@ impl Config {
                 return Err(ConfigError::DuplicateTable(t.table.to_string()));
             }
         }
-        for topic in [&self.dead_letter_topic, &self.offsets_topic] {
-            if !crate::outbox::is_valid_topic(topic) {
-                return Err(ConfigError::Topic(topic.clone()));
+        match self.destination {
+            DestinationKind::Kafka => {
+                for topic in [&self.dead_letter_topic, &self.offsets_topic] {
+                    if !crate::outbox::is_valid_topic(topic) {
+                        return Err(ConfigError::Topic(topic.clone()));
+                    }
+                }
+                if self.source == Source::Poll && self.delivery == DeliveryMode::ExactlyOnce {
+                    return Err(ConfigError::PollExactlyOnce);
+                }
+            }
+            DestinationKind::Nats => {
+                if !nats::is_valid_subject(&self.dead_letter_topic) {
+                    return Err(ConfigError::Subject(self.dead_letter_topic.clone()));
+                }
+                if !nats::is_valid_stream(&self.nats.stream) {
+                    return Err(ConfigError::Stream(self.nats.stream.clone()));
+                }
+                if self.nats.max_pending == 0 {
+                    return Err(ConfigError::Zero("nats_max_pending"));
+                }
             }
         }
         if self.poll.batch == 0 {
@@ -349,6 +409,7 @@ impl Config {
             ("shutdown_timeout_secs", self.shutdown_timeout),
             ("transaction_interval_ms", self.transaction_interval),
             ("poll_interval_ms", self.poll.interval),
+            ("nats_ack_timeout_ms", self.nats.ack_timeout),
             (
                 "heartbeat_interval_secs",
                 self.heartbeat_interval.unwrap_or_default(),
@@ -363,7 +424,9 @@ impl Config {
                 return Err(ConfigError::TooLong { name, max });
             }
         }
-        check_brokers(&self.kafka.brokers)?;
+        if let Some(bad) = kafka::bad_broker(&self.kafka.brokers) {
+            return Err(ConfigError::Broker(bad.to_owned()));
+        }
         if self.replication_timeout <= self.status_interval * 2 {
             return Err(ConfigError::ReplicationTimeout);
         }
@@ -396,16 +459,6 @@ impl Config {
     }
 }
 
-/// Whether a librdkafka property holds a secret (passwords, keys, tokens): redacted in logs.
-pub fn is_secret_property(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["password", "secret", "jaas", "token"]
-        .iter()
-        .any(|s| k.contains(s))
-        || k.ends_with(".pem")
-        || k.contains("key.pem")
-}
-
 /// The URL with any password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
     // URL form: scheme://user:password@host…
@@ -428,6 +481,18 @@ pub fn redact_url(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// An error and its sources, one after the other.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Removes the URL's password from an error text that might quote it.

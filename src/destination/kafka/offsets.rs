@@ -9,7 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::config::KafkaConfig;
+use super::config::{KafkaConfig, Librdkafka};
 use crate::lsn::Lsn;
 
 /// One offsets record (JSON value; the key is the slot name).

@@ -1,0 +1,85 @@
+//! The NATS JetStream destination's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default server URL.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+/// Default stream name (`check` looks it up; `setup --nats-stream` creates it).
+pub const DEFAULT_STREAM: &str = "OUTBOX";
+
+/// What the NATS destination needs.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated; `nats://user:password@host:port` carries credentials.
+    pub url: String,
+    /// The stream the outbox subjects are stored in.
+    pub stream: String,
+    /// A `.creds` file (JWT and NKey seed), for servers with decentralized auth.
+    pub credentials_file: Option<PathBuf>,
+    /// How far back JetStream removes re-sent events (`Nats-Msg-Id`): `check` fails when the
+    /// stream's `duplicate_window` is shorter. Exactly-once on NATS holds for restarts within
+    /// this window. Default 2 minutes (JetStream's default).
+    pub duplicate_window: Duration,
+    /// A publish not acknowledged within this long is retried from the slot. Default 10 s.
+    pub ack_timeout: Duration,
+    /// Publishes awaiting their acknowledgement at most. Default 4,096.
+    pub max_pending: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: DEFAULT_URL.into(),
+            stream: DEFAULT_STREAM.into(),
+            credentials_file: None,
+            duplicate_window: Duration::from_secs(120),
+            ack_timeout: Duration::from_secs(10),
+            max_pending: 4096,
+        }
+    }
+}
+
+/// Whether `s` may be published to: tokens of printable non-space characters separated by
+/// dots, none empty, no wildcard tokens (`*`, `>`).
+pub fn is_valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|t| {
+            !t.is_empty()
+                && t != "*"
+                && t != ">"
+                && t.chars().all(|c| !c.is_whitespace() && !c.is_control())
+        })
+}
+
+/// Whether `s` may name a stream: no spaces, dots, wildcards or path separators.
+pub fn is_valid_stream(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.chars().all(|c| {
+            !c.is_whitespace() && !c.is_control() && !matches!(c, '.' | '*' | '>' | '/' | '\\')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        assert!(is_valid_subject("outbox.event.order"));
+        assert!(is_valid_subject("pgoutbox.dead-letter"));
+        assert!(is_valid_subject("orders:created"));
+        for bad in ["", "a..b", ".a", "a.", "a.*.b", "a.>", "a b", "a\tb"] {
+            assert!(!is_valid_subject(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn streams() {
+        assert!(is_valid_stream("OUTBOX"));
+        for bad in ["", "A.B", "A B", "A*", "a/b"] {
+            assert!(!is_valid_stream(bad), "{bad:?}");
+        }
+    }
+}

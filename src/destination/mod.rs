@@ -1,0 +1,225 @@
+//! Where outbox records go. A destination does I/O only: it takes a record without waiting,
+//! and hands back each record's ticket exactly once, with its outcome, on the channel it was
+//! opened with. What an outcome means for the slot (the watermark), the delivery modes and
+//! the poison policy are the pipeline's, once, for every destination.
+//!
+//! - [`kafka`]: an idempotent (or transactional) librdkafka producer.
+//! - [`nats`]: JetStream publishes, acknowledged by the stream (PubAck).
+
+pub mod kafka;
+pub mod nats;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::lsn::Lsn;
+use crate::outbox::OutboxRecord;
+
+/// Why a destination did not take a record, as the pipeline needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A failure the destination may get over (a timeout, the server down): not the event's
+    /// fault. The stream resumes from the slot (at-most-once: resent in process).
+    Retriable,
+    /// The record is larger than the destination accepts.
+    TooLarge,
+    /// The name it is routed to is not a valid name there (a Kafka topic, a NATS subject).
+    InvalidTopic,
+    /// No stream, queue or topic takes the name it is routed to.
+    Unroutable,
+    /// The credentials may not write there.
+    NotAuthorized,
+    /// Refused for another reason that a retry will not change.
+    Refused,
+}
+
+impl Class {
+    /// The destination will never take this record: `on_poison` decides.
+    pub fn is_final(self) -> bool {
+        self != Class::Retriable
+    }
+
+    /// The name in dead-letter headers and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Retriable => "retriable",
+            Class::TooLarge => "too-large",
+            Class::InvalidTopic => "invalid-topic",
+            Class::Unroutable => "unroutable",
+            Class::NotAuthorized => "not-authorized",
+            Class::Refused => "refused",
+        }
+    }
+}
+
+/// A record the destination did not take, with why and what to change.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub class: Class,
+    pub message: String,
+    /// What to change, starting with "; ", or empty.
+    pub hint: &'static str,
+}
+
+impl Refusal {
+    pub fn new(class: Class, message: impl Into<String>) -> Self {
+        Refusal {
+            class,
+            message: message.into(),
+            hint: "",
+        }
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Receipt {
+    /// The Kafka partition; 0 where the destination has none.
+    pub partition: i32,
+    /// The Kafka offset, or the stream sequence number.
+    pub offset: i64,
+}
+
+/// The header naming the destination transaction a record was written in (exactly-once).
+pub const TXN_HEADER: &str = "pgoutbox.txn";
+
+/// A record a destination hands back with its refusal, as it was sent.
+#[derive(Debug, Clone, Default)]
+pub struct Returned {
+    pub topic: String,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+impl Returned {
+    pub fn of(rec: &OutboxRecord) -> Self {
+        Returned {
+            topic: rec.topic.clone(),
+            key: rec.key.clone(),
+            payload: rec.payload.clone(),
+            headers: rec.headers.clone(),
+        }
+    }
+}
+
+/// What became of one record, carrying back the caller's ticket.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    pub ticket: T,
+    pub result: Result<Receipt, Refusal>,
+    /// On a refusal, the record as it was sent (for a dead letter or a resend).
+    pub returned: Option<Returned>,
+}
+
+/// A record `send` did not take.
+#[derive(Debug)]
+pub enum SendError<T> {
+    /// No room now: send again after some outcomes. The ticket is handed back.
+    Full(T),
+    /// Refused at once (too large, an invalid name …); no outcome will follow.
+    Refused(T, Refusal),
+}
+
+/// A destination that could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    /// Settings that cannot work: no retry helps.
+    #[error("{0}")]
+    Config(String),
+    /// The server cannot be reached or refused the session: retried.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A transaction call failed (transactional destinations).
+    #[error("{message}")]
+    Transaction {
+        /// The writer is unusable, e.g. fenced by a newer instance.
+        fatal: bool,
+        /// The transaction must be aborted; the writer stays usable.
+        abortable: bool,
+        message: String,
+    },
+}
+
+impl DestinationError {
+    /// Whether reconnecting cannot fix it.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            DestinationError::Config(_) => true,
+            DestinationError::Unavailable(_) => false,
+            DestinationError::Transaction { fatal, .. } => *fatal,
+        }
+    }
+}
+
+/// One destination. `T` is the caller's opaque ticket.
+///
+/// Transactional destinations (Kafka with `delivery = exactly-once`) also group records into
+/// transactions that commit atomically with the WAL position they end at; the pipeline calls
+/// [`resume`](Destination::resume) once, then `begin`/`commit` around batches.
+pub trait Destination<T: Send + 'static>: Sized + Send + Sync + 'static {
+    /// For metric labels and settings: `kafka`, `nats`.
+    const NAME: &'static str;
+    /// For people: `Kafka`, `NATS`.
+    const TITLE: &'static str;
+
+    /// Connects (or prepares to); outcomes go to `outcomes`.
+    fn open(
+        cfg: &Config,
+        outcomes: mpsc::UnboundedSender<Outcome<T>>,
+    ) -> impl Future<Output = Result<Self, DestinationError>> + Send;
+
+    /// Takes a record without waiting for the server; its outcome comes back later.
+    fn send(&self, record: &OutboxRecord, ticket: T) -> Result<(), SendError<T>>;
+
+    /// Gives up on everything not yet acknowledged: each outcome still comes back, as a
+    /// retriable refusal, unless the server acknowledged it meanwhile.
+    fn purge(&self);
+
+    /// Releases the connection.
+    fn close(self) -> impl Future<Output = ()> + Send;
+
+    /// Whether `delivery = exactly-once` makes this destination transactional.
+    fn transactional(&self) -> bool {
+        false
+    }
+
+    /// Transactional: fences older writers, and says through which WAL position their
+    /// committed transactions reach.
+    fn resume(
+        &self,
+        _limit: Duration,
+    ) -> impl Future<Output = Result<Lsn, DestinationError>> + Send {
+        async { Ok(Lsn::ZERO) }
+    }
+
+    /// Transactional: opens a transaction (a local call).
+    fn begin(&self) -> Result<(), DestinationError> {
+        Ok(())
+    }
+
+    /// Transactional: records that the open transaction ends at WAL `end` (named `tag`), and
+    /// commits it. Every record sent in it is acknowledged before.
+    fn commit(
+        &self,
+        _end: Lsn,
+        _tag: &Bytes,
+    ) -> impl Future<Output = Result<(), DestinationError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Transactional: aborts the open transaction.
+    fn abort(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Why this writer was fenced by a newer one, if it was.
+    fn fenced(&self) -> Option<String> {
+        None
+    }
+}

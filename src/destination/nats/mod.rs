@@ -1,0 +1,214 @@
+//! The NATS JetStream destination: each record is a JetStream publish to the subject its topic
+//! names, acknowledged by the stream (PubAck). `Nats-Msg-Id` is the event id, so the stream's
+//! duplicate window removes re-sends.
+//!
+//! - this file: connecting, the record → message mapping, `send` (never waits).
+//! - [`publisher`]: the task that publishes and hands each outcome back.
+//! - [`stream`]: what `check` and `setup` ask of the stream.
+
+mod publisher;
+pub mod stream;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::nats::is_valid_subject;
+use crate::config::{Config, DeliveryMode, NatsConfig};
+use crate::destination::{
+    Class, Destination, DestinationError, Outcome, Refusal, Returned, SendError,
+};
+use crate::outbox::OutboxRecord;
+use crate::pipeline::AbortOnDrop;
+use publisher::Job;
+
+/// The header carrying the record's key (NATS messages have none of their own).
+pub const KEY_HEADER: &str = "key";
+
+/// Publishes to JetStream; outcomes come back on the channel it was opened with.
+pub struct NatsSink<T: Send + 'static> {
+    jobs: mpsc::Sender<Job<T>>,
+    purge: Arc<Notify>,
+    max_payload: usize,
+    client: async_nats::Client,
+    _publisher: AbortOnDrop,
+}
+
+/// Connects to the server(s) of `cfg`: credentials from the URL or a `.creds` file.
+pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, DestinationError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("pgoutbox")
+        .connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(path) = &cfg.credentials_file {
+        opts = opts.credentials_file(path).await.map_err(|e| {
+            DestinationError::Config(format!("NATS credentials file {}: {e}", path.display()))
+        })?;
+    }
+    let url = crate::config::redact_url(&cfg.url);
+    let client = async_nats::connect_with_options(cfg.url.as_str(), opts)
+        .await
+        .map_err(|e| {
+            let fatal = matches!(
+                e.kind(),
+                async_nats::ConnectErrorKind::ServerParse
+                    | async_nats::ConnectErrorKind::Authentication
+                    | async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Tls
+            );
+            let message = format!("NATS at {url}: {e}");
+            match fatal {
+                true => DestinationError::Config(message),
+                false => DestinationError::Unavailable(message),
+            }
+        })?;
+    Ok(client)
+}
+
+/// The JetStream context pgoutbox publishes with.
+pub fn jetstream(client: async_nats::Client, cfg: &NatsConfig) -> async_nats::jetstream::Context {
+    async_nats::jetstream::ContextBuilder::new()
+        .timeout(cfg.ack_timeout)
+        .max_ack_inflight(cfg.max_pending)
+        .backpressure_on_inflight(true)
+        .build(client)
+}
+
+/// The message of a record: headers (`id`, `type`, … and the key), `Nats-Msg-Id` = the event
+/// id, the payload as the body. A name or value NATS cannot carry is a refusal.
+fn message(record: &OutboxRecord) -> Result<PublishMessage, Refusal> {
+    let bad = |what: String| Refusal::new(Class::Refused, what);
+    let mut headers = HeaderMap::new();
+    let key = record.key.as_ref().map(|k| (KEY_HEADER, k));
+    for (k, v) in record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain(key)
+    {
+        let name = HeaderName::from_str(k)
+            .map_err(|_| bad(format!("header name {k:?} is not valid in NATS")))?;
+        let text = std::str::from_utf8(v).map_err(|_| {
+            bad(format!(
+                "header {k:?} is not UTF-8, which NATS headers need"
+            ))
+        })?;
+        let value = HeaderValue::from_str(text)
+            .map_err(|_| bad(format!("header {k:?} holds a line break")))?;
+        headers.append(name, value);
+    }
+    let id = std::str::from_utf8(&record.event_id)
+        .ok()
+        .filter(|id| !id.contains(['\r', '\n']) && !id.is_empty())
+        .ok_or_else(|| {
+            bad(
+                "the event id cannot be a Nats-Msg-Id (not UTF-8, empty or with a line break)"
+                    .into(),
+            )
+        })?;
+    Ok(PublishMessage::build()
+        .payload(record.payload.clone().unwrap_or_default())
+        .headers(headers)
+        .message_id(id))
+}
+
+/// Bytes a message takes against the server's `max_payload`.
+fn wire_size(record: &OutboxRecord) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum();
+    record.payload.as_ref().map_or(0, |p| p.len())
+        + headers
+        + record
+            .key
+            .as_ref()
+            .map_or(0, |k| k.len() + KEY_HEADER.len() + 4)
+        + record.event_id.len()
+        + 32
+}
+
+impl<T: Send + 'static> Destination<T> for NatsSink<T> {
+    const NAME: &'static str = "nats";
+    const TITLE: &'static str = "NATS";
+
+    async fn open(
+        cfg: &Config,
+        outcomes: mpsc::UnboundedSender<Outcome<T>>,
+    ) -> Result<Self, DestinationError> {
+        let client = connect(&cfg.nats).await?;
+        let js = jetstream(client.clone(), &cfg.nats);
+        let info = stream::inspect(&js, &cfg.nats).await?;
+        if info.duplicate_window < cfg.nats.duplicate_window {
+            let why = stream::short_window(&cfg.nats, info.duplicate_window);
+            match cfg.delivery() {
+                DeliveryMode::ExactlyOnce => return Err(DestinationError::Config(why)),
+                _ => tracing::warn!("{why}"),
+            }
+        }
+        let max_payload = client.server_info().max_payload;
+        let (jobs, rx) = mpsc::channel(cfg.nats.max_pending);
+        let purge = Arc::new(Notify::new());
+        let task = tokio::spawn(publisher::run(js, rx, outcomes, purge.clone()));
+        Ok(NatsSink {
+            jobs,
+            purge,
+            max_payload,
+            client,
+            _publisher: AbortOnDrop(task),
+        })
+    }
+
+    fn send(&self, record: &OutboxRecord, ticket: T) -> Result<(), SendError<T>> {
+        if !is_valid_subject(&record.topic) {
+            let r = Refusal::new(
+                Class::InvalidTopic,
+                format!("{:?} is not a NATS subject to publish to", record.topic),
+            );
+            return Err(SendError::Refused(ticket, r));
+        }
+        if wire_size(record) > self.max_payload {
+            let r = Refusal {
+                class: Class::TooLarge,
+                message: format!(
+                    "NATS: the message ({} bytes with headers) exceeds the server's max_payload of {} bytes",
+                    wire_size(record),
+                    self.max_payload
+                ),
+                hint: "; raise max_payload in the nats-server configuration (1 MB by default, at most 64 MB), or make the payload smaller",
+            };
+            return Err(SendError::Refused(ticket, r));
+        }
+        let message = match message(record) {
+            Ok(m) => m,
+            Err(r) => return Err(SendError::Refused(ticket, r)),
+        };
+        let job = Job {
+            subject: record.topic.clone(),
+            message,
+            ticket,
+            returned: Returned::of(record),
+        };
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(job) => SendError::Full(job.ticket),
+            mpsc::error::TrySendError::Closed(job) => SendError::Refused(
+                job.ticket,
+                Refusal::new(Class::Retriable, "NATS publisher stopped"),
+            ),
+        })
+    }
+
+    fn purge(&self) {
+        self.purge.notify_one();
+    }
+
+    async fn close(self) {
+        // Publishes still in the client's buffer go out (briefly: the server may be gone);
+        // their acks are no longer awaited.
+        let flush = self.client.flush();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), flush).await;
+    }
+}

@@ -1,0 +1,113 @@
+//! A throwaway NATS server with JetStream: Debian's `nats-server` on a free loopback port,
+//! its store in a temporary directory. Tests own it, so they can kill it and start it again
+//! on the same port and store.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::EmbeddedError;
+
+/// A running `nats-server -js`; killed when dropped.
+pub struct TempNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// The `nats-server` binary: `PGOUTBOX_NATS_SERVER`, else on `PATH`, else Debian's place.
+fn find_server() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PGOUTBOX_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let debian = PathBuf::from("/usr/sbin/nats-server");
+        debian.is_file().then_some(debian)
+    })
+}
+
+impl TempNats {
+    /// Starts a server with JetStream on a free loopback port.
+    pub fn start() -> Result<Self, EmbeddedError> {
+        let dir = tempfile::Builder::new()
+            .prefix("pgoutbox-nats-")
+            .tempdir()?;
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        drop(l);
+        let mut nats = TempNats {
+            port,
+            dir,
+            child: None,
+        };
+        nats.restart()?;
+        Ok(nats)
+    }
+
+    /// Starts the server (again, after [`kill`](Self::kill)) on the same port and store.
+    pub fn restart(&mut self) -> Result<(), EmbeddedError> {
+        let bin = find_server().ok_or(EmbeddedError::NoNats)?;
+        let log = std::fs::File::create(self.dir.path().join("server.log"))?;
+        let child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(self.dir.path().join("store"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(self.dir.path().join("server.log"))
+                        .unwrap_or_default();
+                    return Err(EmbeddedError::Command {
+                        what: "nats-server".into(),
+                        detail: format!("exited with {status}: {log}"),
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(EmbeddedError::Command {
+                    what: "nats-server".into(),
+                    detail: format!("not listening on port {} after 10 s", self.port),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the server (its store stays).
+    pub fn kill(&mut self) -> Result<(), EmbeddedError> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TempNats {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}

@@ -1,3 +1,0 @@
-//! Where outbox records go. Today: Kafka.
-
-pub mod kafka;

@@ -1,0 +1,148 @@
+//! The streamer: runs a source into the configured destination until shutdown or a fatal
+//! error, reconnecting with backoff; with `ha`, only while holding the HA lock.
+
+mod backoff;
+mod ha;
+mod monitor;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use backoff::Backoff;
+
+use crate::config::{Config, ConfigError, Source};
+use crate::pipeline::{AbortOnDrop, AckedEvent, Health, Progress, StreamError};
+
+/// Runs the pipeline until shutdown or a fatal error.
+pub struct Streamer {
+    cfg: Config,
+    observer: Option<mpsc::UnboundedSender<AckedEvent>>,
+    health: Arc<Health>,
+}
+
+impl Streamer {
+    pub fn new(cfg: Config) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        Ok(Streamer {
+            cfg,
+            observer: None,
+            health: Arc::default(),
+        })
+    }
+
+    /// Reports into `health` (kept across a reload) instead of a health of its own.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Streaming state and slot lag, for health endpoints.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// Reports every acked event to `tx`.
+    pub fn with_observer(mut self, tx: mpsc::UnboundedSender<AckedEvent>) -> Self {
+        self.observer = Some(tx);
+        self
+    }
+
+    /// Streams until `shutdown` is cancelled (Ok) or a fatal error (Err). Transient errors
+    /// reconnect with capped exponential backoff and resume from the slot's confirmed LSN.
+    /// With `ha`, streams only while holding the HA lock, and waits as a standby otherwise.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
+        if !self.cfg.ha {
+            return self.stream(shutdown).await;
+        }
+        loop {
+            let Some(mut leadership) = ha::acquire(&self.cfg, &shutdown, &self.health).await?
+            else {
+                return Ok(());
+            };
+            info!(slot = %self.cfg.slot, "leader: holding the HA lock, streaming");
+            // Losing the lock ends this term gracefully; shutdown ends it for good.
+            let term = shutdown.child_token();
+            let stream = self.stream(term.clone());
+            tokio::pin!(stream);
+            let result = tokio::select! {
+                r = &mut stream => r,
+                _ = leadership.lost() => {
+                    warn!("lost the HA lock session: stepping down");
+                    term.cancel();
+                    stream.await
+                }
+            };
+            drop(leadership);
+            result?;
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Streams with reconnects until `shutdown` or a fatal error.
+    async fn stream(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut slot_known = false;
+        let polling = self.cfg.source == Source::Poll;
+        // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.
+        let _stop_monitor = (!polling).then(|| {
+            AbortOnDrop(tokio::spawn(monitor::run(
+                self.cfg.clone(),
+                self.health.clone(),
+            )))
+        });
+        loop {
+            let mut progress = Progress::default();
+            let result = if polling {
+                progress.streaming_since = Some(Instant::now());
+                self.health.set_streaming(true);
+                let r = crate::sources::poll::run(&self.cfg, &shutdown).await;
+                self.health.set_streaming(false);
+                r
+            } else {
+                crate::sources::replication::run(
+                    &self.cfg,
+                    &mut slot_known,
+                    &shutdown,
+                    self.observer.as_ref(),
+                    &mut progress,
+                    &self.health,
+                )
+                .await
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_fatal() => {
+                    error!(error = %e, "stopping: this needs an operator");
+                    return Err(e);
+                }
+                Err(e) => {
+                    if progress
+                        .streaming_since
+                        .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
+                    {
+                        backoff.reset();
+                    }
+                    let wait = backoff.next_delay();
+                    if progress.streaming_since.is_some() {
+                        warn!(error = %e, retry_in = ?wait, confirmed = %progress.confirmed,
+                            "stream stopped; reconnecting and resuming from the slot");
+                    } else {
+                        warn!(error = %e, retry_in = ?wait, "cannot stream yet; retrying");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    info!("reconnecting");
+                    metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+                }
+            }
+        }
+    }
+}
