@@ -41,9 +41,40 @@ fn port_of(stdout: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_streams_sample_transactions_and_cleans_up() {
+    run_demo(&[]).await;
+}
+
+/// The same flow to a throwaway server of the installed nats-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_against_nats() {
+    let stdout = run_demo(&["--destination", "nats"]).await;
+    assert!(
+        stdout.contains("with stream OUTBOX (outbox.event.>)"),
+        "{stdout}"
+    );
+    assert!(
+        !std::process::Command::new("pgrep")
+            .args(["-f", &format!("nats-server .*-p {} ", nats_port(&stdout))])
+            .status()
+            .unwrap()
+            .success(),
+        "nats-server left running"
+    );
+}
+
+fn nats_port(stdout: &str) -> String {
+    let url = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("nats://"))
+        .expect("demo prints the NATS URL");
+    url.rsplit(':').next().unwrap().to_owned()
+}
+
+/// Runs the demo (6 transactions) with `extra` arguments; checks what it printed.
+async fn run_demo(extra: &[&str]) -> String {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        demo(&["--transactions", "6", "--interval-ms", "20"]).output(),
+        demo(&[&["--transactions", "6", "--interval-ms", "20"], extra].concat()).output(),
     )
     .await
     .expect("demo finishes")
@@ -72,6 +103,7 @@ async fn demo_streams_sample_transactions_and_cleans_up() {
         !postgres_running_on(&port_of(&stdout)),
         "postgres left running"
     );
+    stdout.into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
-//! `pgoutbox demo`: the whole flow on a throwaway PostgreSQL and an in-process Kafka broker.
-//! Prints each event as a Kafka consumer receives it, with its commit→ack latency.
+//! `pgoutbox demo`: the whole flow on a throwaway PostgreSQL and an in-process Kafka broker
+//! (or, with `--destination nats`, a throwaway server of the installed `nats-server`). Prints
+//! each event as a consumer receives it, with its commit→ack latency.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,7 +12,10 @@ use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
-use pgoutbox::embedded::{TempKafka, TempPostgres, TopicReader};
+use futures_util::StreamExt;
+use pgoutbox::config::DestinationKind;
+use pgoutbox::destination::nats;
+use pgoutbox::embedded::{TempKafka, TempNats, TempPostgres, TopicReader};
 use pgoutbox::pipeline::AckedEvent;
 use pgoutbox::{Config, Streamer};
 
@@ -31,6 +35,95 @@ pub struct DemoArgs {
     /// Keep Postgres, the broker and the streamer running until Ctrl-C (to try kcat or psql).
     #[arg(long)]
     hold: bool,
+    /// kafka (librdkafka's in-process mock broker) or nats (a throwaway server of the
+    /// installed nats-server, with JetStream).
+    #[arg(long, default_value = "kafka")]
+    destination: DestinationKind,
+}
+
+/// The broker the demo runs, and how a consumer reads it.
+enum Broker {
+    Kafka(TempKafka),
+    Nats(TempNats),
+}
+
+/// What a consumer read: one printed line.
+#[derive(Debug)]
+struct Read {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: String,
+    kind: String,
+    id: Bytes,
+}
+
+/// A consumer of what the demo's broker holds.
+enum Reader {
+    Kafka(TopicReader),
+    Nats(nats_reader::Messages),
+}
+
+impl Reader {
+    async fn open(broker: &Broker) -> anyhow::Result<Reader> {
+        Ok(match broker {
+            Broker::Kafka(k) => Reader::Kafka(TopicReader::new(
+                k.bootstrap_servers(),
+                &TOPICS.map(|t| (t, PARTITIONS)),
+            )?),
+            Broker::Nats(n) => Reader::Nats(nats_reader::open(&n.url()).await?),
+        })
+    }
+
+    async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<Read>> {
+        let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+        match self {
+            Reader::Kafka(r) => Ok(r.next(wait).await?.map(|rec| Read {
+                key: text(rec.key.as_deref()),
+                kind: text(rec.header("type")),
+                id: Bytes::from(rec.header("id").unwrap_or_default().to_vec()),
+                topic: rec.topic,
+                partition: rec.partition,
+                offset: rec.offset,
+            })),
+            Reader::Nats(m) => {
+                let Ok(Some(msg)) = tokio::time::timeout(wait, m.next()).await else {
+                    return Ok(None);
+                };
+                let msg = msg.map_err(|e| anyhow::anyhow!("reading the stream: {e}"))?;
+                let header = |n: &str| {
+                    msg.headers
+                        .as_ref()
+                        .and_then(|h| h.get(n))
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                };
+                Ok(Some(Read {
+                    topic: msg.subject.to_string(),
+                    partition: 0,
+                    offset: msg.info().map_or(0, |i| i.stream_sequence as i64),
+                    key: header(nats::KEY_HEADER),
+                    kind: header("type"),
+                    id: Bytes::from(header("id")),
+                }))
+            }
+        }
+    }
+}
+
+/// Reading the NATS stream from its start (an ordered consumer).
+mod nats_reader {
+    use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+    pub type Messages = Ordered;
+
+    pub async fn open(url: &str) -> anyhow::Result<Messages> {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+        let stream = js
+            .get_stream(pgoutbox::config::nats::DEFAULT_STREAM)
+            .await?;
+        let consumer = stream.create_consumer(OrderedConfig::default()).await?;
+        Ok(consumer.messages().await?)
+    }
 }
 
 pub async fn main(args: DemoArgs) -> anyhow::Result<()> {
@@ -57,12 +150,36 @@ async fn demo(args: DemoArgs, interrupted: CancellationToken) -> anyhow::Result<
     let url = pg.url();
     println!("  {url}");
 
-    println!("▶ starting an in-process Kafka-protocol broker (librdkafka mock cluster)…");
-    let kafka = TempKafka::start(3).context("starting the Kafka mock cluster")?;
-    for t in TOPICS {
-        kafka.create_topic(t, PARTITIONS)?;
-    }
-    println!("  bootstrap.servers={}", kafka.bootstrap_servers());
+    let mut cfg = Config::new(url.clone(), "");
+    cfg.destination = args.destination;
+    let broker = match args.destination {
+        DestinationKind::Kafka => {
+            println!("▶ starting an in-process Kafka-protocol broker (librdkafka mock cluster)…");
+            let kafka = TempKafka::start(3).context("starting the Kafka mock cluster")?;
+            for t in TOPICS {
+                kafka.create_topic(t, PARTITIONS)?;
+            }
+            println!("  bootstrap.servers={}", kafka.bootstrap_servers());
+            cfg.kafka.brokers = kafka.bootstrap_servers().to_owned();
+            Broker::Kafka(kafka)
+        }
+        DestinationKind::Nats => {
+            println!("▶ starting a throwaway nats-server with JetStream…");
+            let server = tokio::task::spawn_blocking(TempNats::start)
+                .await?
+                .context("starting nats-server")?;
+            cfg.nats.url = server.url();
+            let js = nats::jetstream(nats::connect(&cfg.nats).await?, &cfg.nats);
+            let info = nats::stream::create(&js, &cfg).await?;
+            println!(
+                "  {} with stream {} ({})",
+                server.url(),
+                cfg.nats.stream,
+                info.subjects.join(", ")
+            );
+            Broker::Nats(server)
+        }
+    };
 
     println!("▶ applying sql/setup.sql (outbox table, publication, role)");
     let (db, conn) = url
@@ -76,17 +193,19 @@ async fn demo(args: DemoArgs, interrupted: CancellationToken) -> anyhow::Result<
     )
     .await?;
 
-    println!("▶ starting the streamer (slot pgoutbox, at-least-once)\n");
+    println!(
+        "▶ starting the streamer (slot pgoutbox, at-least-once, to {})\n",
+        args.destination
+    );
     let (obs_tx, mut obs_rx) = mpsc::unbounded_channel();
-    let streamer =
-        Streamer::new(Config::new(url.clone(), kafka.bootstrap_servers()))?.with_observer(obs_tx);
+    let streamer = Streamer::new(cfg)?.with_observer(obs_tx);
     let shutdown = interrupted.child_token();
     let stream_task = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { streamer.run(shutdown).await })
     };
     let outcome = tokio::select! {
-        r = show(&args, &url, &db, &kafka, &mut obs_rx) => r,
+        r = show(&args, &url, &db, &broker, &mut obs_rx) => r,
         _ = interrupted.cancelled() => Ok(()),
     };
     println!("▶ stopping and cleaning up");
@@ -100,12 +219,12 @@ async fn show(
     args: &DemoArgs,
     url: &str,
     db: &tokio_postgres::Client,
-    kafka: &TempKafka,
+    broker: &Broker,
     obs_rx: &mut mpsc::UnboundedReceiver<AckedEvent>,
 ) -> anyhow::Result<()> {
     wait_for_slot(db).await?;
 
-    let reader = TopicReader::new(kafka.bootstrap_servers(), &TOPICS.map(|t| (t, PARTITIONS)))?;
+    let mut reader = Reader::open(broker).await?;
 
     // Business transactions: an order row and its outbox event(s) commit together.
     let mut expected = 0;
@@ -139,7 +258,7 @@ async fn show(
         let Some(rec) = reader.next(Duration::from_millis(500)).await? else {
             continue;
         };
-        let id = Bytes::from(rec.header("id").unwrap_or_default().to_vec());
+        let id = rec.id.clone();
         // The ack report can trail the consumer by a moment: wait for it briefly.
         let ack_deadline = Instant::now() + Duration::from_secs(2);
         while !acks.contains_key(&id) && Instant::now() < ack_deadline {
@@ -164,8 +283,8 @@ async fn show(
             rec.topic,
             rec.partition,
             rec.offset,
-            String::from_utf8_lossy(rec.key.as_deref().unwrap_or_default()),
-            String::from_utf8_lossy(rec.header("type").unwrap_or_default()),
+            rec.key,
+            rec.kind,
             String::from_utf8_lossy(&id),
             latency.map_or("?".into(), |l| format!("{:.1} ms", l.as_secs_f64() * 1e3)),
         );
@@ -190,7 +309,7 @@ async fn show(
         args.transactions
     );
     println!(
-        "  commit→ack latency: median {:.1} ms, max {:.1} ms (commit timestamp in Postgres → Kafka ack)",
+        "  commit→ack latency: median {:.1} ms, max {:.1} ms (commit timestamp in Postgres → broker ack)",
         ms(latencies[latencies.len() / 2]),
         ms(latencies[latencies.len() - 1]),
     );
@@ -199,10 +318,17 @@ async fn show(
     );
     if args.hold {
         println!("\n▶ holding until Ctrl-C. In another terminal, try:");
-        println!(
-            "  kcat -b {} -C -t outbox.event.order -o beginning -f '%t[%p]@%o key=%k headers=%h value=%s\\n'",
-            kafka.bootstrap_servers()
-        );
+        match broker {
+            Broker::Kafka(kafka) => println!(
+                "  kcat -b {} -C -t outbox.event.order -o beginning -f '%t[%p]@%o key=%k headers=%h value=%s\\n'",
+                kafka.bootstrap_servers()
+            ),
+            Broker::Nats(n) => println!(
+                "  nats --server {} stream view {}",
+                n.url(),
+                pgoutbox::config::nats::DEFAULT_STREAM
+            ),
+        }
         println!(
             r#"  psql '{url}' -c "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'o-99', 'OrderCreated', '{{\"total\": 1}}')""#
         );
