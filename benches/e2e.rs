@@ -1,12 +1,14 @@
-//! End-to-end benchmark (`scripts/bench.sh`): starts its own PostgreSQL and Kafka-protocol
-//! broker and runs the release binary against them.
+//! End-to-end benchmark (`scripts/bench.sh`): starts its own PostgreSQL, Kafka-protocol
+//! broker and NATS server, and runs the release binary against them.
 //!
 //! - drain: N events already in the slot (small and large transactions); time until every
-//!   one is acked (the slot confirmed past the backlog), against `pg_recvlogical` draining an
-//!   identical copy of the slot to /dev/null (the ceiling);
+//!   one is acked (the slot confirmed past the backlog), per destination, against two
+//!   ceilings measured in the same run: `pg_recvlogical` draining an identical copy of the
+//!   slot to /dev/null, and the destination's own client publishing N pre-built messages with
+//!   the same acknowledgement setting ([`destinations`]);
 //! - live latency: a load generator commits at fixed rates while pgoutbox streams;
-//!   commit→consumer latency per event, for replication and for the polling publisher at
-//!   100 ms and 5 s;
+//!   commit→consumer latency per event, for replication to Kafka and to NATS, and for the
+//!   polling publisher at 100 ms and 5 s;
 //! - cost: pgoutbox CPU and peak RSS, PostgreSQL CPU, per million events.
 //!
 //! Prints a markdown table; writes `target/bench/results.json` and `target/bench/latency.svg`.
@@ -26,8 +28,12 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
-use pgoutbox::embedded::{TempKafka, TempPostgres};
+use pgoutbox::embedded::{TempKafka, TempNats, TempPostgres};
 use pgoutbox::setup::{POLL_SQL, SETUP_SQL};
+
+#[path = "e2e/destinations.rs"]
+mod destinations;
+use destinations::Dest;
 
 const TOPIC: &str = "outbox.event.order";
 const PARTITIONS: i32 = 3;
@@ -43,12 +49,16 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 #[derive(Debug, Serialize, Clone)]
 struct Drain {
     variant: String,
+    destination: String,
     events: usize,
-    /// Median seconds over the repetitions.
+    /// Median seconds over the repetitions: pg_recvlogical, the destination's own client, us.
     ceiling_secs: f64,
+    destination_ceiling_secs: f64,
     pgoutbox_secs: f64,
     ceiling_events_per_sec: f64,
+    destination_ceiling_events_per_sec: f64,
     pgoutbox_events_per_sec: f64,
+    /// pgoutbox against the lower of the two ceilings.
     ratio: f64,
     pgoutbox_cpu_secs_per_million: f64,
     pgoutbox_peak_rss_mib: f64,
@@ -98,28 +108,52 @@ async fn main() {
         .expect("start PostgreSQL");
     let kafka = TempKafka::start(1).expect("start Kafka mock");
     kafka.create_topic(TOPIC, PARTITIONS).expect("topic");
+    let nats = destinations::start_nats().await;
+    destinations::fresh_stream(&nats.url()).await;
     let db = connect(&pg.url()).await;
     db.batch_execute(SETUP_SQL).await.expect("setup.sql");
     db.batch_execute(POLL_SQL).await.expect("poll.sql");
     eprintln!(
-        "bench: PostgreSQL on port {}, Kafka {}",
+        "bench: PostgreSQL on port {}, Kafka {}, NATS {}",
         pg.port(),
-        kafka.bootstrap_servers()
+        kafka.bootstrap_servers(),
+        nats.url()
     );
+    let servers = Servers {
+        pg: &pg,
+        kafka: &kafka,
+        nats: &nats,
+    };
 
     let mut live = Vec::new();
     for rate in rates.split(',').map(str::trim) {
-        for mode in ["replication", "poll 100ms", "poll 5s"] {
-            let r = live_run(&pg, &kafka, &db, mode, rate, seconds).await;
+        for mode in ["replication", "replication → NATS", "poll 100ms", "poll 5s"] {
+            let r = live_run(&servers, &db, mode, rate, seconds).await;
             eprintln!("bench: {r:?}");
             live.push(r);
         }
     }
+    // Each destination's own ceiling: its client publishing pre-built messages, acked.
+    let mut ceilings = HashMap::new();
+    let (mut k, mut n) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let bootstrap = kafka.bootstrap_servers().to_owned();
+        k.push(
+            tokio::task::spawn_blocking(move || destinations::kafka_ceiling(&bootstrap, events))
+                .await
+                .expect("join"),
+        );
+        n.push(destinations::nats_ceiling(&nats.url(), events).await);
+    }
+    eprintln!("bench: ceilings for {events} events: Kafka {k:?} s, NATS {n:?} s");
+    ceilings.insert(Dest::Kafka, median(&k));
+    ceilings.insert(Dest::Nats, median(&n));
     let mut drains = Vec::new();
     for variant in ["small transactions (10 events)", "one large transaction"] {
-        let d = drain(&pg, &kafka, &db, variant, events, reps).await;
-        eprintln!("bench: {d:?}");
-        drains.push(d);
+        for d in drain(&servers, &db, variant, events, reps, &ceilings).await {
+            eprintln!("bench: {d:?}");
+            drains.push(d);
+        }
     }
     let results = Results {
         machine: machine(),
@@ -210,6 +244,26 @@ fn postgres_cpu(data_dir: &Path) -> f64 {
     total
 }
 
+/// The servers of the run.
+struct Servers<'a> {
+    pg: &'a TempPostgres,
+    kafka: &'a TempKafka,
+    nats: &'a TempNats,
+}
+
+impl Servers<'_> {
+    /// The settings that make pgoutbox deliver to `dest`.
+    fn to(&self, dest: Dest) -> Vec<(&'static str, String)> {
+        match dest {
+            Dest::Kafka => Vec::new(),
+            Dest::Nats => vec![
+                ("PGOUTBOX_DESTINATION", "nats".into()),
+                ("PGOUTBOX_NATS_URL", self.nats.url()),
+            ],
+        }
+    }
+}
+
 /// The release binary with these settings; stderr to a log file under target/bench.
 fn spawn(pg: &TempPostgres, kafka: &TempKafka, extra: &[(&str, String)]) -> tokio::process::Child {
     let log = std::fs::OpenOptions::new()
@@ -287,16 +341,17 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Backlog drain: `events` already in the slot; pg_recvlogical and pgoutbox each drain a
-/// copy of the same slot, `reps` times.
+/// Backlog drain: `events` already in the slot; pg_recvlogical and pgoutbox (to each
+/// destination) each drain a copy of the same slot, `reps` times. One row per destination.
 async fn drain(
-    pg: &TempPostgres,
-    kafka: &TempKafka,
+    servers: &Servers<'_>,
     db: &Client,
     variant: &str,
     events: usize,
     reps: usize,
-) -> Drain {
+    ceilings: &HashMap<Dest, f64>,
+) -> Vec<Drain> {
+    let (pg, kafka) = (servers.pg, servers.kafka);
     db.batch_execute("TRUNCATE outbox").await.expect("truncate");
     // Its own statement: a slot can't be created in a transaction that wrote.
     db.batch_execute("SELECT pg_create_logical_replication_slot('bench_base', 'pgoutput')")
@@ -338,8 +393,13 @@ async fn drain(
     );
 
     let recvlogical = pg.client_tool("pg_recvlogical");
-    let (mut ceiling, mut ours, mut cpu, mut rss) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let dests = [Dest::Kafka, Dest::Nats];
+    let mut ceiling = Vec::new();
+    let (mut ours, mut cpu, mut rss): (
+        HashMap<Dest, Vec<f64>>,
+        HashMap<Dest, Vec<f64>>,
+        HashMap<Dest, Vec<f64>>,
+    ) = Default::default();
     for rep in 0..reps {
         let slot = format!("ceiling_{rep}");
         copy_slot(db, &slot).await;
@@ -370,50 +430,65 @@ async fn drain(
         ceiling.push(t.elapsed().as_secs_f64());
         drop_slot(db, &slot).await;
 
-        let slot = format!("pgoutbox_{rep}");
-        copy_slot(db, &slot).await;
-        let t = Instant::now();
-        let mut child = spawn(
-            pg,
-            kafka,
-            &[
+        for dest in dests {
+            if dest == Dest::Nats {
+                destinations::fresh_stream(&servers.nats.url()).await;
+            }
+            let slot = format!("pgoutbox_{rep}");
+            copy_slot(db, &slot).await;
+            let t = Instant::now();
+            let mut settings = vec![
                 ("PGOUTBOX_SLOT", slot.clone()),
                 ("PGOUTBOX_CREATE_SLOT", "false".into()),
                 ("PGOUTBOX_STATUS_INTERVAL_MS", "100".into()),
-            ],
-        );
-        let pid = child.id().expect("pid");
-        // Every event acked: the slot is confirmed past the whole backlog.
-        while confirmed(db, &slot).await < end {
-            assert!(
-                t.elapsed() < Duration::from_secs(600),
-                "drain did not finish"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            ];
+            settings.extend(servers.to(dest));
+            let mut child = spawn(pg, kafka, &settings);
+            let pid = child.id().expect("pid");
+            // Every event acked: the slot is confirmed past the whole backlog.
+            while confirmed(db, &slot).await < end {
+                assert!(
+                    t.elapsed() < Duration::from_secs(600),
+                    "drain did not finish"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ours.entry(dest)
+                .or_default()
+                .push(t.elapsed().as_secs_f64());
+            cpu.entry(dest).or_default().push(cpu_secs(pid));
+            rss.entry(dest).or_default().push(peak_rss_mib(pid));
+            let _ = child.kill().await;
+            drop_slot(db, &slot).await;
         }
-        ours.push(t.elapsed().as_secs_f64());
-        cpu.push(cpu_secs(pid));
-        rss.push(peak_rss_mib(pid));
-        let _ = child.kill().await;
-        drop_slot(db, &slot).await;
     }
     db.batch_execute("SELECT pg_drop_replication_slot('bench_base')")
         .await
         .expect("drop base slot");
-    let (c, o) = (median(&ceiling), median(&ours));
-    Drain {
-        variant: variant.into(),
-        events,
-        ceiling_secs: c,
-        pgoutbox_secs: o,
-        ceiling_events_per_sec: events as f64 / c,
-        pgoutbox_events_per_sec: events as f64 / o,
-        ratio: c / o,
-        pgoutbox_cpu_secs_per_million: median(&cpu) * 1e6 / events as f64,
-        pgoutbox_peak_rss_mib: rss.iter().copied().fold(0.0, f64::max),
-        all_runs_ceiling: ceiling,
-        all_runs_pgoutbox: ours,
-    }
+    let c = median(&ceiling);
+    dests
+        .iter()
+        .map(|dest| {
+            let o = median(&ours[dest]);
+            let dc = ceilings[dest];
+            Drain {
+                variant: variant.into(),
+                destination: dest.name().into(),
+                events,
+                ceiling_secs: c,
+                destination_ceiling_secs: dc,
+                pgoutbox_secs: o,
+                ceiling_events_per_sec: events as f64 / c,
+                destination_ceiling_events_per_sec: events as f64 / dc,
+                pgoutbox_events_per_sec: events as f64 / o,
+                ratio: c.max(dc) / o,
+                pgoutbox_cpu_secs_per_million: median(&cpu[dest]) * 1e6 / events as f64,
+                pgoutbox_peak_rss_mib: rss[dest].iter().copied().fold(0.0, f64::max),
+                all_runs_ceiling: ceiling.clone(),
+                all_runs_pgoutbox: ours[dest].clone(),
+            }
+        })
+        .collect()
 }
 
 /// A consumer at the end of the topic, fetching with minimal wait (latency, not throughput).
@@ -437,13 +512,13 @@ fn tail_consumer(bootstrap: &str) -> StreamConsumer {
 /// Live latency: the load generator commits at `rate` events/s for `seconds` while pgoutbox
 /// (in `mode`) streams; commit→consumer per event.
 async fn live_run(
-    pg: &TempPostgres,
-    kafka: &TempKafka,
+    servers: &Servers<'_>,
     db: &Client,
     mode: &str,
     rate: &str,
     seconds: u64,
 ) -> Live {
+    let (pg, kafka) = (servers.pg, servers.kafka);
     db.batch_execute("TRUNCATE outbox").await.expect("truncate");
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -462,11 +537,16 @@ async fn live_run(
             settings.push(("PGOUTBOX_SOURCE", "poll".into()));
             settings.push(("PGOUTBOX_POLL_INTERVAL_MS", "5000".into()));
         }
+        "replication → NATS" => {
+            destinations::fresh_stream(&servers.nats.url()).await;
+            settings.extend(servers.to(Dest::Nats));
+        }
         _ => {}
     }
+    let replication = mode.starts_with("replication");
     let mut child = spawn(pg, kafka, &settings);
     let pid = child.id().expect("pid");
-    if mode == "replication" {
+    if replication {
         while db
             .query_opt(
                 "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'live' AND active",
@@ -479,13 +559,16 @@ async fn live_run(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let consumer = tail_consumer(kafka.bootstrap_servers());
-    // Let the consumer resolve its end offsets before any event is written.
-    let _ = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await;
-
     let received: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();
-    let reader = {
+    let reader = if mode == "replication → NATS" {
+        let r = destinations::nats_tail(servers.nats.url(), received.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        r
+    } else {
+        let consumer = tail_consumer(kafka.bootstrap_servers());
+        // Let the consumer resolve its end offsets before any event is written.
+        let _ = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await;
         let received = received.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -550,7 +633,7 @@ async fn live_run(
     stop.cancel();
     let _ = reader.await;
     let _ = child.kill().await;
-    if mode == "replication" {
+    if replication {
         drop_slot(db, "live").await;
     }
 
@@ -603,7 +686,7 @@ async fn ack_histogram(port: u16) -> Vec<(f64, f64)> {
     let mut text = String::new();
     let _ = conn.read_to_string(&mut text).await;
     text.lines()
-        .filter(|l| l.starts_with("pgoutbox_commit_to_ack_seconds_bucket{le=\""))
+        .filter(|l| l.starts_with("pgoutbox_commit_to_ack_seconds_bucket{") && l.contains("le=\""))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let count = l.rsplit(' ').next()?.parse::<f64>().ok()?;
@@ -649,7 +732,7 @@ fn machine() -> String {
                 .and_then(|k| k.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    format!("{cpus} CPUs ({model}), {mem:.0} GiB RAM, PostgreSQL 15 (fsync=off), librdkafka mock broker (1 node)")
+    format!("{cpus} CPUs ({model}), {mem:.0} GiB RAM, PostgreSQL 15 (fsync=off), librdkafka mock broker (1 node), nats-server 2.9 with JetStream (file storage)")
 }
 
 /// A histogram bound for the table: `≤ 5`, or `n/a`.
@@ -664,14 +747,15 @@ fn bound(v: Option<f64>) -> String {
 fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Machine: {}\n", r.machine);
-    let _ = writeln!(s, "**Backlog drain** (median of the runs; pgoutbox = until the slot is confirmed past every event, i.e. all acked by Kafka)\n");
-    let _ = writeln!(s, "| backlog | events | pg_recvlogical (ceiling) | pgoutbox | ratio to ceiling | pgoutbox CPU s / M events | pgoutbox peak RSS |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "**Backlog drain** (median of the runs; pgoutbox = until the slot is confirmed past every event, i.e. all acked by the destination). Two ceilings from the same run: `pg_recvlogical` draining a copy of the slot, and the destination's own client publishing the same number of pre-built messages with the same acknowledgement setting; the ratio is against the lower of the two.\n");
+    let _ = writeln!(s, "| backlog | destination | events | pg_recvlogical | destination's client | pgoutbox | ratio to the lower ceiling | pgoutbox CPU s / M events | pgoutbox peak RSS |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for d in &r.drain {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} s ({:.0} ev/s) | {:.2} s ({:.0} ev/s) | {:.2}× | {:.2} | {:.0} MiB |",
-            d.variant, d.events, d.ceiling_secs, d.ceiling_events_per_sec, d.pgoutbox_secs,
+            "| {} | {} | {} | {:.2} s ({:.0} ev/s) | {:.2} s ({:.0} ev/s) | {:.2} s ({:.0} ev/s) | {:.2}× | {:.2} | {:.0} MiB |",
+            d.variant, d.destination, d.events, d.ceiling_secs, d.ceiling_events_per_sec,
+            d.destination_ceiling_secs, d.destination_ceiling_events_per_sec, d.pgoutbox_secs,
             d.pgoutbox_events_per_sec, d.ratio, d.pgoutbox_cpu_secs_per_million, d.pgoutbox_peak_rss_mib
         );
     }
@@ -692,8 +776,8 @@ fn markdown(r: &Results) -> String {
         );
     }
     let _ = writeln!(s, "\n**p99 ratios** (same run)\n");
-    let _ = writeln!(s, "| rate | replication p99 | poll 100ms p99 | poll 5s p99 | poll 5s / replication | poll 100ms / replication |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| rate | replication p99 (Kafka) | replication p99 (NATS) | poll 100ms p99 | poll 5s p99 | poll 5s / replication | poll 100ms / replication |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     let mut rates: Vec<&str> = r.live.iter().map(|l| l.target_rate.as_str()).collect();
     rates.dedup();
     for rate in rates {
@@ -703,10 +787,15 @@ fn markdown(r: &Results) -> String {
                 .find(|l| l.target_rate == rate && l.mode == m)
                 .map_or(f64::NAN, |l| l.p99_ms)
         };
-        let (rep, p100, p5) = (p("replication"), p("poll 100ms"), p("poll 5s"));
+        let (rep, nats, p100, p5) = (
+            p("replication"),
+            p("replication → NATS"),
+            p("poll 100ms"),
+            p("poll 5s"),
+        );
         let _ = writeln!(
             s,
-            "| {rate} | {rep:.1} ms | {p100:.1} ms | {p5:.1} ms | {:.0}× | {:.1}× |",
+            "| {rate} | {rep:.1} ms | {nats:.1} ms | {p100:.1} ms | {p5:.1} ms | {:.0}× | {:.1}× |",
             p5 / rep,
             p100 / rep
         );

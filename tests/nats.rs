@@ -56,6 +56,26 @@ async fn streams_in_key_order_with_headers_and_never_a_rollback() {
     running.stop().await;
 }
 
+/// A backlog far larger than the publishes allowed to await their PubAck at once
+/// (`nats_max_pending`): the publisher waits for acks, never for a permit only they free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_pending_window_drains() {
+    let env = Env::start().await;
+    let server = js::start(Duration::from_secs(120)).await;
+    let txs = workload(0, 200);
+    let ids = ids_of(&txs);
+    let mut cfg = js::config(&env, &server);
+    cfg.nats.max_pending = 8;
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    env.commit(&txs).await;
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(60)).await;
+    let got = js::read_until_all(&server.url(), &ids, Duration::from_secs(30)).await;
+    assert_eq!(distinct(&got), ids);
+    running.stop().await;
+}
+
 /// The kill loop against NATS; returns (inserted, distinct stored, stored).
 async fn nats_kill_loop(delivery: &str, window: Duration, cycles: usize) -> (usize, usize, usize) {
     let env = Env::start().await;

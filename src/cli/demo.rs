@@ -61,7 +61,7 @@ struct Read {
 /// A consumer of what the demo's broker holds.
 enum Reader {
     Kafka(TopicReader),
-    Nats(nats_reader::Messages),
+    Nats(Box<nats_reader::Messages>),
 }
 
 impl Reader {
@@ -71,7 +71,7 @@ impl Reader {
                 k.bootstrap_servers(),
                 &TOPICS.map(|t| (t, PARTITIONS)),
             )?),
-            Broker::Nats(n) => Reader::Nats(nats_reader::open(&n.url()).await?),
+            Broker::Nats(n) => Reader::Nats(Box::new(nats_reader::open(&n.url()).await?)),
         })
     }
 

@@ -67,11 +67,13 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, Destination
     Ok(client)
 }
 
-/// The JetStream context pgoutbox publishes with.
+/// The JetStream context pgoutbox publishes with. The publisher keeps at most
+/// `max_pending` publishes unacknowledged itself; the client's own limit sits above that, so
+/// it never blocks a publish.
 pub fn jetstream(client: async_nats::Client, cfg: &NatsConfig) -> async_nats::jetstream::Context {
     async_nats::jetstream::ContextBuilder::new()
         .timeout(cfg.ack_timeout)
-        .max_ack_inflight(cfg.max_pending)
+        .max_ack_inflight(cfg.max_pending.saturating_mul(2).max(64))
         .backpressure_on_inflight(true)
         .build(client)
 }
@@ -152,7 +154,13 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
         let max_payload = client.server_info().max_payload;
         let (jobs, rx) = mpsc::channel(cfg.nats.max_pending);
         let purge = Arc::new(Notify::new());
-        let task = tokio::spawn(publisher::run(js, rx, outcomes, purge.clone()));
+        let task = tokio::spawn(publisher::run(
+            js,
+            rx,
+            outcomes,
+            purge.clone(),
+            cfg.nats.max_pending,
+        ));
         Ok(NatsSink {
             jobs,
             purge,

@@ -69,13 +69,16 @@ fn refusal(e: &PublishError) -> Refusal {
     }
 }
 
-/// Publishes until the job channel closes. On `purge`, every outstanding ticket comes back
-/// as a retriable refusal at once.
+/// Publishes until the job channel closes, at most `max_pending` awaiting their PubAck (a
+/// job is taken only while there is room, so a publish never waits for a permit that only
+/// polling the acks would free). On `purge`, every outstanding ticket comes back as a
+/// retriable refusal at once.
 pub async fn run<T: Send + 'static>(
     js: async_nats::jetstream::Context,
     mut jobs: mpsc::Receiver<Job<T>>,
     outcomes: mpsc::UnboundedSender<Outcome<T>>,
     purge: Arc<Notify>,
+    max_pending: usize,
 ) {
     let mut acks = FuturesUnordered::new();
     let mut waiting: HashMap<u64, (T, Returned)> = HashMap::new();
@@ -90,7 +93,7 @@ pub async fn run<T: Send + 'static>(
     };
     loop {
         tokio::select! {
-            job = jobs.recv() => {
+            job = jobs.recv(), if acks.len() < max_pending => {
                 let Some(job) = job else { break };
                 match js.send_publish(job.subject, job.message).await {
                     Ok(ack) => {

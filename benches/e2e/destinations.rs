@@ -1,0 +1,213 @@
+//! The destinations the benchmark drives: their servers, and each one's ceiling measured in
+//! the same run (the destination's own client crate publishing pre-built messages, with the
+//! acknowledgement setting pgoutbox uses, as fast as it can).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use pgoutbox::embedded::TempNats;
+
+use super::TOPIC;
+
+/// The stream pgoutbox publishes to in the benchmark.
+pub const STREAM: &str = "OUTBOX";
+
+/// Where pgoutbox delivers in one measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dest {
+    Kafka,
+    Nats,
+}
+
+impl Dest {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dest::Kafka => "Kafka (mock)",
+            Dest::Nats => "NATS JetStream",
+        }
+    }
+}
+
+/// A throwaway nats-server with JetStream.
+pub async fn start_nats() -> TempNats {
+    tokio::task::spawn_blocking(TempNats::start)
+        .await
+        .expect("join")
+        .expect("start nats-server (apt-get install nats-server)")
+}
+
+async fn js(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.expect("connect to NATS"))
+}
+
+/// Deletes and creates the outbox stream: empty, and no duplicate-removal state left from an
+/// earlier run (file storage, the 2-minute duplicate window pgoutbox expects).
+pub async fn fresh_stream(url: &str) {
+    let js = js(url).await;
+    let _ = js.delete_stream(STREAM).await;
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["outbox.event.>".into()],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+}
+
+/// The payload every ceiling message carries: what the backlog rows become.
+fn payload(n: usize) -> bytes::Bytes {
+    bytes::Bytes::from(format!(
+        "{{\"seq\": {n}, \"note\": \"a typical small outbox payload of about a hundred bytes\"}}"
+    ))
+}
+
+/// NATS ceiling: `n` pre-built JetStream publishes (headers `id`, `type`, `key` and
+/// `Nats-Msg-Id`, as pgoutbox sends them), at most 4,096 awaiting their PubAck, until every
+/// one is acknowledged. Seconds.
+pub async fn nats_ceiling(url: &str, n: usize) -> f64 {
+    fresh_stream(url).await;
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = jetstream::ContextBuilder::new()
+        .max_ack_inflight(4096)
+        .backpressure_on_inflight(true)
+        .build(client);
+    let messages: Vec<(String, PublishMessage)> = (0..n)
+        .map(|i| {
+            let id = format!("ceiling-{i:012}");
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("id", id.as_str());
+            h.insert("type", "OrderCreated");
+            h.insert("key", format!("agg-{}", i % 100).as_str());
+            let m = PublishMessage::build()
+                .payload(payload(i))
+                .headers(h)
+                .message_id(&id);
+            (TOPIC.to_owned(), m)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut acks = FuturesUnordered::new();
+    for (subject, m) in messages {
+        let ack = js.send_publish(subject, m).await.expect("publish");
+        acks.push(std::future::IntoFuture::into_future(ack));
+        while acks.len() >= 4096 {
+            acks.next().await.expect("ack").expect("acked");
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.expect("acked");
+    }
+    started.elapsed().as_secs_f64()
+}
+
+struct Counting(Arc<AtomicUsize>);
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if r.is_ok() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Kafka ceiling: `n` pre-built records (key, headers `id` and `type`) from an idempotent
+/// `acks=all` producer with pgoutbox's defaults (linger.ms=5), until every one is acked.
+/// Blocking; seconds.
+pub fn kafka_ceiling(bootstrap: &str, n: usize) -> f64 {
+    let acked = Arc::new(AtomicUsize::new(0));
+    let producer: ThreadedProducer<Counting> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create_with_context(Counting(acked.clone()))
+        .expect("producer");
+    let records: Vec<(String, String, bytes::Bytes)> = (0..n)
+        .map(|i| {
+            (
+                format!("ceiling-{i:012}"),
+                format!("agg-{}", i % 100),
+                payload(i),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    for (id, key, value) in &records {
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "id",
+                value: Some(id.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "type",
+                value: Some("OrderCreated"),
+            });
+        let mut rec = BaseRecord::to(TOPIC)
+            .key(key.as_str())
+            .payload(value.as_ref())
+            .headers(headers);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while acked.load(Ordering::Relaxed) < n {
+        assert!(Instant::now() < deadline, "Kafka ceiling did not finish");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = producer.flush(Duration::from_secs(10));
+    secs
+}
+
+/// Records, per event sequence number (from the `id` header), when a consumer of the stream
+/// got it; new messages only, until `stop`.
+pub fn nats_tail(
+    url: String,
+    received: Arc<Mutex<HashMap<u64, Instant>>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let js = js(&url).await;
+        let stream = js.get_stream(STREAM).await.expect("stream");
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                m = messages.next() => {
+                    let Some(Ok(m)) = m else { continue };
+                    let now = Instant::now();
+                    let seq = m.headers.as_ref().and_then(|h| h.get("id"))
+                        .and_then(|v| v.as_str().rsplit('-').next().and_then(|s| s.parse::<u64>().ok()));
+                    if let Some(seq) = seq {
+                        received.lock().expect("lock").entry(seq).or_insert(now);
+                    }
+                }
+            }
+        }
+    })
+}
