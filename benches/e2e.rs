@@ -395,11 +395,8 @@ async fn drain(
     let recvlogical = pg.client_tool("pg_recvlogical");
     let dests = [Dest::Kafka, Dest::Nats];
     let mut ceiling = Vec::new();
-    let (mut ours, mut cpu, mut rss): (
-        HashMap<Dest, Vec<f64>>,
-        HashMap<Dest, Vec<f64>>,
-        HashMap<Dest, Vec<f64>>,
-    ) = Default::default();
+    type PerDest = HashMap<Dest, Vec<f64>>;
+    let (mut ours, mut cpu, mut rss) = (PerDest::new(), PerDest::new(), PerDest::new());
     for rep in 0..reps {
         let slot = format!("ceiling_{rep}");
         copy_slot(db, &slot).await;

@@ -4,12 +4,14 @@ use std::time::Duration;
 
 pub mod delivery;
 pub mod kafka;
+mod kinds;
 pub mod nats;
 pub mod poll;
 
 use crate::outbox::{OutboxConfig, PoisonPolicy, UpdatePolicy};
 pub use delivery::DeliveryMode;
 pub use kafka::{is_secret_property, KafkaConfig};
+pub use kinds::{DestinationKind, Source};
 pub use nats::NatsConfig;
 
 /// Default slot name.
@@ -145,66 +147,6 @@ impl std::fmt::Debug for Config {
                     .map_or_else(|e| format!("invalid: {e}"), |t| format!("{t:?}")),
             )
             .finish()
-    }
-}
-
-/// Where pgoutbox reads events from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Source {
-    /// Logical replication (pgoutput): low latency, no load on the table (default).
-    #[default]
-    Replication,
-    /// Polling the table (`sql/poll.sql`): for databases without logical replication.
-    Poll,
-}
-
-impl std::str::FromStr for Source {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "replication" => Ok(Source::Replication),
-            "poll" => Ok(Source::Poll),
-            _ => Err(format!("source must be replication or poll, not {s:?}")),
-        }
-    }
-}
-
-/// Where events are delivered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DestinationKind {
-    /// Apache Kafka (default), through librdkafka.
-    #[default]
-    Kafka,
-    /// NATS JetStream.
-    Nats,
-}
-
-impl DestinationKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            DestinationKind::Kafka => "kafka",
-            DestinationKind::Nats => "nats",
-        }
-    }
-}
-
-impl std::str::FromStr for DestinationKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "kafka" => Ok(DestinationKind::Kafka),
-            "nats" => Ok(DestinationKind::Nats),
-            "rabbitmq" => {
-                Err("destination rabbitmq is not available yet: use kafka or nats".into())
-            }
-            _ => Err(format!("destination must be kafka or nats, not {s:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for DestinationKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

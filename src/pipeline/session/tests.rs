@@ -74,6 +74,15 @@ impl Destination<Ticket> for FakeDest {
     async fn close(self) {}
 }
 
+impl FakeDest {
+    fn with_room(room: usize) -> Self {
+        FakeDest {
+            room,
+            ..FakeDest::default()
+        }
+    }
+}
+
 const REL: u32 = 16400;
 
 fn relation() -> Bytes {
@@ -273,10 +282,7 @@ async fn settle() {
 #[tokio::test]
 async fn the_slot_is_confirmed_only_past_transactions_whose_every_event_is_acked() {
     let mut h = Harness::new(DeliveryMode::AtLeastOnce, PoisonPolicy::Fail);
-    let dest = FakeDest {
-        room: 100,
-        ..FakeDest::default()
-    };
+    let dest = FakeDest::with_room(100);
     let acks = h.acks_tx.clone();
     h.feed(transaction(0x2000, &["a1", "a2"]));
     h.feed(transaction(0x3000, &["b1"]));
@@ -312,10 +318,7 @@ async fn the_slot_is_confirmed_only_past_transactions_whose_every_event_is_acked
 #[tokio::test]
 async fn a_crash_between_send_and_ack_leaves_the_transaction_unconfirmed() {
     let mut h = Harness::new(DeliveryMode::AtLeastOnce, PoisonPolicy::Fail);
-    let dest = FakeDest {
-        room: 100,
-        ..FakeDest::default()
-    };
+    let dest = FakeDest::with_room(100);
     h.feed(transaction(0x2000, &["a1"]));
     h.feed(transaction(0x3000, &["b1"]));
     let acks = h.acks_tx.clone();
@@ -337,10 +340,7 @@ async fn a_crash_between_send_and_ack_leaves_the_transaction_unconfirmed() {
 #[tokio::test]
 async fn a_retriable_failure_ends_the_session_and_confirms_nothing_past_it() {
     let mut h = Harness::new(DeliveryMode::AtLeastOnce, PoisonPolicy::Skip);
-    let dest = FakeDest {
-        room: 100,
-        ..FakeDest::default()
-    };
+    let dest = FakeDest::with_room(100);
     h.feed(transaction(0x2000, &["a1", "a2"]));
     let acks = h.acks_tx.clone();
     let r = run(&mut h, &dest, async {
@@ -357,10 +357,7 @@ async fn a_retriable_failure_ends_the_session_and_confirms_nothing_past_it() {
 #[tokio::test]
 async fn a_refusal_for_good_is_skipped_under_on_poison_skip() {
     let mut h = Harness::new(DeliveryMode::AtLeastOnce, PoisonPolicy::Skip);
-    let dest = FakeDest {
-        room: 100,
-        ..FakeDest::default()
-    };
+    let dest = FakeDest::with_room(100);
     h.feed(transaction(0x2000, &["a1", "a2"]));
     let acks = h.acks_tx.clone();
     let flushes = h.flushes.clone();
@@ -379,10 +376,7 @@ async fn a_refusal_for_good_is_skipped_under_on_poison_skip() {
 #[tokio::test]
 async fn a_dead_letter_takes_the_refused_events_place_in_the_transaction() {
     let mut h = Harness::new(DeliveryMode::AtLeastOnce, PoisonPolicy::DeadLetter);
-    let dest = FakeDest {
-        room: 100,
-        ..FakeDest::default()
-    };
+    let dest = FakeDest::with_room(100);
     h.feed(transaction(0x2000, &["a1"]));
     let acks = h.acks_tx.clone();
     let flushes = h.flushes.clone();
@@ -439,10 +433,7 @@ async fn a_refusal_for_good_stops_the_stream_under_on_poison_fail() {
 #[tokio::test]
 async fn a_full_destination_stalls_reading_until_outcomes_make_room() {
     let mut h = Harness::new(DeliveryMode::AtLeastOnce, PoisonPolicy::Fail);
-    let dest = FakeDest {
-        room: 1,
-        ..FakeDest::default()
-    };
+    let dest = FakeDest::with_room(1);
     h.feed(transaction(0x2000, &["a1", "a2", "a3"]));
     let acks = h.acks_tx.clone();
     let flushes = h.flushes.clone();
@@ -466,10 +457,7 @@ async fn a_full_destination_stalls_reading_until_outcomes_make_room() {
 #[tokio::test]
 async fn at_most_once_confirms_a_transaction_before_its_events_are_sent() {
     let mut h = Harness::new(DeliveryMode::AtMostOnce, PoisonPolicy::Fail);
-    let dest = FakeDest {
-        room: 100,
-        ..FakeDest::default()
-    };
+    let dest = FakeDest::with_room(100);
     h.feed(transaction(0x2000, &["a1"]));
     let flushes = h.flushes.clone();
     let r = run(&mut h, &dest, async {
@@ -484,10 +472,7 @@ async fn at_most_once_confirms_a_transaction_before_its_events_are_sent() {
 #[tokio::test]
 async fn a_graceful_stop_waits_for_outstanding_outcomes_then_confirms() {
     let mut h = Harness::new(DeliveryMode::AtLeastOnce, PoisonPolicy::Fail);
-    let dest = FakeDest {
-        room: 100,
-        ..FakeDest::default()
-    };
+    let dest = FakeDest::with_room(100);
     h.feed(transaction(0x2000, &["a1"]));
     let acks = h.acks_tx.clone();
     let shutdown = h.shutdown.clone();
