@@ -3,7 +3,8 @@
 //! duplicate window removes re-sends.
 //!
 //! - this file: connecting, the record → message mapping, `send` (never waits).
-//! - [`publisher`]: the task that publishes and hands each outcome back.
+//! - [`publisher`]: the task that publishes, matches each PubAck to its publish, and hands
+//!   each outcome back.
 //! - [`stream`]: what `check` and `setup` ask of the stream.
 
 mod publisher;
@@ -12,7 +13,6 @@ pub mod stream;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{mpsc, Notify};
 
@@ -78,9 +78,9 @@ pub fn jetstream(client: async_nats::Client, cfg: &NatsConfig) -> async_nats::je
         .build(client)
 }
 
-/// The message of a record: headers (`id`, `type`, … and the key), `Nats-Msg-Id` = the event
-/// id, the payload as the body. A name or value NATS cannot carry is a refusal.
-fn message(record: &OutboxRecord) -> Result<PublishMessage, Refusal> {
+/// The headers of a record's message: its own (`id`, `type`, …), the key, and `Nats-Msg-Id` =
+/// the event id. A name or value NATS cannot carry is a refusal.
+fn headers(record: &OutboxRecord) -> Result<HeaderMap, Refusal> {
     let bad = |what: String| Refusal::new(Class::Refused, what);
     let mut headers = HeaderMap::new();
     let key = record.key.as_ref().map(|k| (KEY_HEADER, k));
@@ -110,10 +110,10 @@ fn message(record: &OutboxRecord) -> Result<PublishMessage, Refusal> {
                     .into(),
             )
         })?;
-    Ok(PublishMessage::build()
-        .payload(record.payload.clone().unwrap_or_default())
-        .headers(headers)
-        .message_id(id))
+    let id = HeaderValue::from_str(id)
+        .map_err(|_| bad("the event id cannot be a Nats-Msg-Id".into()))?;
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    Ok(headers)
 }
 
 /// Bytes a message takes against the server's `max_payload`.
@@ -155,11 +155,12 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
         let (jobs, rx) = mpsc::channel(cfg.nats.max_pending);
         let purge = Arc::new(Notify::new());
         let task = tokio::spawn(publisher::run(
-            js,
+            client.clone(),
             rx,
             outcomes,
             purge.clone(),
             cfg.nats.max_pending,
+            cfg.nats.ack_timeout,
         ));
         Ok(NatsSink {
             jobs,
@@ -190,13 +191,14 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
             };
             return Err(SendError::Refused(ticket, r));
         }
-        let message = match message(record) {
-            Ok(m) => m,
+        let headers = match headers(record) {
+            Ok(h) => h,
             Err(r) => return Err(SendError::Refused(ticket, r)),
         };
         let job = Job {
             subject: record.topic.clone(),
-            message,
+            headers,
+            payload: record.payload.clone().unwrap_or_default(),
             ticket,
             returned: Returned::of(record),
         };

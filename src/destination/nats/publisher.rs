@@ -1,21 +1,26 @@
-//! The publishing task: takes jobs in order, publishes each to JetStream, and hands back
-//! every ticket exactly once with its outcome: the PubAck, or a refusal of some class.
+//! The publishing task: takes jobs in order, publishes each to its subject with a reply
+//! subject of its own under one inbox subscription, and hands back every ticket exactly once
+//! with its outcome: the stream's PubAck, or a refusal of some class. One subscription and one
+//! timer for all publishes, rather than a request (inbox, channel and timer) per message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::ErrorCode;
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use async_nats::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 use crate::destination::{Class, Outcome, Receipt, Refusal, Returned};
 
 /// One record to publish.
 pub struct Job<T> {
     pub subject: String,
-    pub message: PublishMessage,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
     pub ticket: T,
     pub returned: Returned,
 }
@@ -23,122 +28,213 @@ pub struct Job<T> {
 /// What to change when JetStream has no stream for a subject.
 const NO_STREAM: &str = "; no JetStream stream stores this subject: add it to the stream's subjects (`nats stream edit OUTBOX --subjects 'outbox.>'`), or route it to one";
 
-/// A publish error as a refusal.
-fn refusal(e: &PublishError) -> Refusal {
-    let message = format!("NATS: {e}");
-    let class = match e.kind() {
-        PublishErrorKind::StreamNotFound => {
-            return Refusal {
-                class: Class::Unroutable,
-                message,
-                hint: NO_STREAM,
-            }
+/// JetStream's answer to a publish: the stored sequence, or an API error.
+#[derive(Deserialize)]
+struct PubAck {
+    seq: Option<u64>,
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// JetStream error codes that say something about the event.
+const MESSAGE_EXCEEDS_MAXIMUM: u64 = 10054;
+const STORE_FAILED: u64 = 10077;
+const INSUFFICIENT_RESOURCES: u64 = 10023;
+
+/// The outcome an answer on a publish's reply subject carries.
+fn answer(m: &async_nats::Message) -> Result<Receipt, Refusal> {
+    if m.status == Some(StatusCode::NO_RESPONDERS) {
+        return Err(Refusal {
+            class: Class::Unroutable,
+            message: "NATS: no stream stores this subject (no responders)".into(),
+            hint: NO_STREAM,
+        });
+    }
+    let ack: PubAck = serde_json::from_slice(&m.payload)
+        .map_err(|e| Refusal::new(Class::Retriable, format!("NATS: unreadable PubAck: {e}")))?;
+    match (ack.seq, ack.error) {
+        (_, Some(e)) => {
+            let class = match e.err_code {
+                MESSAGE_EXCEEDS_MAXIMUM => Class::TooLarge,
+                STORE_FAILED | INSUFFICIENT_RESOURCES => Class::Retriable,
+                _ => Class::Refused,
+            };
+            Err(Refusal {
+                class,
+                message: format!("NATS JetStream: {} (error {})", e.description, e.err_code),
+                hint: match class {
+                    Class::TooLarge => "; raise the stream's max_msg_size and the server's max_payload, or make the payload smaller",
+                    _ => "",
+                },
+            })
         }
-        PublishErrorKind::MaxPayloadExceeded => Class::TooLarge,
-        PublishErrorKind::TimedOut
-        | PublishErrorKind::BrokenPipe
-        | PublishErrorKind::MaxAckPending => Class::Retriable,
-        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
-            Class::Refused
-        }
-        PublishErrorKind::Other => {
-            // A JetStream API error says what the stream thinks; anything else is the link.
-            let api = std::error::Error::source(e)
-                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>());
-            match api.map(|a| a.error_code()) {
-                Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => Class::TooLarge,
-                // The stream is full or its store failed: it may recover.
-                Some(ErrorCode::STREAM_STORE_FAILED | ErrorCode::INSUFFICIENT_RESOURCES) => {
-                    Class::Retriable
-                }
-                Some(_) => Class::Refused,
-                None => Class::Retriable,
-            }
-        }
-    };
-    let hint = match class {
-        Class::TooLarge => {
-            "; raise the stream's max_msg_size and the server's max_payload, or make the payload smaller"
-        }
-        _ => "",
-    };
-    Refusal {
-        class,
-        message,
-        hint,
+        (Some(seq), None) => Ok(Receipt {
+            partition: 0,
+            offset: i64::try_from(seq).unwrap_or(i64::MAX),
+        }),
+        (None, None) => Err(Refusal::new(
+            Class::Retriable,
+            "NATS: PubAck without a sequence",
+        )),
     }
 }
 
-/// Publishes until the job channel closes, at most `max_pending` awaiting their PubAck (a
-/// job is taken only while there is room, so a publish never waits for a permit that only
-/// polling the acks would free). On `purge`, every outstanding ticket comes back as a
+/// A publish the client did not take.
+fn not_sent(e: &async_nats::PublishError) -> Refusal {
+    let class = match e.kind() {
+        async_nats::client::PublishErrorKind::MaxPayloadExceeded => Class::TooLarge,
+        async_nats::client::PublishErrorKind::InvalidSubject => Class::InvalidTopic,
+        _ => Class::Retriable,
+    };
+    Refusal::new(class, format!("NATS: {e}"))
+}
+
+/// Publishes through `client` until the job channel closes, at most `max_pending` awaiting
+/// their PubAck (a job is taken only while there is room). A publish unanswered after
+/// `ack_timeout` fails as retriable. On `purge`, every outstanding ticket comes back as a
 /// retriable refusal at once.
 pub async fn run<T: Send + 'static>(
-    js: async_nats::jetstream::Context,
+    client: async_nats::Client,
     mut jobs: mpsc::Receiver<Job<T>>,
     outcomes: mpsc::UnboundedSender<Outcome<T>>,
     purge: Arc<Notify>,
     max_pending: usize,
+    ack_timeout: Duration,
 ) {
-    let mut acks = FuturesUnordered::new();
-    let mut waiting: HashMap<u64, (T, Returned)> = HashMap::new();
-    let mut next = 0u64;
-    let give_up = |ticket: T, returned: Returned| Outcome {
+    let prefix = client.new_inbox();
+    let give_up = |ticket: T, returned: Returned, why: &str| Outcome {
         ticket,
-        result: Err(Refusal::new(
-            Class::Retriable,
-            "NATS: publish abandoned (purged)",
-        )),
+        result: Err(Refusal::new(Class::Retriable, format!("NATS: {why}"))),
         returned: Some(returned),
     };
+    let mut replies = match client.subscribe(format!("{prefix}.*")).await {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("cannot subscribe to PubAcks: {e}");
+            while let Some(job) = jobs.recv().await {
+                let _ = outcomes.send(give_up(job.ticket, job.returned, &why));
+            }
+            return;
+        }
+    };
+    let mut waiting: HashMap<u64, (T, Returned)> = HashMap::new();
+    // Publish order is deadline order: the oldest first.
+    let mut deadlines: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut next = 0u64;
     loop {
+        let first_deadline = deadlines.front().map(|(_, at)| *at);
         tokio::select! {
-            job = jobs.recv(), if acks.len() < max_pending => {
+            job = jobs.recv(), if waiting.len() < max_pending => {
                 let Some(job) = job else { break };
-                match js.send_publish(job.subject, job.message).await {
-                    Ok(ack) => {
-                        let id = next;
-                        next += 1;
+                let id = next;
+                next += 1;
+                let reply = format!("{prefix}.{id}");
+                match client
+                    .publish_with_reply_and_headers(job.subject, reply, job.headers, job.payload)
+                    .await
+                {
+                    Ok(()) => {
                         waiting.insert(id, (job.ticket, job.returned));
-                        acks.push(async move { (id, ack.await) });
+                        deadlines.push_back((id, Instant::now() + ack_timeout));
                     }
                     Err(e) => {
                         let _ = outcomes.send(Outcome {
                             ticket: job.ticket,
-                            result: Err(refusal(&e)),
+                            result: Err(not_sent(&e)),
                             returned: Some(job.returned),
                         });
                     }
                 }
             }
-            Some((id, result)) = acks.next() => {
-                let Some((ticket, returned)) = waiting.remove(&id) else { continue };
-                let outcome = match result {
-                    Ok(ack) => Outcome {
-                        ticket,
-                        result: Ok(Receipt {
-                            partition: 0,
-                            offset: i64::try_from(ack.sequence).unwrap_or(i64::MAX),
-                        }),
-                        returned: None,
-                    },
-                    Err(e) => Outcome {
-                        ticket,
-                        result: Err(refusal(&e)),
-                        returned: Some(returned),
-                    },
+            Some(m) = replies.next() => {
+                let id = m.subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok());
+                // An answer after its publish timed out (or was purged) is ignored.
+                let Some((ticket, returned)) = id.and_then(|id| waiting.remove(&id)) else {
+                    continue;
                 };
-                let _ = outcomes.send(outcome);
+                let result = answer(&m);
+                let returned = result.is_err().then_some(returned);
+                let _ = outcomes.send(Outcome { ticket, result, returned });
+                while deadlines.front().is_some_and(|(id, _)| !waiting.contains_key(id)) {
+                    deadlines.pop_front();
+                }
+            }
+            _ = sleep_until(first_deadline), if first_deadline.is_some() => {
+                let now = Instant::now();
+                while let Some(&(id, at)) = deadlines.front() {
+                    if at > now {
+                        break;
+                    }
+                    deadlines.pop_front();
+                    if let Some((ticket, returned)) = waiting.remove(&id) {
+                        let why = format!("no PubAck within {ack_timeout:?} (nats_ack_timeout_ms)");
+                        let _ = outcomes.send(give_up(ticket, returned, &why));
+                    }
+                }
             }
             _ = purge.notified() => {
-                acks = FuturesUnordered::new();
+                deadlines.clear();
                 for (_, (ticket, returned)) in waiting.drain() {
-                    let _ = outcomes.send(give_up(ticket, returned));
+                    let _ = outcomes.send(give_up(ticket, returned, "publish abandoned (purged)"));
                 }
                 while let Ok(job) = jobs.try_recv() {
-                    let _ = outcomes.send(give_up(job.ticket, job.returned));
+                    let _ = outcomes.send(give_up(job.ticket, job.returned, "publish abandoned (purged)"));
                 }
             }
         }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(payload: &str, status: Option<StatusCode>) -> async_nats::Message {
+        async_nats::Message {
+            subject: "_INBOX.x.1".into(),
+            reply: None,
+            payload: Bytes::from(payload.to_owned()),
+            headers: None,
+            status,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn answers_become_outcomes() {
+        let ok = answer(&msg(r#"{"stream":"OUTBOX","seq":42}"#, None)).unwrap();
+        assert_eq!(ok.offset, 42);
+        let dup = answer(&msg(
+            r#"{"stream":"OUTBOX","seq":42,"duplicate":true}"#,
+            None,
+        ));
+        assert!(dup.is_ok(), "a duplicate is stored already: delivered");
+        let big = r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#;
+        assert_eq!(answer(&msg(big, None)).unwrap_err().class, Class::TooLarge);
+        let none = answer(&msg("", Some(StatusCode::NO_RESPONDERS))).unwrap_err();
+        assert_eq!(none.class, Class::Unroutable);
+        let full =
+            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#;
+        assert_eq!(
+            answer(&msg(full, None)).unwrap_err().class,
+            Class::Retriable
+        );
+        let other = r#"{"error":{"code":400,"err_code":10060,"description":"expected stream does not match"}}"#;
+        assert_eq!(answer(&msg(other, None)).unwrap_err().class, Class::Refused);
     }
 }
