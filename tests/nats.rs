@@ -184,14 +184,7 @@ async fn refusals_by_the_real_server_follow_on_poison() {
     let after = Event::new(3, "order", "k");
     env.commit(&[vec![before.clone()], vec![unroutable.clone()]])
         .await;
-    env.db
-        .batch_execute(
-            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES
-             ('00000000-0000-4000-8000-00000000b16b', 'order', 'k', 'Big',
-              jsonb_build_object('pad', repeat('x', 2000000)))",
-        )
-        .await
-        .unwrap();
+    env.insert_oversized().await;
     env.commit(&[vec![after.clone()]]).await;
     let want: HashSet<String> = [&before, &after].iter().map(|e| e.id.clone()).collect();
     let got = js::read_until_all(&server.url(), &want, Duration::from_secs(30)).await;
@@ -210,10 +203,7 @@ async fn refusals_by_the_real_server_follow_on_poison() {
         Some("unroutable"),
         "{got:?}"
     );
-    assert_eq!(
-        class("00000000-0000-4000-8000-00000000b16b").as_deref(),
-        Some("too-large")
-    );
+    assert_eq!(class(OVERSIZED_ID).as_deref(), Some("too-large"));
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
     running.stop().await;
@@ -231,25 +221,15 @@ async fn too_large_under_fail_stops_and_confirms_nothing_past_it() {
     let before_big = env.current_lsn().await;
     env.wait_confirmed(before_big, Duration::from_secs(30))
         .await;
-    env.db
-        .batch_execute(
-            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES
-             ('00000000-0000-4000-8000-00000000b16b', 'order', 'k', 'Big',
-              jsonb_build_object('pad', repeat('x', 2000000)))",
-        )
-        .await
-        .unwrap();
+    env.insert_oversized().await;
     let result = tokio::time::timeout(Duration::from_secs(30), running.task)
         .await
         .expect("stops")
         .unwrap();
     let e = result.unwrap_err().to_string();
+    assert!(e.contains(OVERSIZED_ID) && e.contains("max_payload"), "{e}");
     assert!(
-        e.contains("00000000-0000-4000-8000-00000000b16b") && e.contains("max_payload"),
-        "{e}"
-    );
-    assert!(
-        env.confirmed_flush().await.unwrap() <= before_big,
+        env.confirmed_flush().await.unwrap() <= wal_in(&e),
         "confirmed past the refused event"
     );
 }
@@ -301,6 +281,81 @@ async fn graceful_stop_resends_nothing() {
     assert_eq!(distinct(&got), all);
     assert_eq!(got.len(), all.len(), "a graceful stop resent events");
     child.start_kill().unwrap();
+}
+
+/// The polling publisher delivers to NATS through the same destination, marking each row
+/// only once its PubAck came back; a row refused by the server follows `on_poison`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_publisher_delivers_to_nats() {
+    let env = Env::start().await;
+    env.db
+        .batch_execute(pgoutbox::setup::POLL_SQL)
+        .await
+        .unwrap();
+    let server = js::start(Duration::from_secs(120)).await;
+    let mut cfg = js::config(&env, &server);
+    cfg.source = pgoutbox::config::Source::Poll;
+    cfg.poll.interval = Duration::from_millis(50);
+    cfg.on_poison = PoisonPolicy::Skip;
+    let running = env.spawn_streamer(cfg);
+    let txs = workload(0, 50);
+    let ids = ids_of(&txs);
+    env.commit(&txs).await;
+    env.insert_oversized().await;
+    let got = js::read_until_all(&server.url(), &ids, Duration::from_secs(30)).await;
+    assert_eq!(distinct(&got), ids);
+    assert_eq!(got.len(), ids.len());
+    wait_for("every row marked", Duration::from_secs(10), || async {
+        let n: i64 = env
+            .db
+            .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    running.stop().await;
+}
+
+/// `setup --create-nats-stream` creates the stream `check` then finds complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_creates_the_stream() {
+    let env = Env::start().await;
+    let server = tokio::task::spawn_blocking(pgoutbox::embedded::TempNats::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let (pg, url) = (env.pg.url(), server.url());
+    let run = |args: &'static [&'static str]| {
+        let (pg, url) = (pg.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+                .args(args)
+                .env("PGOUTBOX_POSTGRES_URL", pg)
+                .env("PGOUTBOX_DESTINATION", "nats")
+                .env("PGOUTBOX_NATS_URL", url)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["setup", "--create-nats-stream"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("✔ NATS stream OUTBOX stores outbox.event.> (duplicate_window 120s)"),
+        "{text}"
+    );
+    let out = run(&["check"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// `check` says what the NATS side lacks, with the command that fixes it.

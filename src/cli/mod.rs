@@ -53,7 +53,7 @@ struct SetupArgs {
     /// Also create the NATS JetStream stream (nats_stream) for the subjects pgoutbox
     /// publishes to, with the duplicate window nats_duplicate_window_secs.
     #[arg(long)]
-    nats_stream: bool,
+    create_nats_stream: bool,
     #[command(flatten)]
     settings: Box<SettingArgs>,
 }
@@ -172,7 +172,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn", LogFormat::Text);
             demo::main(args).await
         }
-        Some(Command::Setup(a)) => admin::setup(admin(a.settings)?, a.nats_stream).await,
+        Some(Command::Setup(a)) => admin::setup(admin(a.settings)?, a.create_nats_stream).await,
         Some(Command::Check(args)) => admin::check(admin(args)?).await,
         Some(Command::Status(a)) => admin::status(admin(a.settings)?, a.json).await,
         Some(Command::Slot(SlotArgs {

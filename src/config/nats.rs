@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Default server URL.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
-/// Default stream name (`check` looks it up; `setup --nats-stream` creates it).
+/// Default stream name (`check` looks it up; `setup --create-nats-stream` creates it).
 pub const DEFAULT_STREAM: &str = "OUTBOX";
 
 /// What the NATS destination needs.

@@ -20,6 +20,21 @@ use tokio_util::sync::CancellationToken;
 
 pub use pgoutbox::setup::SETUP_SQL;
 pub const PARTITIONS: i32 = 3;
+/// The WAL position a delivery error names (`… WAL 0/1A2B3C) failed: …`): the refused event's
+/// insert, which the slot must not be confirmed past. (Comparing with a position read before
+/// the insert is too strict: other WAL, such as the state record's periodic write, may come in
+/// between and be passed.)
+pub fn wal_in(error: &str) -> Lsn {
+    error
+        .split("WAL ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no WAL position in {error:?}"))
+}
+
+/// The id of the event [`Env::insert_oversized`] writes.
+pub const OVERSIZED_ID: &str = "00000000-0000-4000-8000-00000000b16b";
 pub const AGGREGATE_TYPES: [&str; 3] = ["order", "customer", "invoice"];
 
 /// Postgres + Kafka for one test; both are torn down on drop.
@@ -185,6 +200,18 @@ impl Env {
             let sql: String = chunk.iter().map(|t| tx_sql(t, "COMMIT")).collect();
             self.db.batch_execute(&sql).await.unwrap();
         }
+    }
+
+    /// Commits one event (id [`OVERSIZED_ID`]) whose 2 MB payload exceeds Kafka's
+    /// `message.max.bytes` and NATS' `max_payload`.
+    pub async fn insert_oversized(&self) {
+        self.db
+            .batch_execute(&format!(
+                "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES
+                 ('{OVERSIZED_ID}', 'order', 'k', 'Big', jsonb_build_object('pad', repeat('x', 2000000)))"
+            ))
+            .await
+            .unwrap();
     }
 
     /// The stored text form of each payload (jsonb normalises), by event id.

@@ -1,5 +1,5 @@
 //! The JetStream stream the outbox subjects are stored in: what `check` and the start look
-//! up, and what `setup --nats-stream` creates.
+//! up, and what `setup --create-nats-stream` creates.
 
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ pub fn subjects(cfg: &Config) -> Vec<String> {
 pub fn add_command(cfg: &Config) -> String {
     let window = cfg.nats.duplicate_window.as_secs().max(1);
     format!(
-        "nats stream add {} --subjects '{}' --storage file --retention limits --dupe-window {window}s --defaults (or `pgoutbox setup --nats-stream`)",
+        "nats stream add {} --subjects '{}' --storage file --retention limits --dupe-window {window}s --defaults (or `pgoutbox setup --create-nats-stream`)",
         cfg.nats.stream,
         subjects(cfg).join(",")
     )
@@ -61,7 +61,7 @@ pub fn add_command(cfg: &Config) -> String {
 pub async fn inspect(js: &Context, cfg: &NatsConfig) -> Result<StreamInfo, DestinationError> {
     let stream = js.get_stream(&cfg.stream).await.map_err(|e| {
         DestinationError::Unavailable(format!(
-            "NATS JetStream stream {:?}: {e}: create it (`nats stream add`, or `pgoutbox setup --nats-stream`), or set nats_stream",
+            "NATS JetStream stream {:?}: {e}: create it (`nats stream add`, or `pgoutbox setup --create-nats-stream`), or set nats_stream",
             cfg.stream
         ))
     })?;
