@@ -12,17 +12,6 @@ use pgoutbox::config::Source;
 use pgoutbox::poll::Cleanup;
 use pgoutbox::setup::POLL_SQL;
 
-/// Rows not yet sent (`status = 0`).
-async fn pending(env: &Env) -> usize {
-    let n: i64 = env
-        .db
-        .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
-        .await
-        .unwrap()
-        .get(0);
-    n as usize
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pollers_send_each_row_once() {
     let env = Env::start().await;
@@ -54,7 +43,7 @@ async fn two_pollers_send_each_row_once() {
         twice.len()
     );
     wait_for("all rows marked", Duration::from_secs(10), || async {
-        pending(&env).await == 0
+        env.pending_rows().await == 0
     })
     .await;
     a.stop().await;
@@ -72,7 +61,7 @@ async fn two_pollers_send_each_row_once() {
     env.commit(&late).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        pending(&env).await,
+        env.pending_rows().await,
         late.iter().flatten().count(),
         "unacked rows stay pending"
     );
@@ -80,7 +69,7 @@ async fn two_pollers_send_each_row_once() {
     let late_ids: HashSet<String> = late.iter().flatten().map(|e| e.id.clone()).collect();
     read_until_all(&reader, &late_ids, Duration::from_secs(60)).await;
     wait_for("sent rows deleted", Duration::from_secs(20), || async {
-        pending(&env).await == 0
+        env.pending_rows().await == 0
     })
     .await;
     c.stop().await;

@@ -225,6 +225,10 @@ async fn deliver<D: Destination<usize>>(
                 }
             }
         }
+        if queue.is_empty() && outstanding == 0 {
+            // The last records were refused at send: no outcome will come.
+            break;
+        }
         let outcome = tokio::select! {
             o = acks.recv() => o,
             _ = tokio::time::sleep(Duration::from_millis(5)), if !queue.is_empty() => continue,

@@ -74,6 +74,29 @@ async fn committed_already(db: &tokio_postgres::Client, tx: &[Event]) -> bool {
     .unwrap_or(false)
 }
 
+/// Slot `pgoutbox`'s confirmed position, if the server answers.
+pub async fn confirmed_of(db: &tokio_postgres::Client) -> Option<Lsn> {
+    let row = db
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgoutbox'",
+            &[],
+        )
+        .await
+        .ok()?;
+    row.get::<_, String>(0).parse().ok()
+}
+
+/// Whether a transaction at or below `confirmed` has an event the destination (`seen`, read
+/// after `confirmed`) does not hold.
+pub fn confirmed_early(committed: &Committed, confirmed: Lsn, seen: &HashSet<String>) -> bool {
+    committed
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, bound)| *bound <= confirmed)
+        .any(|(ids, _)| ids.iter().any(|id| !seen.contains(id)))
+}
+
 /// What the sampler found.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LsnReport {
@@ -96,20 +119,13 @@ pub fn spawn_sampler(
         let mut report = LsnReport::default();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let Ok(row) = db
-                .query_one(
-                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgoutbox'",
-                    &[],
-                )
-                .await
-            else {
+            let Some(confirmed) = confirmed_of(&db).await else {
                 // The server may be restarting.
                 if let Ok(c) = super::try_connect(&url).await {
                     db = c;
                 }
                 continue;
             };
-            let confirmed: Lsn = row.get::<_, String>(0).parse().unwrap();
             let (s, done) = tokio::task::spawn_blocking(move || {
                 let done = s_catch_up(&mut seen);
                 (seen, done)
@@ -121,13 +137,7 @@ pub fn spawn_sampler(
                 continue;
             }
             report.samples += 1;
-            let early = committed
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(_, bound)| *bound <= confirmed)
-                .any(|(ids, _)| ids.iter().any(|id| !seen.ids.contains(id)));
-            if early {
+            if confirmed_early(&committed, confirmed, &seen.ids) {
                 report.early_confirms += 1;
             }
         }

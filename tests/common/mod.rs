@@ -202,6 +202,17 @@ impl Env {
         }
     }
 
+    /// Polling: rows not yet sent (`status = 0`).
+    pub async fn pending_rows(&self) -> usize {
+        let n: i64 = self
+            .db
+            .query_one("SELECT count(*) FROM outbox WHERE status = 0", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n as usize
+    }
+
     /// Commits one event (id [`OVERSIZED_ID`]) whose 2 MB payload exceeds Kafka's
     /// `message.max.bytes` and NATS' `max_payload`.
     pub async fn insert_oversized(&self) {

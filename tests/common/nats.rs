@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use pgoutbox::embedded::TempNats;
-use pgoutbox::{Config, Lsn};
+use pgoutbox::Config;
 use tokio::task::JoinHandle;
 
 use super::{connect, Env};
@@ -163,16 +163,9 @@ impl NatsLsnChecker {
             let (mut samples, mut early) = (0, 0);
             while !flag.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let Ok(row) = db
-                    .query_one(
-                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgoutbox'",
-                        &[],
-                    )
-                    .await
-                else {
+                let Some(confirmed) = super::checker::confirmed_of(&db).await else {
                     continue;
                 };
-                let confirmed: Lsn = row.get::<_, String>(0).parse().unwrap();
                 // Read after the confirmed position: a stored event never leaves the stream.
                 let Ok(got) =
                     tokio::time::timeout(Duration::from_secs(10), try_read_ids(&url)).await
@@ -181,13 +174,7 @@ impl NatsLsnChecker {
                 };
                 let Some(seen) = got else { continue };
                 samples += 1;
-                let bad = committed
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, bound)| *bound <= confirmed)
-                    .any(|(ids, _)| ids.iter().any(|id| !seen.contains(id)));
-                if bad {
+                if super::checker::confirmed_early(&committed, confirmed, &seen) {
                     early += 1;
                 }
             }
