@@ -233,7 +233,9 @@ impl Session<'_> {
             tx,
             bytes: rec.size(),
             commit_time,
-            event_id: rec.event_id.clone(),
+            // A copy, not a slice: a slice would keep the whole WAL message (payload and all)
+            // alive until the outcome, on top of the destination's own copy.
+            event_id: Bytes::copy_from_slice(&rec.event_id),
             topic: self.meters.topic_id(&rec.topic),
             lsn: rec.lsn,
             dead_letter: rec.topic == self.cfg.dead_letter_topic,
