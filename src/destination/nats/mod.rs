@@ -67,14 +67,11 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, Destination
     Ok(client)
 }
 
-/// The JetStream context pgoutbox publishes with. The publisher keeps at most
-/// `max_pending` publishes unacknowledged itself; the client's own limit sits above that, so
-/// it never blocks a publish.
+/// The JetStream context for the stream's management API (look-up, creation, `check`).
+/// Publishing goes through the core client (`publisher.rs`), which tracks PubAcks itself.
 pub fn jetstream(client: async_nats::Client, cfg: &NatsConfig) -> async_nats::jetstream::Context {
     async_nats::jetstream::ContextBuilder::new()
         .timeout(cfg.ack_timeout)
-        .max_ack_inflight(cfg.max_pending.saturating_mul(2).max(64))
-        .backpressure_on_inflight(true)
         .build(client)
 }
 
@@ -179,13 +176,13 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
             );
             return Err(SendError::Refused(ticket, r));
         }
-        if wire_size(record) > self.max_payload {
+        let size = wire_size(record);
+        if size > self.max_payload {
             let r = Refusal {
                 class: Class::TooLarge,
                 message: format!(
                     "NATS: the message ({} bytes with headers) exceeds the server's max_payload of {} bytes",
-                    wire_size(record),
-                    self.max_payload
+                    size, self.max_payload
                 ),
                 hint: "; raise max_payload in the nats-server configuration (1 MB by default, at most 64 MB), or make the payload smaller",
             };
