@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 pub use settings::{LogFormat, SettingArgs, Settings};
 
-/// Streams the transactional outbox from PostgreSQL to Kafka.
+/// Streams the transactional outbox from PostgreSQL to Kafka or NATS JetStream.
 #[derive(Debug, Parser)]
 #[command(
     name = "pgoutbox",
@@ -44,7 +44,7 @@ enum Command {
     Slot(SlotArgs),
     /// Print the effective configuration (secrets redacted) without connecting anywhere.
     Config(Box<SettingArgs>),
-    /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker.
+    /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker (or NATS).
     Demo(demo::DemoArgs),
 }
 

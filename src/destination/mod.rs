@@ -97,13 +97,13 @@ pub struct Returned {
     pub headers: Vec<(String, Bytes)>,
 }
 
-impl Returned {
-    pub fn of(rec: &OutboxRecord) -> Self {
+impl From<OutboxRecord> for Returned {
+    fn from(rec: OutboxRecord) -> Self {
         Returned {
-            topic: rec.topic.clone(),
-            key: rec.key.clone(),
-            payload: rec.payload.clone(),
-            headers: rec.headers.clone(),
+            topic: rec.topic,
+            key: rec.key,
+            payload: rec.payload,
+            headers: rec.headers,
         }
     }
 }
@@ -117,13 +117,13 @@ pub struct Outcome<T> {
     pub returned: Option<Returned>,
 }
 
-/// A record `send` did not take.
+/// A record `send` did not take; the ticket and the record are handed back.
 #[derive(Debug)]
 pub enum SendError<T> {
-    /// No room now: send again after some outcomes. The ticket is handed back.
-    Full(T),
+    /// No room now: send again after some outcomes.
+    Full(T, OutboxRecord),
     /// Refused at once (too large, an invalid name …); no outcome will follow.
-    Refused(T, Refusal),
+    Refused(T, Refusal, OutboxRecord),
 }
 
 /// A destination that could not be opened or used.
@@ -174,8 +174,12 @@ pub trait Destination<T: Send + 'static>: Sized + Send + Sync + 'static {
         outcomes: mpsc::UnboundedSender<Outcome<T>>,
     ) -> impl Future<Output = Result<Self, DestinationError>> + Send;
 
-    /// Takes a record without waiting for the server; its outcome comes back later.
-    fn send(&self, record: &OutboxRecord, ticket: T) -> Result<(), SendError<T>>;
+    /// Takes a record without waiting for the server; its outcome comes back later. The
+    /// record is the destination's: it keeps what it needs to hand it back on a refusal.
+    // The record comes back by value when not taken; boxing it would allocate on every
+    // backpressure.
+    #[allow(clippy::result_large_err)]
+    fn send(&self, record: OutboxRecord, ticket: T) -> Result<(), SendError<T>>;
 
     /// Gives up on everything not yet acknowledged: each outcome still comes back, as a
     /// retriable refusal, unless the server acknowledged it meanwhile.

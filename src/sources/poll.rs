@@ -210,13 +210,14 @@ async fn deliver<D: Destination<usize>>(
     };
     while !queue.is_empty() || outstanding > 0 {
         while let Some(i) = queue.pop_front() {
-            match dest.send(&records[i], i) {
+            // The batch keeps its records: an at-most-once failure is resent from here.
+            match dest.send(records[i].clone(), i) {
                 Ok(()) => outstanding += 1,
-                Err(SendError::Full(i)) => {
+                Err(SendError::Full(i, _)) => {
                     queue.push_front(i);
                     break;
                 }
-                Err(SendError::Refused(i, e)) => {
+                Err(SendError::Refused(i, e, _)) => {
                     match refused(cfg, &mut records, &mut done, i, e) {
                         Ok(Some(dead)) => queue.push_front(dead),
                         Ok(None) => {}

@@ -275,22 +275,26 @@ impl<T: Send + Sync + 'static> Destination<T> for KafkaSink<T> {
         Ok(sink)
     }
 
-    fn send(&self, record: &OutboxRecord, ticket: T) -> Result<(), SendError<T>> {
+    fn send(&self, record: OutboxRecord, ticket: T) -> Result<(), SendError<T>> {
         if !is_valid_topic(&record.topic) {
             let r = Refusal::new(
                 Class::InvalidTopic,
                 format!("{:?} is not a valid Kafka topic name", record.topic),
             );
-            return Err(SendError::Refused(ticket, r));
+            return Err(SendError::Refused(ticket, r, record));
         }
-        self.produce(record, Opaque::Event(ticket))
+        // librdkafka copies the record; the opaque carries only the ticket.
+        self.produce(&record, Opaque::Event(ticket))
             .map_err(|(error, opaque)| {
-                let Opaque::Event(ticket) = opaque else {
-                    unreachable!("an event's opaque comes back as an event")
+                let ticket = match opaque {
+                    Opaque::Event(ticket) => ticket,
+                    Opaque::Control(_) => {
+                        unreachable!("produce hands back the opaque it was given")
+                    }
                 };
                 match is_backpressure(&error) {
-                    true => SendError::Full(ticket),
-                    false => SendError::Refused(ticket, refusal(&error)),
+                    true => SendError::Full(ticket, record),
+                    false => SendError::Refused(ticket, refusal(&error), record),
                 }
             })
     }

@@ -18,9 +18,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::nats::is_valid_subject;
 use crate::config::{Config, DeliveryMode, NatsConfig};
-use crate::destination::{
-    Class, Destination, DestinationError, Outcome, Refusal, Returned, SendError,
-};
+use crate::destination::{Class, Destination, DestinationError, Outcome, Refusal, SendError};
 use crate::outbox::OutboxRecord;
 use crate::pipeline::AbortOnDrop;
 use publisher::Job;
@@ -41,6 +39,8 @@ pub struct NatsSink<T: Send + 'static> {
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, DestinationError> {
     let mut opts = async_nats::ConnectOptions::new()
         .name("pgoutbox")
+        // `send` checks every subject itself (a bad one is refused as `invalid-topic`).
+        .skip_subject_validation(true)
         .connection_timeout(std::time::Duration::from_secs(5));
     if let Some(path) = &cfg.credentials_file {
         opts = opts.credentials_file(path).await.map_err(|e| {
@@ -75,6 +75,17 @@ pub fn jetstream(client: async_nats::Client, cfg: &NatsConfig) -> async_nats::je
         .build(client)
 }
 
+/// A header's name; those every event carries without parsing (which allocates).
+fn header_name(k: &str) -> Result<HeaderName, async_nats::header::ParseHeaderNameError> {
+    Ok(match k {
+        "id" => HeaderName::from_static("id"),
+        "type" => HeaderName::from_static("type"),
+        KEY_HEADER => HeaderName::from_static(KEY_HEADER),
+        "traceparent" => HeaderName::from_static("traceparent"),
+        _ => return HeaderName::from_str(k),
+    })
+}
+
 /// The headers of a record's message: its own (`id`, `type`, …), the key, and `Nats-Msg-Id` =
 /// the event id. A name or value NATS cannot carry is a refusal.
 fn headers(record: &OutboxRecord) -> Result<HeaderMap, Refusal> {
@@ -87,8 +98,8 @@ fn headers(record: &OutboxRecord) -> Result<HeaderMap, Refusal> {
         .map(|(k, v)| (k.as_str(), v))
         .chain(key)
     {
-        let name = HeaderName::from_str(k)
-            .map_err(|_| bad(format!("header name {k:?} is not valid in NATS")))?;
+        let name =
+            header_name(k).map_err(|_| bad(format!("header name {k:?} is not valid in NATS")))?;
         let text = std::str::from_utf8(v).map_err(|_| {
             bad(format!(
                 "header {k:?} is not UTF-8, which NATS headers need"
@@ -168,15 +179,15 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
         })
     }
 
-    fn send(&self, record: &OutboxRecord, ticket: T) -> Result<(), SendError<T>> {
+    fn send(&self, record: OutboxRecord, ticket: T) -> Result<(), SendError<T>> {
         if !is_valid_subject(&record.topic) {
             let r = Refusal::new(
                 Class::InvalidTopic,
                 format!("{:?} is not a NATS subject to publish to", record.topic),
             );
-            return Err(SendError::Refused(ticket, r));
+            return Err(SendError::Refused(ticket, r, record));
         }
-        let size = wire_size(record);
+        let size = wire_size(&record);
         if size > self.max_payload {
             let r = Refusal {
                 class: Class::TooLarge,
@@ -186,24 +197,25 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
                 ),
                 hint: "; raise max_payload in the nats-server configuration (1 MB by default, at most 64 MB), or make the payload smaller",
             };
-            return Err(SendError::Refused(ticket, r));
+            return Err(SendError::Refused(ticket, r, record));
         }
-        let headers = match headers(record) {
+        let headers = match headers(&record) {
             Ok(h) => h,
-            Err(r) => return Err(SendError::Refused(ticket, r)),
+            Err(r) => return Err(SendError::Refused(ticket, r, record)),
         };
         let job = Job {
             subject: record.topic.clone(),
             headers,
             payload: record.payload.clone().unwrap_or_default(),
             ticket,
-            returned: Returned::of(record),
+            record,
         };
         self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(job) => SendError::Full(job.ticket),
+            mpsc::error::TrySendError::Full(job) => SendError::Full(job.ticket, job.record),
             mpsc::error::TrySendError::Closed(job) => SendError::Refused(
                 job.ticket,
                 Refusal::new(Class::Retriable, "NATS publisher stopped"),
+                job.record,
             ),
         })
     }

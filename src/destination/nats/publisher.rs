@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::destination::{Class, Outcome, Receipt, Refusal, Returned};
+use crate::outbox::OutboxRecord;
 
 /// One record to publish.
 pub struct Job<T> {
@@ -22,7 +23,8 @@ pub struct Job<T> {
     pub headers: HeaderMap,
     pub payload: Bytes,
     pub ticket: T,
-    pub returned: Returned,
+    /// Handed back with a refusal.
+    pub record: OutboxRecord,
 }
 
 /// What to change when JetStream has no stream for a subject.
@@ -109,22 +111,22 @@ pub async fn run<T: Send + 'static>(
     ack_timeout: Duration,
 ) {
     let prefix = client.new_inbox();
-    let give_up = |ticket: T, returned: Returned, why: &str| Outcome {
+    let give_up = |ticket: T, record: OutboxRecord, why: &str| Outcome {
         ticket,
         result: Err(Refusal::new(Class::Retriable, format!("NATS: {why}"))),
-        returned: Some(returned),
+        returned: Some(Returned::from(record)),
     };
     let mut replies = match client.subscribe(format!("{prefix}.*")).await {
         Ok(s) => s,
         Err(e) => {
             let why = format!("cannot subscribe to PubAcks: {e}");
             while let Some(job) = jobs.recv().await {
-                let _ = outcomes.send(give_up(job.ticket, job.returned, &why));
+                let _ = outcomes.send(give_up(job.ticket, job.record, &why));
             }
             return;
         }
     };
-    let mut waiting: HashMap<u64, (T, Returned)> = HashMap::new();
+    let mut waiting: HashMap<u64, (T, OutboxRecord)> = HashMap::new();
     // Publish order is deadline order: the oldest first.
     let mut deadlines: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut next = 0u64;
@@ -141,14 +143,14 @@ pub async fn run<T: Send + 'static>(
                     .await
                 {
                     Ok(()) => {
-                        waiting.insert(id, (job.ticket, job.returned));
+                        waiting.insert(id, (job.ticket, job.record));
                         deadlines.push_back((id, Instant::now() + ack_timeout));
                     }
                     Err(e) => {
                         let _ = outcomes.send(Outcome {
                             ticket: job.ticket,
                             result: Err(not_sent(&e)),
-                            returned: Some(job.returned),
+                            returned: Some(Returned::from(job.record)),
                         });
                     }
                 }
@@ -156,11 +158,11 @@ pub async fn run<T: Send + 'static>(
             Some(m) = replies.next() => {
                 let id = m.subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok());
                 // An answer after its publish timed out (or was purged) is ignored.
-                let Some((ticket, returned)) = id.and_then(|id| waiting.remove(&id)) else {
+                let Some((ticket, record)) = id.and_then(|id| waiting.remove(&id)) else {
                     continue;
                 };
                 let result = answer(&m);
-                let returned = result.is_err().then_some(returned);
+                let returned = result.is_err().then(|| Returned::from(record));
                 let _ = outcomes.send(Outcome { ticket, result, returned });
                 while deadlines.front().is_some_and(|(id, _)| !waiting.contains_key(id)) {
                     deadlines.pop_front();
@@ -173,19 +175,19 @@ pub async fn run<T: Send + 'static>(
                         break;
                     }
                     deadlines.pop_front();
-                    if let Some((ticket, returned)) = waiting.remove(&id) {
+                    if let Some((ticket, record)) = waiting.remove(&id) {
                         let why = format!("no PubAck within {ack_timeout:?} (nats_ack_timeout_ms)");
-                        let _ = outcomes.send(give_up(ticket, returned, &why));
+                        let _ = outcomes.send(give_up(ticket, record, &why));
                     }
                 }
             }
             _ = purge.notified() => {
                 deadlines.clear();
-                for (_, (ticket, returned)) in waiting.drain() {
-                    let _ = outcomes.send(give_up(ticket, returned, "publish abandoned (purged)"));
+                for (_, (ticket, record)) in waiting.drain() {
+                    let _ = outcomes.send(give_up(ticket, record, "publish abandoned (purged)"));
                 }
                 while let Ok(job) = jobs.try_recv() {
-                    let _ = outcomes.send(give_up(job.ticket, job.returned, "publish abandoned (purged)"));
+                    let _ = outcomes.send(give_up(job.ticket, job.record, "publish abandoned (purged)"));
                 }
             }
         }

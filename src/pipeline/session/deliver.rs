@@ -24,17 +24,17 @@ impl Session<'_> {
         }
         while let Some((rec, ticket)) = self.pending.pop_front() {
             let bytes = ticket.bytes;
-            match dest.send(&rec, ticket) {
+            match dest.send(rec, ticket) {
                 Ok(()) => {
                     self.budget.take(bytes);
                     self.meters.in_flight(&self.budget);
                 }
-                Err(SendError::Full(ticket)) => {
+                Err(SendError::Full(ticket, rec)) => {
                     self.meters.error("backpressure");
                     self.pending.push_front((rec, ticket));
                     return Ok(());
                 }
-                Err(SendError::Refused(ticket, e)) => {
+                Err(SendError::Refused(ticket, e, rec)) => {
                     self.meters.refusal(e.class);
                     if self.retries_in_process(&e) {
                         self.retry_later(rec, ticket, &e);

@@ -59,15 +59,16 @@ impl Destination<Ticket> for FakeDest {
     ) -> Result<Self, DestinationError> {
         Ok(FakeDest::default())
     }
-    fn send(&self, record: &OutboxRecord, ticket: Ticket) -> Result<(), SendError<Ticket>> {
+    fn send(&self, record: OutboxRecord, ticket: Ticket) -> Result<(), SendError<Ticket>> {
         if let Some(class) = self.refuse_at_send {
-            return Err(SendError::Refused(ticket, Refusal::new(class, "refused")));
+            let r = Refusal::new(class, "refused");
+            return Err(SendError::Refused(ticket, r, record));
         }
         let mut sent = self.sent.lock().unwrap();
         if sent.len() >= self.room {
-            return Err(SendError::Full(ticket));
+            return Err(SendError::Full(ticket, record));
         }
-        sent.push_back((record.clone(), ticket));
+        sent.push_back((record, ticket));
         Ok(())
     }
     fn purge(&self) {}
