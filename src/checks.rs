@@ -63,6 +63,7 @@ pub async fn run(cfg: &Config) -> Vec<CheckResult> {
     match cfg.destination {
         DestinationKind::Kafka => kafka_checks(cfg, &mut out).await,
         DestinationKind::Nats => nats_checks(cfg, &mut out).await,
+        DestinationKind::RabbitMq => rabbitmq_checks(cfg, &mut out).await,
     }
     out
 }
@@ -92,6 +93,52 @@ async fn kafka_checks(cfg: &Config, out: &mut Vec<CheckResult>) {
 
 /// The server (reachable, credentials, JetStream), the stream, the subjects it stores and
 /// its duplicate window.
+async fn rabbitmq_checks(cfg: &Config, out: &mut Vec<CheckResult>) {
+    use crate::destination::rabbitmq::{self, exchange};
+    let url = crate::config::redact_url(&cfg.rabbitmq.url);
+    let connection = match rabbitmq::connect(&cfg.rabbitmq).await {
+        Ok(c) => c,
+        Err(e) => {
+            return out.push(CheckResult {
+                name: "RabbitMQ reachable",
+                ok: false,
+                detail: format!("{e}: check rabbitmq_url (amqp://user:password@host:port/vhost)"),
+            })
+        }
+    };
+    out.push(CheckResult {
+        name: "RabbitMQ reachable",
+        ok: true,
+        detail: format!("logged in at {url}"),
+    });
+    let c = &cfg.rabbitmq;
+    out.push(match exchange::exists(&connection, c).await {
+        Ok(true) => CheckResult {
+            name: "RabbitMQ exchange",
+            ok: true,
+            detail: format!(
+                "{:?} exists; events with no queue bound for their routing key are returned, then handled per on_poison",
+                c.exchange
+            ),
+        },
+        Ok(false) => CheckResult {
+            name: "RabbitMQ exchange",
+            ok: false,
+            detail: format!(
+                "{:?} does not exist in this vhost; fix: {}",
+                c.exchange,
+                exchange::declare_command(c)
+            ),
+        },
+        Err(e) => CheckResult {
+            name: "RabbitMQ exchange",
+            ok: false,
+            detail: e.to_string(),
+        },
+    });
+    let _ = connection.close(200, "check done".into()).await;
+}
+
 async fn nats_checks(cfg: &Config, out: &mut Vec<CheckResult>) {
     let fail = |name, detail: String| CheckResult {
         name,

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 
 use pgoutbox::config::Config;
-use pgoutbox::destination::nats;
+use pgoutbox::destination::{nats, rabbitmq};
 use pgoutbox::outbox::TableName;
 use pgoutbox::Lsn;
 use pgoutbox::{checks, setup, status};
@@ -16,7 +16,7 @@ async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-pub async fn setup(cfg: Config, nats_stream: bool) -> anyhow::Result<()> {
+pub async fn setup(cfg: Config, nats_stream: bool, rabbitmq_exchange: bool) -> anyhow::Result<()> {
     let pg = connect(&cfg).await?;
     let report = setup::apply(&pg, &cfg.slot, cfg.failover)
         .await
@@ -40,6 +40,15 @@ pub async fn setup(cfg: Config, nats_stream: bool) -> anyhow::Result<()> {
             "! you configured table {} and publication {}; sql/setup.sql creates the defaults: \
              create yours with the same DDL, then run `pgoutbox check`",
             cfg.outbox.table, cfg.publication
+        );
+    }
+    if rabbitmq_exchange {
+        let connection = rabbitmq::connect(&cfg.rabbitmq).await?;
+        rabbitmq::exchange::declare(&connection, &cfg.rabbitmq).await?;
+        let _ = connection.close(200, "setup done".into()).await;
+        println!(
+            "✔ RabbitMQ exchange {} (topic, durable); bind your queues to it by routing key (outbox.event.#)",
+            cfg.rabbitmq.exchange
         );
     }
     if nats_stream {

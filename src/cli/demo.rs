@@ -1,5 +1,6 @@
 //! `pgoutbox demo`: the whole flow on a throwaway PostgreSQL and an in-process Kafka broker
-//! (or, with `--destination nats`, a throwaway server of the installed `nats-server`). Prints
+//! (or, with `--destination nats|rabbitmq`, a throwaway server of the installed `nats-server`
+//! or `rabbitmq-server`). Prints
 //! each event as a consumer receives it, with its commit→ack latency.
 
 use std::collections::HashMap;
@@ -14,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use futures_util::StreamExt;
 use pgoutbox::config::DestinationKind;
-use pgoutbox::destination::nats;
-use pgoutbox::embedded::{TempKafka, TempNats, TempPostgres, TopicReader};
+use pgoutbox::destination::{nats, rabbitmq};
+use pgoutbox::embedded::{TempKafka, TempNats, TempPostgres, TempRabbit, TopicReader};
 use pgoutbox::pipeline::AckedEvent;
 use pgoutbox::{Config, Streamer};
 
@@ -35,8 +36,8 @@ pub struct DemoArgs {
     /// Keep Postgres, the broker and the streamer running until Ctrl-C (to try kcat or psql).
     #[arg(long)]
     hold: bool,
-    /// kafka (librdkafka's in-process mock broker) or nats (a throwaway server of the
-    /// installed nats-server, with JetStream).
+    /// kafka (librdkafka's in-process mock broker), nats or rabbitmq (a throwaway server of
+    /// the installed nats-server, with JetStream, or rabbitmq-server).
     #[arg(long, default_value = "kafka")]
     destination: DestinationKind,
 }
@@ -45,7 +46,11 @@ pub struct DemoArgs {
 enum Broker {
     Kafka(TempKafka),
     Nats(TempNats),
+    RabbitMq(TempRabbit),
 }
+
+/// The queue the demo binds to the exchange, and reads.
+const DEMO_QUEUE: &str = "outbox.demo";
 
 /// What a consumer read: one printed line.
 #[derive(Debug)]
@@ -62,6 +67,8 @@ struct Read {
 enum Reader {
     Kafka(TopicReader),
     Nats(Box<nats_reader::Messages>),
+    /// The connection lives as long as its consumer.
+    RabbitMq(Box<(lapin::Consumer, lapin::Connection)>),
 }
 
 impl Reader {
@@ -72,6 +79,19 @@ impl Reader {
                 &TOPICS.map(|t| (t, PARTITIONS)),
             )?),
             Broker::Nats(n) => Reader::Nats(Box::new(nats_reader::open(&n.url()).await?)),
+            Broker::RabbitMq(r) => {
+                let connection = lapin::Connection::connect(&r.url(), Default::default()).await?;
+                let no_ack = lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                };
+                let consumer = connection
+                    .create_channel()
+                    .await?
+                    .basic_consume(DEMO_QUEUE.into(), "demo".into(), no_ack, Default::default())
+                    .await?;
+                Reader::RabbitMq(Box::new((consumer, connection)))
+            }
         })
     }
 
@@ -105,6 +125,32 @@ impl Reader {
                     key: header(nats::KEY_HEADER),
                     kind: header("type"),
                     id: Bytes::from(header("id")),
+                }))
+            }
+            Reader::RabbitMq(r) => {
+                let consumer = &mut r.0;
+                let Ok(Some(d)) = tokio::time::timeout(wait, consumer.next()).await else {
+                    return Ok(None);
+                };
+                let d = d.map_err(|e| anyhow::anyhow!("reading the queue: {e}"))?;
+                let p = &d.properties;
+                let key = p
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(rabbitmq::KEY_HEADER))
+                    .and_then(|v| v.as_long_string())
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                let short = |s: &Option<lapin::types::ShortString>| {
+                    s.as_ref().map(|s| s.to_string()).unwrap_or_default()
+                };
+                Ok(Some(Read {
+                    topic: d.routing_key.to_string(),
+                    partition: 0,
+                    offset: d.delivery_tag as i64,
+                    key,
+                    kind: short(p.kind()),
+                    id: Bytes::from(short(p.message_id())),
                 }))
             }
         }
@@ -178,6 +224,28 @@ async fn demo(args: DemoArgs, interrupted: CancellationToken) -> anyhow::Result<
                 info.subjects.join(", ")
             );
             Broker::Nats(server)
+        }
+        DestinationKind::RabbitMq => {
+            println!("▶ starting a throwaway RabbitMQ node (rabbitmq-server, a few seconds)…");
+            let node = tokio::task::spawn_blocking(TempRabbit::start)
+                .await?
+                .context("starting rabbitmq-server")?;
+            cfg.rabbitmq.url = node.url();
+            let c = &cfg.rabbitmq;
+            pgoutbox::embedded::rabbitmq::declare_queue(
+                &c.url,
+                &c.exchange,
+                DEMO_QUEUE,
+                "outbox.event.#",
+                Default::default(),
+            )
+            .await?;
+            println!(
+                "  {} with topic exchange {} → queue {DEMO_QUEUE} (outbox.event.#)",
+                pgoutbox::config::redact_url(&c.url),
+                c.exchange
+            );
+            Broker::RabbitMq(node)
         }
     };
 
@@ -327,6 +395,10 @@ async fn show(
                 "  nats --server {} stream view {}",
                 n.url(),
                 pgoutbox::config::nats::DEFAULT_STREAM
+            ),
+            Broker::RabbitMq(r) => println!(
+                "  rabbitmqctl -n pgoutbox-{}@localhost list_queues name messages",
+                r.port()
             ),
         }
         println!(

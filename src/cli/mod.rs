@@ -54,6 +54,9 @@ struct SetupArgs {
     /// publishes to, with the duplicate window nats_duplicate_window_secs.
     #[arg(long)]
     create_nats_stream: bool,
+    /// Also declare the RabbitMQ exchange (rabbitmq_exchange): durable, of type topic.
+    #[arg(long)]
+    create_rabbitmq_exchange: bool,
     #[command(flatten)]
     settings: Box<SettingArgs>,
 }
@@ -172,7 +175,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn", LogFormat::Text);
             demo::main(args).await
         }
-        Some(Command::Setup(a)) => admin::setup(admin(a.settings)?, a.create_nats_stream).await,
+        Some(Command::Setup(a)) => {
+            admin::setup(
+                admin(a.settings)?,
+                a.create_nats_stream,
+                a.create_rabbitmq_exchange,
+            )
+            .await
+        }
         Some(Command::Check(args)) => admin::check(admin(args)?).await,
         Some(Command::Status(a)) => admin::status(admin(a.settings)?, a.json).await,
         Some(Command::Slot(SlotArgs {

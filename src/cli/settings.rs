@@ -126,7 +126,7 @@ settings! {
     postgres_sslmode: String = String::new(), "PGOUTBOX_POSTGRES_SSLMODE";
     /// Root certificate(s) (PEM) to verify the server with (overrides the URL's sslrootcert)
     postgres_sslrootcert: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_SSLROOTCERT";
-    /// Where events go: kafka or nats (JetStream) [default: kafka]
+    /// Where events go: kafka, nats (JetStream) or rabbitmq [default: kafka]
     destination: String = "kafka".into(), "PGOUTBOX_DESTINATION";
     /// Kafka bootstrap servers, e.g. kafka-1:9092,kafka-2:9092 (required with destination = kafka)
     kafka_brokers: String = String::new(), "PGOUTBOX_KAFKA_BROKERS";
@@ -144,6 +144,14 @@ settings! {
     nats_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_NATS_ACK_TIMEOUT_MS";
     /// Publishes awaiting acknowledgement at most [default: 4096]
     nats_max_pending: usize = 4096, "PGOUTBOX_NATS_MAX_PENDING";
+    /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS; %2f is the vhost /) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    rabbitmq_url: String = pgoutbox::config::rabbitmq::DEFAULT_URL.into(), "PGOUTBOX_RABBITMQ_URL";
+    /// Exchange to publish to, the topic being the routing key (check looks it up, setup can declare it) [default: outbox]
+    rabbitmq_exchange: String = pgoutbox::config::rabbitmq::DEFAULT_EXCHANGE.into(), "PGOUTBOX_RABBITMQ_EXCHANGE";
+    /// Milliseconds to wait for a publisher confirm before the publish counts as failed [default: 10000]
+    rabbitmq_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_RABBITMQ_ACK_TIMEOUT_MS";
+    /// Publishes awaiting their confirm at most [default: 4096]
+    rabbitmq_max_pending: usize = 4096, "PGOUTBOX_RABBITMQ_MAX_PENDING";
     /// Logical replication slot, created on first start if missing [default: pgoutbox]
     slot: String = DEFAULT_SLOT.into(), "PGOUTBOX_SLOT";
     /// Publication covering the outbox table [default: pgoutbox_pub]
@@ -272,6 +280,12 @@ impl Settings {
             ack_timeout: Duration::from_millis(self.nats_ack_timeout_ms),
             max_pending: self.nats_max_pending,
         };
+        cfg.rabbitmq = pgoutbox::config::RabbitConfig {
+            url: self.rabbitmq_url.clone(),
+            exchange: self.rabbitmq_exchange.clone(),
+            ack_timeout: Duration::from_millis(self.rabbitmq_ack_timeout_ms),
+            max_pending: self.rabbitmq_max_pending,
+        };
         cfg.kafka.transactional_id = Some(self.transactional_id.clone()).filter(|t| !t.is_empty());
         cfg.offsets_topic = self.offsets_topic.clone();
         cfg.source = self.source.parse().map_err(anyhow::Error::msg)?;
@@ -351,7 +365,7 @@ fn redact(
     kafka: &[(String, String)],
     tables: &[TableSettings],
 ) -> anyhow::Result<()> {
-    for key in ["postgres_url", "nats_url"] {
+    for key in ["postgres_url", "nats_url", "rabbitmq_url"] {
         if let Some(toml::Value::String(url)) = t.get_mut(key) {
             *url = pgoutbox::config::redact_url(url);
         }

@@ -29,6 +29,8 @@ pub enum DestinationKind {
     Kafka,
     /// NATS JetStream.
     Nats,
+    /// RabbitMQ (AMQP 0-9-1) with publisher confirms.
+    RabbitMq,
 }
 
 impl DestinationKind {
@@ -36,6 +38,7 @@ impl DestinationKind {
         match self {
             DestinationKind::Kafka => "kafka",
             DestinationKind::Nats => "nats",
+            DestinationKind::RabbitMq => "rabbitmq",
         }
     }
 }
@@ -46,10 +49,10 @@ impl std::str::FromStr for DestinationKind {
         match s {
             "kafka" => Ok(DestinationKind::Kafka),
             "nats" => Ok(DestinationKind::Nats),
-            "rabbitmq" => {
-                Err("destination rabbitmq is not available yet: use kafka or nats".into())
-            }
-            _ => Err(format!("destination must be kafka or nats, not {s:?}")),
+            "rabbitmq" => Ok(DestinationKind::RabbitMq),
+            _ => Err(format!(
+                "destination must be kafka, nats or rabbitmq, not {s:?}"
+            )),
         }
     }
 }

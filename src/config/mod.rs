@@ -7,12 +7,14 @@ pub mod kafka;
 mod kinds;
 pub mod nats;
 pub mod poll;
+pub mod rabbitmq;
 
 use crate::outbox::{OutboxConfig, PoisonPolicy, UpdatePolicy};
 pub use delivery::DeliveryMode;
 pub use kafka::{is_secret_property, KafkaConfig};
 pub use kinds::{DestinationKind, Source};
 pub use nats::NatsConfig;
+pub use rabbitmq::RabbitConfig;
 
 /// Default slot name.
 pub const DEFAULT_SLOT: &str = "pgoutbox";
@@ -63,6 +65,7 @@ pub struct Config {
     pub destination: DestinationKind,
     pub kafka: KafkaConfig,
     pub nats: NatsConfig,
+    pub rabbitmq: RabbitConfig,
     /// Where events come from: the replication slot (default) or polling the table.
     pub source: Source,
     /// Polling settings (`source = poll`).
@@ -115,6 +118,8 @@ impl std::fmt::Debug for Config {
             .field("kafka_brokers", &self.kafka.brokers)
             .field("nats_url", &redact_url(&self.nats.url))
             .field("nats_stream", &self.nats.stream)
+            .field("rabbitmq_url", &redact_url(&self.rabbitmq.url))
+            .field("rabbitmq_exchange", &self.rabbitmq.exchange)
             .field(
                 "kafka_properties",
                 &self
@@ -171,6 +176,12 @@ pub enum ConfigError {
     Subject(String),
     #[error("{0:?} is not a valid NATS stream name (no spaces, dots, wildcards or slashes)")]
     Stream(String),
+    #[error("{0:?} is not a valid RabbitMQ routing key (at most 255 bytes)")]
+    RoutingKey(String),
+    #[error("{0:?} is not a valid RabbitMQ exchange name (1 to 255 letters, digits, '-', '_', '.', ':'; the default exchange cannot be used)")]
+    Exchange(String),
+    #[error("delivery = exactly-once is not available on RabbitMQ: a publisher cannot make the broker drop a message it resends after a crash (RabbitMQ has no publisher-side duplicate removal), so use at-least-once and deduplicate on the message_id in the consumer (examples/rabbitmq_consumer.rs does)")]
+    RabbitExactlyOnce,
     #[error("source = poll with delivery = exactly-once needs a destination that removes duplicates (nats); on Kafka use at-least-once with an idempotent consumer")]
     PollExactlyOnce,
     #[error("{name} is out of range: at most {max} (one day)")]
@@ -208,6 +219,7 @@ impl Config {
                 ..KafkaConfig::default()
             },
             nats: NatsConfig::default(),
+            rabbitmq: RabbitConfig::default(),
             source: Source::default(),
             poll: poll::PollConfig::default(),
             status_interval: Duration::from_secs(1),
@@ -318,6 +330,20 @@ impl Config {
                     return Err(ConfigError::Zero("nats_max_pending"));
                 }
             }
+            DestinationKind::RabbitMq => {
+                if !rabbitmq::is_valid_routing_key(&self.dead_letter_topic) {
+                    return Err(ConfigError::RoutingKey(self.dead_letter_topic.clone()));
+                }
+                if !rabbitmq::is_valid_exchange(&self.rabbitmq.exchange) {
+                    return Err(ConfigError::Exchange(self.rabbitmq.exchange.clone()));
+                }
+                if self.rabbitmq.max_pending == 0 {
+                    return Err(ConfigError::Zero("rabbitmq_max_pending"));
+                }
+                if self.delivery == DeliveryMode::ExactlyOnce {
+                    return Err(ConfigError::RabbitExactlyOnce);
+                }
+            }
         }
         if self.poll.batch == 0 {
             return Err(ConfigError::Zero("poll_batch"));
@@ -352,6 +378,7 @@ impl Config {
             ("transaction_interval_ms", self.transaction_interval),
             ("poll_interval_ms", self.poll.interval),
             ("nats_ack_timeout_ms", self.nats.ack_timeout),
+            ("rabbitmq_ack_timeout_ms", self.rabbitmq.ack_timeout),
             (
                 "heartbeat_interval_secs",
                 self.heartbeat_interval.unwrap_or_default(),

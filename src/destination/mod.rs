@@ -5,9 +5,11 @@
 //!
 //! - [`kafka`]: an idempotent (or transactional) librdkafka producer.
 //! - [`nats`]: JetStream publishes, acknowledged by the stream (PubAck).
+//! - [`rabbitmq`]: AMQP publishes to an exchange, confirmed by the broker.
 
 pub mod kafka;
 pub mod nats;
+pub mod rabbitmq;
 
 use std::future::Future;
 use std::time::Duration;

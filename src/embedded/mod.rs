@@ -1,15 +1,18 @@
 //! Throwaway infrastructure for `pgoutbox demo`, the integration tests and benchmarks:
 //! a real PostgreSQL cluster with `wal_level=logical` on its own port and data dir, and
 //! librdkafka's mock cluster, a real Kafka-protocol broker on loopback; and a real NATS
-//! server with JetStream (Debian's `nats-server`).
+//! server with JetStream (Debian's `nats-server`); a real RabbitMQ node (Debian's
+//! `rabbitmq-server`).
 
 pub mod kafka;
 pub mod nats;
 pub mod postgres;
+pub mod rabbitmq;
 
 pub use kafka::{ConsumedRecord, TempKafka, TopicReader};
 pub use nats::TempNats;
 pub use postgres::{PostgresOptions, TempPostgres};
+pub use rabbitmq::TempRabbit;
 
 /// Starting or driving embedded infrastructure failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,10 @@ pub enum EmbeddedError {
         "nats-server not found: run `apt-get install -y nats-server` (Debian) or set PGOUTBOX_NATS_SERVER to the binary"
     )]
     NoNats,
+    #[error(
+        "rabbitmq-server not found: run `apt-get install -y rabbitmq-server` (Debian; it is not started on install)"
+    )]
+    NoRabbit,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("{0}")]

@@ -23,6 +23,7 @@ pub use crate::config::poll::{Cleanup, PollConfig};
 use crate::config::{Config, DeliveryMode, DestinationKind};
 use crate::destination::kafka::KafkaSink;
 use crate::destination::nats::NatsSink;
+use crate::destination::rabbitmq::RabbitSink;
 use crate::destination::{Destination, DestinationError, Outcome, Refusal, SendError};
 use crate::lsn::Lsn;
 use crate::metrics as m;
@@ -39,6 +40,7 @@ pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), Strea
     match cfg.destination {
         DestinationKind::Kafka => run_to::<KafkaSink<usize>>(cfg, shutdown).await,
         DestinationKind::Nats => run_to::<NatsSink<usize>>(cfg, shutdown).await,
+        DestinationKind::RabbitMq => run_to::<RabbitSink<usize>>(cfg, shutdown).await,
     }
 }
 

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, DeliveryMode, DestinationKind};
 use crate::destination::kafka::KafkaSink;
 use crate::destination::nats::NatsSink;
+use crate::destination::rabbitmq::RabbitSink;
 use crate::destination::Destination;
 use crate::lsn::Lsn;
 use crate::pipeline::session::{Session, Ticket};
@@ -40,6 +41,10 @@ pub async fn run(
         }
         DestinationKind::Nats => {
             run_to::<NatsSink<Ticket>>(cfg, slot_known, shutdown, observer, progress, health).await
+        }
+        DestinationKind::RabbitMq => {
+            run_to::<RabbitSink<Ticket>>(cfg, slot_known, shutdown, observer, progress, health)
+                .await
         }
     }
 }

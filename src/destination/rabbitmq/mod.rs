@@ -1,0 +1,185 @@
+//! The RabbitMQ destination: each record is a persistent, `mandatory` publish to one exchange
+//! with its topic as the routing key, on a channel in confirm mode. A record counts as
+//! delivered on the broker's confirm (ack); a nack, or a message the broker returns because no
+//! queue is bound for its routing key, is a refusal.
+//!
+//! - this file: connecting, the record → message mapping, `send` (never waits).
+//! - [`publisher`]: the task that publishes in order and matches each confirm to its record.
+//! - [`exchange`]: what `check` and `setup` ask of the exchange.
+
+pub mod exchange;
+mod publisher;
+
+use std::sync::Arc;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::rabbitmq::is_valid_routing_key;
+use crate::config::{Config, RabbitConfig};
+use crate::destination::{Class, Destination, DestinationError, Outcome, Refusal, SendError};
+use crate::outbox::OutboxRecord;
+use crate::pipeline::AbortOnDrop;
+use publisher::Job;
+
+/// The header carrying the record's key (the routing key is the topic).
+pub const KEY_HEADER: &str = "key";
+
+/// Persistent messages survive a broker restart in durable queues.
+const PERSISTENT: u8 = 2;
+
+/// Publishes to RabbitMQ; outcomes come back on the channel it was opened with.
+pub struct RabbitSink<T: Send + 'static> {
+    jobs: mpsc::Sender<Job<T>>,
+    purge: Arc<Notify>,
+    connection: Connection,
+    _publisher: AbortOnDrop,
+}
+
+/// Connects to the broker of `cfg`. Bad URLs, credentials and vhosts are configuration
+/// errors (no retry helps); anything else is the broker being unavailable.
+pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError> {
+    let url = crate::config::redact_url(&cfg.url);
+    let uri: lapin::uri::AMQPUri = cfg
+        .url
+        .parse()
+        .map_err(|e| DestinationError::Config(format!("RabbitMQ URL {url}: {e}")))?;
+    let props = ConnectionProperties::default().with_connection_name("pgoutbox".into());
+    Connection::connect_uri(uri, props)
+        .await
+        .map_err(|e| connect_error(&url, &e))
+}
+
+fn connect_error(url: &str, e: &lapin::Error) -> DestinationError {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    let message = format!("RabbitMQ at {url}: {e}");
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => match p.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => DestinationError::Config(format!(
+                "{message}; check the user and password in rabbitmq_url"
+            )),
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => DestinationError::Config(format!(
+                "{message}; the vhost does not exist or the user may not use it (`rabbitmqctl add_vhost …`, `rabbitmqctl set_permissions -p VHOST USER '.*' '.*' '.*'`)"
+            )),
+            _ => DestinationError::Unavailable(message),
+        },
+        lapin::ErrorKind::AuthProviderError(_) => DestinationError::Config(message),
+        _ => DestinationError::Unavailable(message),
+    }
+}
+
+/// The message's properties: `message_id` = the event id, `type` from the `type` header,
+/// JSON content, persistent, and every header (plus the key) as an AMQP header.
+fn properties(record: &OutboxRecord) -> Result<BasicProperties, Refusal> {
+    let bad = |what: String| Refusal::new(Class::Refused, what);
+    let mut headers = FieldTable::default();
+    let key = record.key.as_ref().map(|k| (KEY_HEADER, k));
+    let mut kind = None;
+    for (k, v) in record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain(key)
+    {
+        let name = ShortString::try_new(k)
+            .map_err(|_| bad(format!("header name {k:?} is longer than 255 bytes")))?;
+        if k == "type" {
+            kind = std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| ShortString::try_new(t).ok());
+        }
+        headers.insert(name, AMQPValue::LongString(LongString::from(v.to_vec())));
+    }
+    let id = std::str::from_utf8(&record.event_id)
+        .ok()
+        .and_then(|id| ShortString::try_new(id).ok())
+        .ok_or_else(|| {
+            bad("the event id cannot be a message_id (not UTF-8, or longer than 255 bytes)".into())
+        })?;
+    let mut props = BasicProperties::default()
+        .with_message_id(id)
+        .with_content_type("application/json".into())
+        .with_delivery_mode(PERSISTENT)
+        .with_app_id("pgoutbox".into())
+        .with_headers(headers);
+    if let Some(kind) = kind {
+        props = props.with_type(kind);
+    }
+    Ok(props)
+}
+
+impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
+    const NAME: &'static str = "rabbitmq";
+    const TITLE: &'static str = "RabbitMQ";
+
+    async fn open(
+        cfg: &Config,
+        outcomes: mpsc::UnboundedSender<Outcome<T>>,
+    ) -> Result<Self, DestinationError> {
+        let connection = connect(&cfg.rabbitmq).await?;
+        exchange::require(&connection, &cfg.rabbitmq).await?;
+        let channel = publisher::confirm_channel(&connection).await?;
+        let (jobs, rx) = mpsc::channel(cfg.rabbitmq.max_pending);
+        let purge = Arc::new(Notify::new());
+        let task = tokio::spawn(publisher::run(
+            channel,
+            ShortString::try_new(cfg.rabbitmq.exchange.as_str())
+                .map_err(|e| DestinationError::Config(format!("rabbitmq_exchange: {e}")))?,
+            rx,
+            outcomes,
+            purge.clone(),
+            cfg.rabbitmq.max_pending,
+            cfg.rabbitmq.ack_timeout,
+        ));
+        Ok(RabbitSink {
+            jobs,
+            purge,
+            connection,
+            _publisher: AbortOnDrop(task),
+        })
+    }
+
+    fn send(&self, record: OutboxRecord, ticket: T) -> Result<(), SendError<T>> {
+        let routing_key = match ShortString::try_new(record.topic.as_str()) {
+            Ok(k) if is_valid_routing_key(&record.topic) => k,
+            _ => {
+                let r = Refusal::new(
+                    Class::InvalidTopic,
+                    format!(
+                        "{:?} is not a RabbitMQ routing key (at most 255 bytes)",
+                        record.topic
+                    ),
+                );
+                return Err(SendError::Refused(ticket, r, record));
+            }
+        };
+        let properties = match properties(&record) {
+            Ok(p) => p,
+            Err(r) => return Err(SendError::Refused(ticket, r, record)),
+        };
+        let job = Job {
+            routing_key,
+            properties,
+            ticket,
+            record,
+        };
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(job) => SendError::Full(job.ticket, job.record),
+            mpsc::error::TrySendError::Closed(job) => SendError::Refused(
+                job.ticket,
+                Refusal::new(Class::Retriable, "RabbitMQ publisher stopped"),
+                job.record,
+            ),
+        })
+    }
+
+    fn purge(&self) {
+        self.purge.notify_one();
+    }
+
+    async fn close(self) {
+        let close = self.connection.close(200, "pgoutbox stopping".into());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), close).await;
+    }
+}

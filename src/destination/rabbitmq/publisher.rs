@@ -1,0 +1,157 @@
+//! The publishing task: takes jobs in order, publishes each on one confirm-mode channel, and
+//! hands back every ticket exactly once with its outcome: the broker's ack, or a refusal (a
+//! nack, a returned message, a closed channel, no confirm in time).
+//!
+//! Publishes are pipelined: lapin numbers a publish and queues its frames synchronously, on
+//! the first poll of `basic_publish`, so polling each publish once as it is taken keeps the
+//! wire order the commit order; the rest (the write, then the confirm) completes
+//! concurrently.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::{mpsc, Notify};
+
+use crate::destination::{Class, DestinationError, Outcome, Receipt, Refusal, Returned};
+use crate::outbox::OutboxRecord;
+
+/// One record to publish.
+pub struct Job<T> {
+    pub routing_key: ShortString,
+    pub properties: BasicProperties,
+    pub ticket: T,
+    /// Handed back with a refusal.
+    pub record: OutboxRecord,
+}
+
+/// A channel whose publishes the broker confirms.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, DestinationError> {
+    let unavailable = |e: lapin::Error| DestinationError::Unavailable(format!("RabbitMQ: {e}"));
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unavailable)?;
+    Ok(channel)
+}
+
+type Confirmed = (
+    u64,
+    Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>,
+);
+type InFlight = Pin<Box<dyn Future<Output = Confirmed> + Send>>;
+
+/// What a confirm says about the record.
+fn outcome(
+    id: u64,
+    exchange: &str,
+    routing_key: &str,
+    c: Confirmation,
+) -> Result<Receipt, Refusal> {
+    match c {
+        Confirmation::Ack(None) => Ok(Receipt {
+            partition: 0,
+            offset: i64::try_from(id).unwrap_or(i64::MAX),
+        }),
+        Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => Err(Refusal {
+            class: Class::Unroutable,
+            message: format!(
+                "RabbitMQ returned the message ({} {}): no queue is bound to exchange {exchange:?} for routing key {routing_key:?}",
+                ret.reply_code, ret.reply_text
+            ),
+            hint: "; bind a queue to the exchange for this routing key, or route the event elsewhere",
+        }),
+        Confirmation::Nack(None) => Err(Refusal {
+            class: Class::Refused,
+            message: format!(
+                "RabbitMQ nacked the message to exchange {exchange:?} with routing key {routing_key:?}"
+            ),
+            hint: "; a queue refused it (full, with x-overflow = reject-publish) or the broker could not store it",
+        }),
+        Confirmation::NotRequested => Err(Refusal::new(
+            Class::Retriable,
+            "RabbitMQ: the channel is not in confirm mode",
+        )),
+    }
+}
+
+/// Publishes on `channel` until the job channel closes, at most `max_pending` awaiting their
+/// confirm (a job is taken only while there is room). A publish unconfirmed after
+/// `ack_timeout` fails as retriable. On `purge`, every outstanding ticket comes back as a
+/// retriable refusal at once.
+pub async fn run<T: Send + 'static>(
+    channel: Channel,
+    exchange: ShortString,
+    mut jobs: mpsc::Receiver<Job<T>>,
+    outcomes: mpsc::UnboundedSender<Outcome<T>>,
+    purge: Arc<Notify>,
+    max_pending: usize,
+    ack_timeout: Duration,
+) {
+    let give_up = |ticket: T, record: OutboxRecord, why: &str| Outcome {
+        ticket,
+        result: Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {why}"))),
+        returned: Some(Returned::from(record)),
+    };
+    let mut waiting: HashMap<u64, (T, OutboxRecord)> = HashMap::new();
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    let mut next = 0u64;
+    loop {
+        tokio::select! {
+            job = jobs.recv(), if waiting.len() < max_pending => {
+                let Some(job) = job else { break };
+                let id = next;
+                next += 1;
+                let payload = job.record.payload.clone().unwrap_or_default();
+                let (channel, exchange) = (channel.clone(), exchange.clone());
+                let options = BasicPublishOptions { mandatory: true, immediate: false };
+                let publish = async move {
+                    let confirm = channel
+                        .basic_publish(exchange, job.routing_key, options, &payload, job.properties)
+                        .await?;
+                    confirm.await
+                };
+                let mut publish: InFlight =
+                    Box::pin(async move { (id, tokio::time::timeout(ack_timeout, publish).await) });
+                // Queue the frames now, in order (see the module comment).
+                let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+                waiting.insert(id, (job.ticket, job.record));
+                match first {
+                    Poll::Ready(done) => in_flight.push(Box::pin(std::future::ready(done))),
+                    Poll::Pending => in_flight.push(publish),
+                }
+            }
+            Some((id, confirmed)) = in_flight.next() => {
+                let Some((ticket, record)) = waiting.remove(&id) else { continue };
+                let result = match confirmed {
+                    Ok(Ok(c)) => outcome(id, exchange.as_str(), &record.topic, c),
+                    Ok(Err(e)) => Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {e}"))),
+                    Err(_) => Err(Refusal::new(
+                        Class::Retriable,
+                        format!("RabbitMQ: no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)"),
+                    )),
+                };
+                let returned = result.is_err().then(|| Returned::from(record));
+                let _ = outcomes.send(Outcome { ticket, result, returned });
+            }
+            _ = purge.notified() => {
+                in_flight = FuturesUnordered::new();
+                for (_, (ticket, record)) in waiting.drain() {
+                    let _ = outcomes.send(give_up(ticket, record, "publish abandoned (purged)"));
+                }
+                while let Ok(job) = jobs.try_recv() {
+                    let _ = outcomes.send(give_up(job.ticket, job.record, "publish abandoned (purged)"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! A throwaway RabbitMQ node (Debian's `rabbitmq-server`) on free loopback ports, with its
+//! own database and log directories, for the demo, the tests and the benchmark. The tests own
+//! the node: they SIGKILL it and start it again on the same ports and data.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::EmbeddedError;
+
+/// A running (or killed) throwaway node.
+pub struct TempRabbit {
+    port: u16,
+    dist_port: u16,
+    node: String,
+    dir: tempfile::TempDir,
+    /// The `rabbitmq-server` wrapper (it switches to the `rabbitmq` user).
+    child: Option<Child>,
+    /// The Erlang VM the wrapper starts: what `kill` kills.
+    beam: Option<i32>,
+}
+
+/// Debian's place for the node's scripts, else `PATH`.
+fn tool(name: &str) -> Option<PathBuf> {
+    let sbin = PathBuf::from("/usr/sbin").join(name);
+    if sbin.is_file() {
+        return Some(sbin);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn free_port() -> Result<u16, EmbeddedError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl TempRabbit {
+    /// Starts a node on free loopback ports (about 4 s).
+    pub fn start() -> Result<Self, EmbeddedError> {
+        let dir = tempfile::Builder::new()
+            .prefix("pgoutbox-rabbitmq-")
+            .tempdir()?;
+        // The node runs as `rabbitmq`: it must reach and own its directories.
+        let path = dir.path();
+        std::fs::create_dir_all(path.join("mnesia"))?;
+        std::fs::create_dir_all(path.join("log"))?;
+        std::fs::write(path.join("enabled_plugins"), "[].\n")?;
+        run("chmod", &["755".as_ref(), path.as_os_str()])?;
+        run(
+            "chown",
+            &[
+                "-R".as_ref(),
+                "rabbitmq:rabbitmq".as_ref(),
+                path.as_os_str(),
+            ],
+        )?;
+        let port = free_port()?;
+        let dist_port = free_port()?;
+        let mut node = TempRabbit {
+            port,
+            dist_port,
+            node: format!("pgoutbox-{port}@localhost"),
+            dir,
+            child: None,
+            beam: None,
+        };
+        node.restart()?;
+        Ok(node)
+    }
+
+    /// Starts the node (again, after [`kill`](Self::kill)) on the same ports and data.
+    pub fn restart(&mut self) -> Result<(), EmbeddedError> {
+        let bin = tool("rabbitmq-server").ok_or(EmbeddedError::NoRabbit)?;
+        let path = self.dir.path();
+        let child = Command::new(bin)
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_MNESIA_BASE", path.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path.join("log"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                path.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", path.join("feature_flags"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        // The AMQP listener opens last: a connection means the node is ready.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(self.failed(format!("exited with {status}")));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(self.failed(format!("not listening on port {} after 60 s", self.port)));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pid = self.ctl(&["eval", "os:getpid()."])?;
+        self.beam = pid.trim().trim_matches('"').parse().ok();
+        Ok(())
+    }
+
+    fn failed(&self, why: String) -> EmbeddedError {
+        let log = std::fs::read_to_string(
+            self.dir
+                .path()
+                .join("log")
+                .join(format!("{}.log", self.node)),
+        )
+        .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        EmbeddedError::Command {
+            what: "rabbitmq-server".into(),
+            detail: format!(
+                "{why}; log tail: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ),
+        }
+    }
+
+    /// `rabbitmqctl -n NODE ARGS…`; its output.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, EmbeddedError> {
+        let bin = tool("rabbitmqctl").ok_or(EmbeddedError::NoRabbit)?;
+        let out = Command::new(bin)
+            .args(["-n", &self.node])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(EmbeddedError::Command {
+                what: format!("rabbitmqctl {}", args.join(" ")),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// SIGKILLs the node (its data stays).
+    pub fn kill(&mut self) -> Result<(), EmbeddedError> {
+        if let Some(pid) = self.beam.take() {
+            // SAFETY: kill(2) on a pid we started; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (guest may log in over loopback).
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) -> Result<(), EmbeddedError> {
+    let status = Command::new(cmd).args(args).status()?;
+    if !status.success() {
+        return Err(EmbeddedError::Command {
+            what: cmd.into(),
+            detail: format!("exited with {status}"),
+        });
+    }
+    Ok(())
+}
+
+impl Drop for TempRabbit {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Declares `exchange` (topic, durable) and a durable queue bound to it with `binding`
+/// (e.g. `outbox.event.#`), for the demo, the tests and the benchmark; returns the connection
+/// to consume on. `arguments` are the queue's (`x-max-length`, …).
+pub async fn declare_queue(
+    url: &str,
+    exchange: &str,
+    queue: &str,
+    binding: &str,
+    arguments: lapin::types::FieldTable,
+) -> Result<lapin::Connection, lapin::Error> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    let connection =
+        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            durable,
+            Default::default(),
+        )
+        .await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, arguments)
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await?;
+    Ok(connection)
+}
