@@ -7,6 +7,7 @@ pub mod checker;
 pub mod kill;
 pub mod nats;
 pub mod proxy;
+pub mod rabbit;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -1,0 +1,176 @@
+//! RabbitMQ as the destination, against a real throwaway node (`rabbitmq-server`): order per
+//! routing key into one queue, properties and headers, rollbacks; a returned (unroutable) and a
+//! nacked message per `on_poison`; the kill -9 loop (at-least-once: nothing lost; at-most-once:
+//! nothing twice); the node killed and restarted under load; exactly-once refused; `check`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::kill::{cycles, kill_loop};
+use common::rabbit::{self, Collector, Got};
+use common::*;
+use pgoutbox::config::DeliveryMode;
+use pgoutbox::outbox::PoisonPolicy;
+
+fn ids_of(txs: &[Vec<Event>]) -> HashSet<String> {
+    txs.iter().flatten().map(|e| e.id.clone()).collect()
+}
+
+fn distinct(got: &[Got]) -> HashSet<String> {
+    got.iter().map(Got::id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_in_key_order_with_properties_and_never_a_rollback() {
+    let env = Env::start().await;
+    let node = rabbit::start().await;
+    let events = Collector::start(node.url(), rabbit::EVENTS);
+    let running = env.spawn_streamer(rabbit::config(&env, &node));
+    env.wait_streaming().await;
+    let rolled_back = vec![Event::new(90_000, "order", "k-rb")];
+    env.db
+        .batch_execute(&tx_sql(&rolled_back, "ROLLBACK"))
+        .await
+        .unwrap();
+    let txs = workload(0, 80);
+    let ids = ids_of(&txs);
+    env.commit(&txs).await;
+    let got = events.until_all(&ids, Duration::from_secs(60)).await;
+    assert_eq!(distinct(&got), ids, "exactly the committed events");
+    assert_eq!(got.len(), ids.len(), "no duplicates");
+    assert_eq!(rabbit::order_violations(&got), 0);
+    let by_id: std::collections::HashMap<_, _> =
+        txs.iter().flatten().map(|e| (e.id.clone(), e)).collect();
+    for m in &got {
+        let e = by_id[&m.id()];
+        assert_eq!(m.routing_key, topic(&e.aggregate_type));
+        assert_eq!(m.message_id, e.id);
+        assert_eq!(m.kind, e.kind);
+        assert_eq!(m.content_type, "application/json");
+        assert!(m.persistent, "published persistent");
+        assert_eq!(m.header("type"), Some(e.kind.as_str()));
+        assert_eq!(m.header("key"), Some(e.key.as_str()));
+        assert_eq!(m.seq(), e.seq);
+    }
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+    running.stop().await;
+}
+
+/// A message no queue is bound for comes back (mandatory) and a message a full queue refuses
+/// is nacked: each is a dead letter with its class; the events around them are delivered and
+/// the slot moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_and_nacked_messages_follow_on_poison() {
+    let env = Env::start().await;
+    let node = rabbit::start().await;
+    // An exchange of its own that routes only `order` (to the events queue) and `limited` (to
+    // a queue that takes nothing: the broker nacks every publish routed there).
+    let mut cfg = rabbit::config(&env, &node);
+    cfg.on_poison = PoisonPolicy::DeadLetter;
+    cfg.rabbitmq.exchange = "narrow".into();
+    let c = &cfg.rabbitmq;
+    for (queue, binding) in [
+        (rabbit::EVENTS, "outbox.event.order"),
+        ("limited", "outbox.event.limited"),
+        (rabbit::DEAD, "pgoutbox.dead-letter"),
+    ] {
+        let args = match queue {
+            "limited" => rabbit::bounded(0),
+            _ => Default::default(),
+        };
+        pgoutbox::embedded::rabbitmq::declare_queue(&c.url, &c.exchange, queue, binding, args)
+            .await
+            .unwrap();
+    }
+    let events = Collector::start(node.url(), rabbit::EVENTS);
+    let dead = Collector::start(node.url(), rabbit::DEAD);
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    let before = Event::new(1, "order", "k");
+    let unroutable = Event::new(2, "customer", "k");
+    let nacked = Event::new(3, "limited", "k");
+    let after = Event::new(4, "order", "k");
+    env.commit(&[
+        vec![before.clone()],
+        vec![unroutable.clone()],
+        vec![nacked.clone()],
+        vec![after.clone()],
+    ])
+    .await;
+    let want: HashSet<String> = [&before, &after].iter().map(|e| e.id.clone()).collect();
+    let got = events.until_all(&want, Duration::from_secs(30)).await;
+    assert_eq!(distinct(&got), want);
+    let poisoned: HashSet<String> = [&unroutable, &nacked]
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    let dead = dead.until_all(&poisoned, Duration::from_secs(30)).await;
+    let class = |id: &str| {
+        dead.iter()
+            .find(|m| m.id() == id)
+            .and_then(|m| m.header("pgoutbox.error.class"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        class(&unroutable.id).as_deref(),
+        Some("unroutable"),
+        "{dead:?}"
+    );
+    assert_eq!(class(&nacked.id).as_deref(), Some("refused"), "{dead:?}");
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+    running.stop().await;
+}
+
+/// The kill loop against RabbitMQ; returns (inserted, distinct delivered, delivered).
+async fn rabbit_kill_loop(delivery: &str, cycles: usize) -> (usize, usize, usize) {
+    let env = Env::start().await;
+    let node = rabbit::start().await;
+    let events = Collector::start(node.url(), rabbit::EVENTS);
+    let mut settings = rabbit::binary_env(&node);
+    settings.push(("PGOUTBOX_DELIVERY", delivery.into()));
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut k = kill_loop(&env, cycles, &settings, false).await;
+    let got = events.until_all(&k.ids, Duration::from_secs(60)).await;
+    let seen = distinct(&got);
+    let lost = k.ids.difference(&seen).count();
+    assert!(
+        k.kills_with_unconfirmed_wal > 0,
+        "no kill happened mid-stream: the test proved nothing"
+    );
+    eprintln!(
+        "RabbitMQ kill -9 run ({delivery}): {cycles} kills ({} with unconfirmed WAL), {} events inserted, {} delivered, {} distinct, {lost} lost, {} duplicates",
+        k.kills_with_unconfirmed_wal,
+        k.ids.len(),
+        got.len(),
+        seen.len(),
+        got.len() - seen.len(),
+    );
+    k.child.start_kill().unwrap();
+    (k.ids.len(), seen.len(), got.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_least_once_loses_nothing() {
+    let (inserted, distinct, _) = rabbit_kill_loop("at-least-once", cycles() / 2).await;
+    assert_eq!(distinct, inserted, "events lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_most_once_repeats_nothing() {
+    let (_, distinct, delivered) = rabbit_kill_loop("at-most-once", cycles() / 2).await;
+    assert_eq!(delivered, distinct, "an event delivered twice");
+}
+
+/// `delivery = exactly-once` is refused at start, saying why.
+#[tokio::test]
+async fn exactly_once_is_refused_with_the_reason() {
+    let mut cfg = pgoutbox::Config::new("postgres://x@127.0.0.1/db", "");
+    cfg.destination = pgoutbox::config::DestinationKind::RabbitMq;
+    cfg.delivery = DeliveryMode::ExactlyOnce;
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("no publisher-side duplicate removal"), "{e}");
+}
