@@ -125,6 +125,121 @@ async fn returned_and_nacked_messages_follow_on_poison() {
     running.stop().await;
 }
 
+/// The node SIGKILLed under load and restarted 3 s later, twice: nothing lost; and at each
+/// kill, every transaction at or below the slot's confirmed position (read once the node is
+/// dead, so nothing more can be stored) is among what the queue delivers in the end: the slot
+/// never passed a publish the broker had not confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_and_restarted_under_load_loses_nothing() {
+    let env = Env::start().await;
+    let mut node = rabbit::start().await;
+    let events = Collector::start(node.url(), rabbit::EVENTS);
+    let mut cfg = rabbit::config(&env, &node);
+    cfg.rabbitmq.ack_timeout = Duration::from_secs(2);
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    let txs = workload(0, 600);
+    let ids = ids_of(&txs);
+    let writer = env.spawn_writer(txs, Duration::from_millis(5));
+    let mut confirmed_at_kill = Vec::new();
+    for _ in 0..2 {
+        // Kill only once the slot has moved on since the last kill (else the check below
+        // would look at a position that proves nothing), mid-load.
+        let last = confirmed_at_kill.last().copied().unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while env.confirmed_flush().await.unwrap() <= last {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slot never moved on"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        node.kill().unwrap();
+        confirmed_at_kill.push(env.confirmed_flush().await.unwrap());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        node = tokio::task::spawn_blocking(move || {
+            node.restart().unwrap();
+            node
+        })
+        .await
+        .unwrap();
+    }
+    writer.await.unwrap();
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(90)).await;
+    let got = events.until_all(&ids, Duration::from_secs(60)).await;
+    let seen = distinct(&got);
+    let lost = ids.difference(&seen).count();
+    let early = confirmed_at_kill
+        .iter()
+        .filter(|c| checker::confirmed_early(&env.committed, **c, &seen))
+        .count();
+    eprintln!(
+        "RabbitMQ node killed twice under load: {} events inserted, {} delivered, {lost} lost, {} duplicates, {} out of key order, confirmed LSN at the kills {confirmed_at_kill:?}, {early} early confirms",
+        ids.len(),
+        got.len(),
+        got.len() - seen.len(),
+        rabbit::order_violations(&got),
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(
+        early, 0,
+        "the slot was confirmed past a publish the broker lost"
+    );
+    running.stop().await;
+}
+
+/// SIGTERM drains and confirms: a restart publishes only what came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_resends_nothing() {
+    let env = Env::start().await;
+    let node = rabbit::start().await;
+    let events = Collector::start(node.url(), rabbit::EVENTS);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut settings = rabbit::binary_env(&node);
+    settings.push(("PGOUTBOX_METRICS_ADDR", addr));
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = workload(0, 20);
+    let second = workload(1000, 20);
+    let mut child = env.spawn_binary(&log, &settings);
+    env.wait_streaming().await;
+    env.commit(&first).await;
+    let got = events
+        .until_all(&ids_of(&first), Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), ids_of(&first).len());
+    let metrics = get(port, "/metrics").await.unwrap().1;
+    let n = first
+        .iter()
+        .flatten()
+        .filter(|e| e.aggregate_type == "order")
+        .count();
+    let line = format!(
+        "pgoutbox_events_delivered_total{{topic=\"outbox.event.order\",destination=\"rabbitmq\"}} {n}"
+    );
+    assert!(metrics.contains(&line), "{line}\n{metrics}");
+    // SAFETY: kill(2) with a child's pid has no memory effects.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = child.wait().await.unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let mut child = env.spawn_binary(&log, &settings);
+    env.wait_streaming().await;
+    env.commit(&second).await;
+    let all: HashSet<String> = ids_of(&first).union(&ids_of(&second)).cloned().collect();
+    let got = events.until_all(&all, Duration::from_secs(30)).await;
+    assert_eq!(distinct(&got), all);
+    assert_eq!(got.len(), all.len(), "a graceful stop resent events");
+    child.start_kill().unwrap();
+}
+
 /// The kill loop against RabbitMQ; returns (inserted, distinct delivered, delivered).
 async fn rabbit_kill_loop(delivery: &str, cycles: usize) -> (usize, usize, usize) {
     let env = Env::start().await;
@@ -173,4 +288,52 @@ async fn exactly_once_is_refused_with_the_reason() {
     cfg.delivery = DeliveryMode::ExactlyOnce;
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("no publisher-side duplicate removal"), "{e}");
+}
+
+/// `check` on a bare node: a wrong password and a missing exchange each fail with the fix;
+/// `setup --create-rabbitmq-exchange` declares the exchange, and then `check` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_setup_the_exchange() {
+    let env = Env::start().await;
+    let node = tokio::task::spawn_blocking(pgoutbox::embedded::TempRabbit::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let pg = env.pg.url();
+    let run = |args: &'static [&'static str], url: String| {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+                .args(args)
+                .env("PGOUTBOX_POSTGRES_URL", pg)
+                .env("PGOUTBOX_DESTINATION", "rabbitmq")
+                .env("PGOUTBOX_RABBITMQ_URL", url)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.success(), text)
+        })
+    };
+    let wrong = node.url().replace("guest:guest", "guest:wrong");
+    let (ok, text) = run(&["check"], wrong).await.unwrap();
+    assert!(!ok && text.contains("✘ RabbitMQ reachable"), "{text}");
+    assert!(text.contains("check the user and password"), "{text}");
+    assert!(
+        !text.contains("guest:wrong"),
+        "the password is shown: {text}"
+    );
+    let (ok, text) = run(&["check"], node.url()).await.unwrap();
+    assert!(!ok, "{text}");
+    assert!(text.contains("✔ RabbitMQ reachable"), "{text}");
+    assert!(
+        text.contains("✘ RabbitMQ exchange") && text.contains("setup --create-rabbitmq-exchange"),
+        "{text}"
+    );
+    let (ok, text) = run(&["setup", "--create-rabbitmq-exchange"], node.url())
+        .await
+        .unwrap();
+    assert!(ok && text.contains("✔ RabbitMQ exchange outbox"), "{text}");
+    let (ok, text) = run(&["check"], node.url()).await.unwrap();
+    assert!(ok && text.contains("✔ RabbitMQ exchange"), "{text}");
 }
