@@ -1,5 +1,5 @@
 //! End-to-end benchmark (`scripts/bench.sh`): starts its own PostgreSQL, Kafka-protocol
-//! broker and NATS server, and runs the release binary against them.
+//! broker, NATS server and RabbitMQ node, and runs the release binary against them.
 //!
 //! - drain: N events already in the slot (small and large transactions); time until every
 //!   one is acked (the slot confirmed past the backlog), per destination, against two
@@ -7,7 +7,7 @@
 //!   slot to /dev/null, and the destination's own client publishing N pre-built messages with
 //!   the same acknowledgement setting ([`destinations`]);
 //! - live latency: a load generator commits at fixed rates while pgoutbox streams;
-//!   commit→consumer latency per event, for replication to Kafka and to NATS, and for the
+//!   commit→consumer latency per event, for replication to Kafka, NATS and RabbitMQ, and for the
 //!   polling publisher at 100 ms and 5 s;
 //! - cost: pgoutbox CPU and peak RSS, PostgreSQL CPU, per million events.
 //!
@@ -28,7 +28,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
-use pgoutbox::embedded::{TempKafka, TempNats, TempPostgres};
+use pgoutbox::embedded::{TempKafka, TempNats, TempPostgres, TempRabbit};
 use pgoutbox::setup::{POLL_SQL, SETUP_SQL};
 
 #[path = "e2e/destinations.rs"]
@@ -109,25 +109,34 @@ async fn main() {
     let kafka = TempKafka::start(1).expect("start Kafka mock");
     kafka.create_topic(TOPIC, PARTITIONS).expect("topic");
     let nats = destinations::start_nats().await;
+    let rabbit = destinations::start_rabbit().await;
     destinations::fresh_stream(&nats.url()).await;
     let db = connect(&pg.url()).await;
     db.batch_execute(SETUP_SQL).await.expect("setup.sql");
     db.batch_execute(POLL_SQL).await.expect("poll.sql");
     eprintln!(
-        "bench: PostgreSQL on port {}, Kafka {}, NATS {}",
+        "bench: PostgreSQL on port {}, Kafka {}, NATS {}, RabbitMQ port {}",
         pg.port(),
         kafka.bootstrap_servers(),
-        nats.url()
+        nats.url(),
+        rabbit.port()
     );
     let servers = Servers {
         pg: &pg,
         kafka: &kafka,
         nats: &nats,
+        rabbit: &rabbit,
     };
 
     let mut live = Vec::new();
     for rate in rates.split(',').map(str::trim) {
-        for mode in ["replication", "replication → NATS", "poll 100ms", "poll 5s"] {
+        for mode in [
+            "replication",
+            "replication → NATS",
+            "replication → RabbitMQ",
+            "poll 100ms",
+            "poll 5s",
+        ] {
             let r = live_run(&servers, &db, mode, rate, seconds).await;
             eprintln!("bench: {r:?}");
             live.push(r);
@@ -135,7 +144,7 @@ async fn main() {
     }
     // Each destination's own ceiling: its client publishing pre-built messages, acked.
     let mut ceilings = HashMap::new();
-    let (mut k, mut n) = (Vec::new(), Vec::new());
+    let (mut k, mut n, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         let bootstrap = kafka.bootstrap_servers().to_owned();
         k.push(
@@ -144,10 +153,12 @@ async fn main() {
                 .expect("join"),
         );
         n.push(destinations::nats_ceiling(&nats.url(), events).await);
+        r.push(destinations::rabbit_ceiling(&rabbit.url(), events).await);
     }
-    eprintln!("bench: ceilings for {events} events: Kafka {k:?} s, NATS {n:?} s");
+    eprintln!("bench: ceilings for {events} events: Kafka {k:?} s, NATS {n:?} s, RabbitMQ {r:?} s");
     ceilings.insert(Dest::Kafka, median(&k));
     ceilings.insert(Dest::Nats, median(&n));
+    ceilings.insert(Dest::RabbitMq, median(&r));
     let mut drains = Vec::new();
     for variant in ["small transactions (10 events)", "one large transaction"] {
         for d in drain(&servers, &db, variant, events, reps, &ceilings).await {
@@ -249,6 +260,7 @@ struct Servers<'a> {
     pg: &'a TempPostgres,
     kafka: &'a TempKafka,
     nats: &'a TempNats,
+    rabbit: &'a TempRabbit,
 }
 
 impl Servers<'_> {
@@ -259,6 +271,10 @@ impl Servers<'_> {
             Dest::Nats => vec![
                 ("PGOUTBOX_DESTINATION", "nats".into()),
                 ("PGOUTBOX_NATS_URL", self.nats.url()),
+            ],
+            Dest::RabbitMq => vec![
+                ("PGOUTBOX_DESTINATION", "rabbitmq".into()),
+                ("PGOUTBOX_RABBITMQ_URL", self.rabbit.url()),
             ],
         }
     }
@@ -393,7 +409,7 @@ async fn drain(
     );
 
     let recvlogical = pg.client_tool("pg_recvlogical");
-    let dests = [Dest::Kafka, Dest::Nats];
+    let dests = [Dest::Kafka, Dest::Nats, Dest::RabbitMq];
     let mut ceiling = Vec::new();
     type PerDest = HashMap<Dest, Vec<f64>>;
     let (mut ours, mut cpu, mut rss) = (PerDest::new(), PerDest::new(), PerDest::new());
@@ -428,8 +444,10 @@ async fn drain(
         drop_slot(db, &slot).await;
 
         for dest in dests {
-            if dest == Dest::Nats {
-                destinations::fresh_stream(&servers.nats.url()).await;
+            match dest {
+                Dest::Nats => destinations::fresh_stream(&servers.nats.url()).await,
+                Dest::RabbitMq => destinations::purge_queue(&servers.rabbit.url()).await,
+                Dest::Kafka => {}
             }
             let slot = format!("pgoutbox_{rep}");
             copy_slot(db, &slot).await;
@@ -538,6 +556,7 @@ async fn live_run(
             destinations::fresh_stream(&servers.nats.url()).await;
             settings.extend(servers.to(Dest::Nats));
         }
+        "replication → RabbitMQ" => settings.extend(servers.to(Dest::RabbitMq)),
         _ => {}
     }
     let replication = mode.starts_with("replication");
@@ -560,6 +579,10 @@ async fn live_run(
     let stop = tokio_util::sync::CancellationToken::new();
     let reader = if mode == "replication → NATS" {
         let r = destinations::nats_tail(servers.nats.url(), received.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        r
+    } else if mode == "replication → RabbitMQ" {
+        let r = destinations::rabbit_tail(servers.rabbit.url(), received.clone(), stop.clone());
         tokio::time::sleep(Duration::from_millis(500)).await;
         r
     } else {
@@ -773,8 +796,8 @@ fn markdown(r: &Results) -> String {
         );
     }
     let _ = writeln!(s, "\n**p99 ratios** (same run)\n");
-    let _ = writeln!(s, "| rate | replication p99 (Kafka) | replication p99 (NATS) | poll 100ms p99 | poll 5s p99 | poll 5s / replication | poll 100ms / replication |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| rate | replication p99 (Kafka) | replication p99 (NATS) | replication p99 (RabbitMQ) | poll 100ms p99 | poll 5s p99 | poll 5s / replication | poll 100ms / replication |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut rates: Vec<&str> = r.live.iter().map(|l| l.target_rate.as_str()).collect();
     rates.dedup();
     for rate in rates {
@@ -784,15 +807,16 @@ fn markdown(r: &Results) -> String {
                 .find(|l| l.target_rate == rate && l.mode == m)
                 .map_or(f64::NAN, |l| l.p99_ms)
         };
-        let (rep, nats, p100, p5) = (
+        let (rep, nats, rabbit, p100, p5) = (
             p("replication"),
             p("replication → NATS"),
+            p("replication → RabbitMQ"),
             p("poll 100ms"),
             p("poll 5s"),
         );
         let _ = writeln!(
             s,
-            "| {rate} | {rep:.1} ms | {nats:.1} ms | {p100:.1} ms | {p5:.1} ms | {:.0}× | {:.1}× |",
+            "| {rate} | {rep:.1} ms | {nats:.1} ms | {rabbit:.1} ms | {p100:.1} ms | {p5:.1} ms | {:.0}× | {:.1}× |",
             p5 / rep,
             p100 / rep
         );

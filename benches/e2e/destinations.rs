@@ -12,7 +12,13 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use pgoutbox::embedded::TempNats;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use pgoutbox::embedded::rabbitmq::declare_queue;
+use pgoutbox::embedded::{TempNats, TempRabbit};
 
 use super::TOPIC;
 
@@ -24,6 +30,7 @@ pub const STREAM: &str = "OUTBOX";
 pub enum Dest {
     Kafka,
     Nats,
+    RabbitMq,
 }
 
 impl Dest {
@@ -31,6 +38,7 @@ impl Dest {
         match self {
             Dest::Kafka => "Kafka (mock)",
             Dest::Nats => "NATS JetStream",
+            Dest::RabbitMq => "RabbitMQ",
         }
     }
 }
@@ -209,5 +217,148 @@ pub fn nats_tail(
                 }
             }
         }
+    })
+}
+
+/// The exchange pgoutbox publishes to in the benchmark, and the queue bound to every event.
+pub const EXCHANGE: &str = "outbox";
+pub const QUEUE: &str = "bench";
+
+/// A throwaway RabbitMQ node with the exchange and the bench queue.
+pub async fn start_rabbit() -> TempRabbit {
+    let node = tokio::task::spawn_blocking(TempRabbit::start)
+        .await
+        .expect("join")
+        .expect("start rabbitmq-server (apt-get install rabbitmq-server)");
+    declare_queue(
+        &node.url(),
+        EXCHANGE,
+        QUEUE,
+        "outbox.event.#",
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare the bench queue");
+    node
+}
+
+/// Empties the bench queue (between runs: a drain leaves a million messages in it).
+pub async fn purge_queue(url: &str) {
+    let connection = lapin::Connection::connect(url, Default::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_purge(QUEUE.into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge");
+    let _ = connection.close(200, "".into()).await;
+}
+
+/// RabbitMQ ceiling: `n` pre-built persistent, mandatory publishes (message id, type, headers
+/// `id`, `type`, `key`, as pgoutbox sends them) on one confirm-mode channel, pipelined with at
+/// most 4,096 awaiting their confirm, until every one is confirmed. Seconds.
+pub async fn rabbit_ceiling(url: &str, n: usize) -> f64 {
+    purge_queue(url).await;
+    let connection = lapin::Connection::connect(url, Default::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let messages: Vec<(BasicProperties, bytes::Bytes)> = (0..n)
+        .map(|i| {
+            let id = format!("ceiling-{i:012}");
+            let mut h = FieldTable::default();
+            h.insert("id".into(), AMQPValue::LongString(id.as_str().into()));
+            h.insert("type".into(), AMQPValue::LongString("OrderCreated".into()));
+            h.insert(
+                "key".into(),
+                AMQPValue::LongString(format!("agg-{}", i % 100).into()),
+            );
+            let props = BasicProperties::default()
+                .with_message_id(id.as_str().into())
+                .with_type("OrderCreated".into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_headers(h);
+            (props, payload(i))
+        })
+        .collect();
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+    let started = Instant::now();
+    let mut confirms: FuturesUnordered<Pending> = FuturesUnordered::new();
+    for (props, body) in messages {
+        let channel = channel.clone();
+        let mut publish: Pending = Box::pin(async move {
+            let confirm = channel
+                .basic_publish(EXCHANGE.into(), TOPIC.into(), options, &body, props)
+                .await
+                .expect("publish");
+            confirm.await.expect("confirm").is_ack()
+        });
+        // lapin queues a publish's frames on its first poll: poll now, in order.
+        if let std::task::Poll::Ready(ack) =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await
+        {
+            assert!(ack, "nacked");
+            continue;
+        }
+        confirms.push(publish);
+        while confirms.len() >= 4096 {
+            assert!(confirms.next().await.expect("confirm"), "nacked");
+        }
+    }
+    while let Some(ack) = confirms.next().await {
+        assert!(ack, "nacked");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = connection.close(200, "".into()).await;
+    purge_queue(url).await;
+    secs
+}
+
+/// Records, per event sequence number (from the message id), when a consumer of the bench
+/// queue got it (the queue emptied first), until `stop`.
+pub fn rabbit_tail(
+    url: String,
+    received: Arc<Mutex<HashMap<u64, Instant>>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        purge_queue(&url).await;
+        let connection = lapin::Connection::connect(&url, Default::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let mut deliveries = channel
+            .basic_consume(QUEUE.into(), "bench".into(), no_ack, FieldTable::default())
+            .await
+            .expect("consume");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                d = deliveries.next() => {
+                    let Some(Ok(d)) = d else { continue };
+                    let now = Instant::now();
+                    let seq = d.properties.message_id().as_ref()
+                        .and_then(|id| id.as_str().rsplit('-').next().and_then(|s| s.parse::<u64>().ok()));
+                    if let Some(seq) = seq {
+                        received.lock().expect("lock").entry(seq).or_insert(now);
+                    }
+                }
+            }
+        }
+        let _ = connection.close(200, "".into()).await;
     })
 }
