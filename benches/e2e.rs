@@ -752,7 +752,7 @@ fn machine() -> String {
                 .and_then(|k| k.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    format!("{cpus} CPUs ({model}), {mem:.0} GiB RAM, PostgreSQL 15 (fsync=off), librdkafka mock broker (1 node), nats-server 2.9 with JetStream (file storage)")
+    format!("{cpus} CPUs ({model}), {mem:.0} GiB RAM, PostgreSQL 15 (fsync=off), librdkafka mock broker (1 node), nats-server 2.9 with JetStream (file storage), RabbitMQ 3.10 (a durable classic queue, persistent messages)")
 }
 
 /// A histogram bound for the table: `≤ 5`, or `n/a`.

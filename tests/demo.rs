@@ -62,6 +62,27 @@ async fn demo_runs_against_nats() {
     );
 }
 
+/// The same flow to a throwaway node of the installed rabbitmq-server, which it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_against_rabbitmq() {
+    let stdout = run_demo(&["--destination", "rabbitmq"]).await;
+    assert!(
+        stdout.contains("with topic exchange outbox → queue outbox.demo (outbox.event.#)"),
+        "{stdout}"
+    );
+    let port = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("amqp://"))
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|p| p.split('/').next())
+        .expect("demo prints the AMQP URL")
+        .to_owned();
+    assert!(
+        std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(),
+        "the RabbitMQ node left running"
+    );
+}
+
 fn nats_port(stdout: &str) -> String {
     let url = stdout
         .split_whitespace()

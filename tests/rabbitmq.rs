@@ -290,7 +290,8 @@ async fn exactly_once_is_refused_with_the_reason() {
     assert!(e.contains("no publisher-side duplicate removal"), "{e}");
 }
 
-/// `check` on a bare node: a wrong password and a missing exchange each fail with the fix;
+/// `check` on a bare node: a wrong password, a missing vhost and a missing exchange each fail
+/// with the fix;
 /// `setup --create-rabbitmq-exchange` declares the exchange, and then `check` passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_and_setup_the_exchange() {
@@ -323,6 +324,10 @@ async fn check_and_setup_the_exchange() {
         !text.contains("guest:wrong"),
         "the password is shown: {text}"
     );
+    let no_vhost = node.url().replace("%2f", "no-such-vhost");
+    let (ok, text) = run(&["check"], no_vhost).await.unwrap();
+    assert!(!ok && text.contains("✘ RabbitMQ reachable"), "{text}");
+    assert!(text.contains("the vhost does not exist"), "{text}");
     let (ok, text) = run(&["check"], node.url()).await.unwrap();
     assert!(!ok, "{text}");
     assert!(text.contains("✔ RabbitMQ reachable"), "{text}");

@@ -103,12 +103,18 @@ impl TempRabbit {
                 }
             }
             if Instant::now() > deadline {
-                return Err(self.failed(format!("not listening on port {} after 60 s", self.port)));
+                let e = self.failed(format!("not listening on port {} after 60 s", self.port));
+                self.beam = beam_of(&self.node);
+                let _ = self.kill();
+                return Err(e);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let pid = self.ctl(&["eval", "os:getpid()."])?;
-        self.beam = pid.trim().trim_matches('"').parse().ok();
+        self.beam = beam_of(&self.node);
+        if self.beam.is_none() {
+            let pid = self.ctl(&["eval", "os:getpid()."])?;
+            self.beam = pid.trim().trim_matches('"').parse().ok();
+        }
         Ok(())
     }
 
@@ -168,6 +174,22 @@ impl TempRabbit {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
+}
+
+/// The Erlang VM running `node`: the `beam.smp` process whose environment names it.
+fn beam_of(node: &str) -> Option<i32> {
+    let wanted = format!("RABBITMQ_NODENAME={node}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        if comm.trim() != "beam.smp" {
+            return None;
+        }
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        env.split(|b| *b == 0)
+            .any(|v| v == wanted.as_bytes())
+            .then_some(pid)
+    })
 }
 
 fn run(cmd: &str, args: &[&std::ffi::OsStr]) -> Result<(), EmbeddedError> {
