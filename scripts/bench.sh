@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark, one command: starts its own PostgreSQL, Kafka-protocol broker, NATS server and
-# RabbitMQ node, runs the
-# release binary, prints a markdown table and writes target/bench/results.{json,md} and
+# RabbitMQ node, runs the release binary, prints a markdown table and writes
+# target/bench/results.{json,md} and
 # target/bench/latency.svg. Then the criterion micro-benchmarks (decoder, mapper) in MB/s.
 #   scripts/bench.sh                 # 1M-event backlogs, 3 runs each, 10 s per load level
 #   BENCH_EVENTS=100000 BENCH_REPS=1 BENCH_SECONDS=3 scripts/bench.sh   # a quick look
