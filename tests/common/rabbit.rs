@@ -148,6 +148,21 @@ impl Collector {
     }
 }
 
+impl Collector {
+    /// Waits until nothing new has arrived for `quiet`; everything so far.
+    pub async fn until_quiet(&self, quiet: Duration) -> Vec<Got> {
+        let mut last = usize::MAX;
+        loop {
+            let n = self.got.lock().unwrap().len();
+            if n == last {
+                return self.snapshot();
+            }
+            last = n;
+            tokio::time::sleep(quiet).await;
+        }
+    }
+}
+
 impl Drop for Collector {
     fn drop(&mut self) {
         self.task.abort();
