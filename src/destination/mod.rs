@@ -21,6 +21,28 @@ use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::outbox::OutboxRecord;
 
+/// Evaluates `$body` with `$D` naming the destination type `$kind` selects, for tickets of
+/// type `$T`: the one place a configured destination becomes a type.
+macro_rules! with_destination {
+    ($kind:expr, $T:ty, $D:ident => $body:expr) => {
+        match $kind {
+            $crate::config::DestinationKind::Kafka => {
+                type $D = $crate::destination::kafka::KafkaSink<$T>;
+                $body
+            }
+            $crate::config::DestinationKind::Nats => {
+                type $D = $crate::destination::nats::NatsSink<$T>;
+                $body
+            }
+            $crate::config::DestinationKind::RabbitMq => {
+                type $D = $crate::destination::rabbitmq::RabbitSink<$T>;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_destination;
+
 /// Why a destination did not take a record, as the pipeline needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {

@@ -20,10 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use crate::config::poll::{Cleanup, PollConfig};
-use crate::config::{Config, DeliveryMode, DestinationKind};
-use crate::destination::kafka::KafkaSink;
-use crate::destination::nats::NatsSink;
-use crate::destination::rabbitmq::RabbitSink;
+use crate::config::{Config, DeliveryMode};
 use crate::destination::{Destination, DestinationError, Outcome, Refusal, SendError};
 use crate::lsn::Lsn;
 use crate::metrics as m;
@@ -37,11 +34,7 @@ const RELATION: u32 = 1;
 
 /// Polls until `shutdown`; returns on the first error (the caller retries with backoff).
 pub async fn run(cfg: &Config, shutdown: &CancellationToken) -> Result<(), StreamError> {
-    match cfg.destination {
-        DestinationKind::Kafka => run_to::<KafkaSink<usize>>(cfg, shutdown).await,
-        DestinationKind::Nats => run_to::<NatsSink<usize>>(cfg, shutdown).await,
-        DestinationKind::RabbitMq => run_to::<RabbitSink<usize>>(cfg, shutdown).await,
-    }
+    crate::destination::with_destination!(cfg.destination, usize, D => run_to::<D>(cfg, shutdown).await)
 }
 
 async fn run_to<D: Destination<usize>>(

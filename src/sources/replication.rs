@@ -8,10 +8,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, DeliveryMode, DestinationKind};
-use crate::destination::kafka::KafkaSink;
-use crate::destination::nats::NatsSink;
-use crate::destination::rabbitmq::RabbitSink;
+use crate::config::{Config, DeliveryMode};
 use crate::destination::Destination;
 use crate::lsn::Lsn;
 use crate::pipeline::session::{Session, Ticket};
@@ -35,18 +32,9 @@ pub async fn run(
     progress: &mut Progress,
     health: &Health,
 ) -> Result<(), StreamError> {
-    match cfg.destination {
-        DestinationKind::Kafka => {
-            run_to::<KafkaSink<Ticket>>(cfg, slot_known, shutdown, observer, progress, health).await
-        }
-        DestinationKind::Nats => {
-            run_to::<NatsSink<Ticket>>(cfg, slot_known, shutdown, observer, progress, health).await
-        }
-        DestinationKind::RabbitMq => {
-            run_to::<RabbitSink<Ticket>>(cfg, slot_known, shutdown, observer, progress, health)
-                .await
-        }
-    }
+    crate::destination::with_destination!(cfg.destination, Ticket, D => {
+        run_to::<D>(cfg, slot_known, shutdown, observer, progress, health).await
+    })
 }
 
 async fn run_to<D: Destination<Ticket>>(
