@@ -196,48 +196,17 @@ async fn graceful_stop_resends_nothing() {
     let env = Env::start().await;
     let node = rabbit::start().await;
     let events = Collector::start(node.url(), rabbit::EVENTS);
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut settings = rabbit::binary_env(&node);
-    settings.push(("PGOUTBOX_METRICS_ADDR", addr));
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let first = workload(0, 20);
-    let second = workload(1000, 20);
-    let mut child = env.spawn_binary(&log, &settings);
-    env.wait_streaming().await;
-    env.commit(&first).await;
-    let got = events
-        .until_all(&ids_of(&first), Duration::from_secs(30))
-        .await;
-    assert_eq!(got.len(), ids_of(&first).len());
-    let metrics = get(port, "/metrics").await.unwrap().1;
-    let n = first
-        .iter()
-        .flatten()
-        .filter(|e| e.aggregate_type == "order")
-        .count();
-    let line = format!(
-        "pgoutbox_events_delivered_total{{topic=\"outbox.event.order\",destination=\"rabbitmq\"}} {n}"
-    );
-    assert!(metrics.contains(&line), "{line}\n{metrics}");
-    // SAFETY: kill(2) with a child's pid has no memory effects.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = child.wait().await.unwrap();
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
-    let mut child = env.spawn_binary(&log, &settings);
-    env.wait_streaming().await;
-    env.commit(&second).await;
-    let all: HashSet<String> = ids_of(&first).union(&ids_of(&second)).cloned().collect();
-    let got = events.until_all(&all, Duration::from_secs(30)).await;
-    assert_eq!(distinct(&got), all);
-    assert_eq!(got.len(), all.len(), "a graceful stop resent events");
-    child.start_kill().unwrap();
+    let events = &events;
+    common::graceful::resends_nothing(
+        &env,
+        &rabbit::binary_env(&node),
+        "rabbitmq",
+        |ids| async move {
+            let got = events.until_all(&ids, Duration::from_secs(30)).await;
+            got.iter().map(Got::id).collect()
+        },
+    )
+    .await;
 }
 
 /// The kill loop against RabbitMQ; returns (inserted, distinct delivered, delivered).

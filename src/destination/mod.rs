@@ -150,6 +150,29 @@ pub enum SendError<T> {
     Refused(T, Refusal, OutboxRecord),
 }
 
+/// Hands `job` to a destination's publishing task without waiting: `Full` when the task's
+/// queue is full, a retriable refusal when the task has stopped; either way the ticket and the
+/// record (`parts` takes them out of the job) come back.
+#[allow(clippy::result_large_err)] // as `Destination::send`, whose result this is
+pub(crate) fn enqueue<T, J>(
+    jobs: &mpsc::Sender<J>,
+    job: J,
+    title: &str,
+    parts: impl FnOnce(J) -> (T, OutboxRecord),
+) -> Result<(), SendError<T>> {
+    jobs.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(job) => {
+            let (ticket, record) = parts(job);
+            SendError::Full(ticket, record)
+        }
+        mpsc::error::TrySendError::Closed(job) => {
+            let (ticket, record) = parts(job);
+            let r = Refusal::new(Class::Retriable, format!("{title} publisher stopped"));
+            SendError::Refused(ticket, r, record)
+        }
+    })
+}
+
 /// A destination that could not be opened or used.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod graceful;
 pub mod kill;
 pub mod nats;
 pub mod proxy;

@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::nats::is_valid_subject;
 use crate::config::{Config, DeliveryMode, NatsConfig};
-use crate::destination::{Class, Destination, DestinationError, Outcome, Refusal, SendError};
+use crate::destination::{
+    enqueue, Class, Destination, DestinationError, Outcome, Refusal, SendError,
+};
 use crate::outbox::OutboxRecord;
 use crate::pipeline::AbortOnDrop;
 use publisher::Job;
@@ -210,14 +212,7 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
             ticket,
             record,
         };
-        self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(job) => SendError::Full(job.ticket, job.record),
-            mpsc::error::TrySendError::Closed(job) => SendError::Refused(
-                job.ticket,
-                Refusal::new(Class::Retriable, "NATS publisher stopped"),
-                job.record,
-            ),
-        })
+        enqueue(&self.jobs, job, Self::TITLE, |j| (j.ticket, j.record))
     }
 
     fn purge(&self) {

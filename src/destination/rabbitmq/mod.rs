@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::rabbitmq::is_valid_routing_key;
 use crate::config::{Config, RabbitConfig};
-use crate::destination::{Class, Destination, DestinationError, Outcome, Refusal, SendError};
+use crate::destination::{
+    enqueue, Class, Destination, DestinationError, Outcome, Refusal, SendError,
+};
 use crate::outbox::OutboxRecord;
 use crate::pipeline::AbortOnDrop;
 use publisher::Job;
@@ -164,14 +166,7 @@ impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
             ticket,
             record,
         };
-        self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(job) => SendError::Full(job.ticket, job.record),
-            mpsc::error::TrySendError::Closed(job) => SendError::Refused(
-                job.ticket,
-                Refusal::new(Class::Retriable, "RabbitMQ publisher stopped"),
-                job.record,
-            ),
-        })
+        enqueue(&self.jobs, job, Self::TITLE, |j| (j.ticket, j.record))
     }
 
     fn purge(&self) {
