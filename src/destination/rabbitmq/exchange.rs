@@ -39,8 +39,20 @@ pub async fn exists(connection: &Connection, cfg: &RabbitConfig) -> Result<bool,
             let _ = channel.close(200, "".into()).await;
             Ok(true)
         }
-        Err(e) if e.is_amqp_soft_error() => Ok(false),
-        Err(e) => Err(DestinationError::Unavailable(format!("RabbitMQ: {e}"))),
+        Err(e) => {
+            use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+            match e.kind() {
+                lapin::ErrorKind::ProtocolError(p) => match p.kind() {
+                    AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => Ok(false),
+                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Err(DestinationError::Config(format!(
+                        "RabbitMQ: {e}; the user may not use exchange {:?} (`rabbitmqctl set_permissions`)",
+                        cfg.exchange
+                    ))),
+                    _ => Err(DestinationError::Unavailable(format!("RabbitMQ: {e}"))),
+                },
+                _ => Err(DestinationError::Unavailable(format!("RabbitMQ: {e}"))),
+            }
+        }
     }
 }
 
