@@ -14,7 +14,8 @@
 //! Prints a markdown table ([`report`]); writes `target/bench/results.json` and
 //! `target/bench/latency.svg`.
 //! Environment: BENCH_EVENTS (1000000), BENCH_REPS (3), BENCH_SECONDS (10),
-//! BENCH_RATES (1000,5000,10000,max).
+//! BENCH_RATES (1000,5000,10000,max; empty: no live rows), BENCH_DESTINATIONS
+//! (kafka,nats,rabbitmq: the destinations measured; the polling rows go with kafka).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -107,6 +108,11 @@ async fn main() {
     let seconds: u64 = env_or("BENCH_SECONDS", 10);
     let rates: String = env_or("BENCH_RATES", "1000,5000,10000,max".to_owned());
     let out = PathBuf::from(env_or("BENCH_OUT", "target/bench".to_owned()));
+    let wanted: String = env_or("BENCH_DESTINATIONS", "kafka,nats,rabbitmq".to_owned());
+    let dests: Vec<Dest> = [Dest::Kafka, Dest::Nats, Dest::RabbitMq]
+        .into_iter()
+        .filter(|d| wanted.split(',').any(|w| w.trim() == d.key()))
+        .collect();
     std::fs::create_dir_all(&out).expect("output directory");
 
     let pg = tokio::task::spawn_blocking(TempPostgres::start)
@@ -136,14 +142,17 @@ async fn main() {
     };
 
     let mut live = Vec::new();
-    for rate in rates.split(',').map(str::trim) {
-        for mode in [
-            "replication",
-            "replication → NATS",
-            "replication → RabbitMQ",
-            "poll 100ms",
-            "poll 5s",
+    for rate in rates.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        for (dest, mode) in [
+            (Dest::Kafka, "replication"),
+            (Dest::Nats, "replication → NATS"),
+            (Dest::RabbitMq, "replication → RabbitMQ"),
+            (Dest::Kafka, "poll 100ms"),
+            (Dest::Kafka, "poll 5s"),
         ] {
+            if !dests.contains(&dest) {
+                continue;
+            }
             let r = live_run(&servers, &db, mode, rate, seconds).await;
             eprintln!("bench: {r:?}");
             live.push(r);
@@ -151,24 +160,31 @@ async fn main() {
     }
     // Each destination's own ceiling: its client publishing pre-built messages, acked.
     let mut ceilings = HashMap::new();
-    let (mut k, mut n, mut r) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..reps {
-        let bootstrap = kafka.bootstrap_servers().to_owned();
-        k.push(
-            tokio::task::spawn_blocking(move || destinations::kafka_ceiling(&bootstrap, events))
-                .await
-                .expect("join"),
+    for &dest in &dests {
+        let mut runs = Vec::new();
+        for _ in 0..reps {
+            runs.push(match dest {
+                Dest::Kafka => {
+                    let bootstrap = kafka.bootstrap_servers().to_owned();
+                    tokio::task::spawn_blocking(move || {
+                        destinations::kafka_ceiling(&bootstrap, events)
+                    })
+                    .await
+                    .expect("join")
+                }
+                Dest::Nats => destinations::nats_ceiling(&nats.url(), events).await,
+                Dest::RabbitMq => destinations::rabbit_ceiling(&rabbit.url(), events).await,
+            });
+        }
+        eprintln!(
+            "bench: {} ceiling for {events} events: {runs:?} s",
+            dest.name()
         );
-        n.push(destinations::nats_ceiling(&nats.url(), events).await);
-        r.push(destinations::rabbit_ceiling(&rabbit.url(), events).await);
+        ceilings.insert(dest, median(&runs));
     }
-    eprintln!("bench: ceilings for {events} events: Kafka {k:?} s, NATS {n:?} s, RabbitMQ {r:?} s");
-    ceilings.insert(Dest::Kafka, median(&k));
-    ceilings.insert(Dest::Nats, median(&n));
-    ceilings.insert(Dest::RabbitMq, median(&r));
     let mut drains = Vec::new();
     for variant in ["small transactions (10 events)", "one large transaction"] {
-        for d in drain(&servers, &db, variant, events, reps, &ceilings).await {
+        for d in drain(&servers, &db, variant, events, reps, &dests, &ceilings).await {
             eprintln!("bench: {d:?}");
             drains.push(d);
         }
@@ -372,6 +388,7 @@ async fn drain(
     variant: &str,
     events: usize,
     reps: usize,
+    dests: &[Dest],
     ceilings: &HashMap<Dest, f64>,
 ) -> Vec<Drain> {
     let (pg, kafka) = (servers.pg, servers.kafka);
@@ -416,7 +433,6 @@ async fn drain(
     );
 
     let recvlogical = pg.client_tool("pg_recvlogical");
-    let dests = [Dest::Kafka, Dest::Nats, Dest::RabbitMq];
     let mut ceiling = Vec::new();
     type PerDest = HashMap<Dest, Vec<f64>>;
     let (mut ours, mut cpu, mut rss) = (PerDest::new(), PerDest::new(), PerDest::new());
@@ -450,7 +466,7 @@ async fn drain(
         ceiling.push(t.elapsed().as_secs_f64());
         drop_slot(db, &slot).await;
 
-        for dest in dests {
+        for &dest in dests {
             match dest {
                 Dest::Nats => destinations::fresh_stream(&servers.nats.url()).await,
                 Dest::RabbitMq => destinations::purge_queue(&servers.rabbit.url()).await,

@@ -34,6 +34,15 @@ pub enum Dest {
 }
 
 impl Dest {
+    /// Its name in BENCH_DESTINATIONS.
+    pub fn key(self) -> &'static str {
+        match self {
+            Dest::Kafka => "kafka",
+            Dest::Nats => "nats",
+            Dest::RabbitMq => "rabbitmq",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Dest::Kafka => "Kafka (mock)",

@@ -7,12 +7,12 @@
 //! wire order the commit order; the rest (the write, then the confirm) completes
 //! concurrently.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -44,11 +44,15 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, Destina
     Ok(channel)
 }
 
-type Confirmed = (
-    u64,
-    Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>,
-);
+type Confirmed = (u64, Result<Confirmation, lapin::Error>);
 type InFlight = Pin<Box<dyn Future<Output = Confirmed> + Send>>;
+
+/// A publish awaiting its confirm.
+struct Waiting<T> {
+    ticket: T,
+    record: OutboxRecord,
+    deadline: Instant,
+}
 
 /// What a confirm says about the record.
 fn outcome(
@@ -85,9 +89,11 @@ fn outcome(
 }
 
 /// Publishes on `channel` until the job channel closes, at most `max_pending` awaiting their
-/// confirm (a job is taken only while there is room). A publish unconfirmed after
-/// `ack_timeout` fails as retriable. On `purge`, every outstanding ticket comes back as a
-/// retriable refusal at once.
+/// confirm (jobs are taken only while there is room, as many at once as there are waiting and
+/// room for: lapin writes whatever frames it has queued in one go, so publishing them back to
+/// back keeps the writes large). A publish unconfirmed after `ack_timeout` fails as retriable;
+/// one timer watches the oldest. On `purge`, every outstanding ticket comes back as a retriable
+/// refusal at once.
 pub async fn run<T: Send + 'static>(
     channel: Channel,
     exchange: ShortString,
@@ -102,51 +108,85 @@ pub async fn run<T: Send + 'static>(
         result: Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {why}"))),
         returned: Some(Returned::from(record)),
     };
-    let mut waiting: HashMap<u64, (T, OutboxRecord)> = HashMap::new();
+    // Publish ids grow in publish order, so the first entry is the oldest.
+    let mut waiting: BTreeMap<u64, Waiting<T>> = BTreeMap::new();
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    let mut batch = Vec::with_capacity(max_pending.min(1024));
     let mut next = 0u64;
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    // One timer, lazily at or before the oldest deadline: it is moved on only when it fires.
+    let timer = tokio::time::sleep(ack_timeout);
+    tokio::pin!(timer);
+    let mut armed = false;
     loop {
+        let room = max_pending.saturating_sub(waiting.len()).min(1024);
         tokio::select! {
-            job = jobs.recv(), if waiting.len() < max_pending => {
-                let Some(job) = job else { break };
-                let id = next;
-                next += 1;
-                let payload = job.record.payload.clone().unwrap_or_default();
-                let (channel, exchange) = (channel.clone(), exchange.clone());
-                let options = BasicPublishOptions { mandatory: true, immediate: false };
-                let publish = async move {
-                    let confirm = channel
-                        .basic_publish(exchange, job.routing_key, options, &payload, job.properties)
-                        .await?;
-                    confirm.await
-                };
-                let mut publish: InFlight =
-                    Box::pin(async move { (id, tokio::time::timeout(ack_timeout, publish).await) });
-                // Queue the frames now, in order (see the module comment).
-                let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
-                waiting.insert(id, (job.ticket, job.record));
-                match first {
-                    Poll::Ready(done) => in_flight.push(Box::pin(std::future::ready(done))),
-                    Poll::Pending => in_flight.push(publish),
+            taken = jobs.recv_many(&mut batch, room), if room > 0 => {
+                if taken == 0 {
+                    break;
+                }
+                let deadline = Instant::now() + ack_timeout;
+                if !armed {
+                    timer.as_mut().reset(deadline.into());
+                    armed = true;
+                }
+                for job in batch.drain(..) {
+                    let id = next;
+                    next += 1;
+                    let payload = job.record.payload.clone().unwrap_or_default();
+                    let (channel, exchange) = (channel.clone(), exchange.clone());
+                    let mut publish: InFlight = Box::pin(async move {
+                        let confirm = channel
+                            .basic_publish(exchange, job.routing_key, options, &payload, job.properties)
+                            .await;
+                        (id, match confirm {
+                            Ok(confirm) => confirm.await,
+                            Err(e) => Err(e),
+                        })
+                    });
+                    // Queue the frames now, in order (see the module comment).
+                    let first =
+                        std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+                    waiting.insert(id, Waiting { ticket: job.ticket, record: job.record, deadline });
+                    match first {
+                        Poll::Ready(done) => in_flight.push(Box::pin(std::future::ready(done))),
+                        Poll::Pending => in_flight.push(publish),
+                    }
                 }
             }
             Some((id, confirmed)) = in_flight.next() => {
-                let Some((ticket, record)) = waiting.remove(&id) else { continue };
+                // Absent: it timed out, or was purged, before its confirm came.
+                let Some(w) = waiting.remove(&id) else { continue };
                 let result = match confirmed {
-                    Ok(Ok(c)) => outcome(id, exchange.as_str(), &record.topic, c),
-                    Ok(Err(e)) => Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {e}"))),
-                    Err(_) => Err(Refusal::new(
-                        Class::Retriable,
-                        format!("RabbitMQ: no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)"),
-                    )),
+                    Ok(c) => outcome(id, exchange.as_str(), &w.record.topic, c),
+                    Err(e) => Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {e}"))),
                 };
-                let returned = result.is_err().then(|| Returned::from(record));
-                let _ = outcomes.send(Outcome { ticket, result, returned });
+                let returned = result.is_err().then(|| Returned::from(w.record));
+                let _ = outcomes.send(Outcome { ticket: w.ticket, result, returned });
+            }
+            () = &mut timer, if armed => {
+                let now = Instant::now();
+                while let Some(entry) = waiting.first_entry() {
+                    if entry.get().deadline > now {
+                        break;
+                    }
+                    let w = entry.remove();
+                    let why = format!("no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)");
+                    let _ = outcomes.send(give_up(w.ticket, w.record, &why));
+                }
+                armed = false;
+                if let Some((_, w)) = waiting.first_key_value() {
+                    timer.as_mut().reset(w.deadline.into());
+                    armed = true;
+                }
             }
             _ = purge.notified() => {
                 in_flight = FuturesUnordered::new();
-                for (_, (ticket, record)) in waiting.drain() {
-                    let _ = outcomes.send(give_up(ticket, record, "publish abandoned (purged)"));
+                for (_, w) in std::mem::take(&mut waiting) {
+                    let _ = outcomes.send(give_up(w.ticket, w.record, "publish abandoned (purged)"));
                 }
                 while let Ok(job) = jobs.try_recv() {
                     let _ = outcomes.send(give_up(job.ticket, job.record, "publish abandoned (purged)"));
