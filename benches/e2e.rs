@@ -5,7 +5,7 @@
 //!   one is acked (the slot confirmed past the backlog), per destination, against two
 //!   ceilings measured in the same run: `pg_recvlogical` draining an identical copy of the
 //!   slot to /dev/null, and the destination's own client publishing N pre-built messages with
-//!   the same acknowledgement setting ([`destinations`]);
+//!   the same acknowledgement setting right before each pgoutbox run ([`destinations`]);
 //! - live latency ([`live`]): a load generator commits at fixed rates while pgoutbox streams;
 //!   commit→consumer latency per event, for replication to Kafka, NATS and RabbitMQ, and for the
 //!   polling publisher at 100 ms and 5 s;
@@ -71,6 +71,7 @@ struct Drain {
     pgoutbox_cpu_secs_per_million: f64,
     pgoutbox_peak_rss_mib: f64,
     all_runs_ceiling: Vec<f64>,
+    all_runs_destination_ceiling: Vec<f64>,
     all_runs_pgoutbox: Vec<f64>,
 }
 
@@ -158,33 +159,9 @@ async fn main() {
             live.push(r);
         }
     }
-    // Each destination's own ceiling: its client publishing pre-built messages, acked.
-    let mut ceilings = HashMap::new();
-    for &dest in &dests {
-        let mut runs = Vec::new();
-        for _ in 0..reps {
-            runs.push(match dest {
-                Dest::Kafka => {
-                    let bootstrap = kafka.bootstrap_servers().to_owned();
-                    tokio::task::spawn_blocking(move || {
-                        destinations::kafka_ceiling(&bootstrap, events)
-                    })
-                    .await
-                    .expect("join")
-                }
-                Dest::Nats => destinations::nats_ceiling(&nats.url(), events).await,
-                Dest::RabbitMq => destinations::rabbit_ceiling(&rabbit.url(), events).await,
-            });
-        }
-        eprintln!(
-            "bench: {} ceiling for {events} events: {runs:?} s",
-            dest.name()
-        );
-        ceilings.insert(dest, median(&runs));
-    }
     let mut drains = Vec::new();
     for variant in ["small transactions (10 events)", "one large transaction"] {
-        for d in drain(&servers, &db, variant, events, reps, &dests, &ceilings).await {
+        for d in drain(&servers, &db, variant, events, reps, &dests).await {
             eprintln!("bench: {d:?}");
             drains.push(d);
         }
@@ -389,7 +366,6 @@ async fn drain(
     events: usize,
     reps: usize,
     dests: &[Dest],
-    ceilings: &HashMap<Dest, f64>,
 ) -> Vec<Drain> {
     let (pg, kafka) = (servers.pg, servers.kafka);
     db.batch_execute("TRUNCATE outbox").await.expect("truncate");
@@ -436,6 +412,7 @@ async fn drain(
     let mut ceiling = Vec::new();
     type PerDest = HashMap<Dest, Vec<f64>>;
     let (mut ours, mut cpu, mut rss) = (PerDest::new(), PerDest::new(), PerDest::new());
+    let mut theirs = PerDest::new();
     for rep in 0..reps {
         let slot = format!("ceiling_{rep}");
         copy_slot(db, &slot).await;
@@ -467,6 +444,13 @@ async fn drain(
         drop_slot(db, &slot).await;
 
         for &dest in dests {
+            // The destination's own ceiling right before pgoutbox's run, so that both see the
+            // broker in the same state (a RabbitMQ node's speed drifts between runs).
+            let c =
+                destinations::ceiling(servers.kafka, servers.nats, servers.rabbit, dest, events)
+                    .await;
+            eprintln!("bench: {} ceiling: {c:.2} s", dest.name());
+            theirs.entry(dest).or_default().push(c);
             match dest {
                 Dest::Nats => destinations::fresh_stream(&servers.nats.url()).await,
                 Dest::RabbitMq => destinations::purge_queue(&servers.rabbit.url()).await,
@@ -508,7 +492,7 @@ async fn drain(
         .iter()
         .map(|dest| {
             let o = median(&ours[dest]);
-            let dc = ceilings[dest];
+            let dc = median(&theirs[dest]);
             Drain {
                 variant: variant.into(),
                 destination: dest.name().into(),
@@ -523,6 +507,7 @@ async fn drain(
                 pgoutbox_cpu_secs_per_million: median(&cpu[dest]) * 1e6 / events as f64,
                 pgoutbox_peak_rss_mib: rss[dest].iter().copied().fold(0.0, f64::max),
                 all_runs_ceiling: ceiling.clone(),
+                all_runs_destination_ceiling: theirs[dest].clone(),
                 all_runs_pgoutbox: ours[dest].clone(),
             }
         })

@@ -9,7 +9,11 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread runs the pipeline: it is one sequential loop with a publishing task beside
+    // it, so a second worker only adds cross-thread wake-ups (an eventfd write and a futex per
+    // message, measured). The clients' own I/O threads (librdkafka, lapin) and the blocking
+    // pool run beside it.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -18,7 +18,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use pgoutbox::embedded::rabbitmq::declare_queue;
-use pgoutbox::embedded::{TempNats, TempRabbit};
+use pgoutbox::embedded::{TempKafka, TempNats, TempRabbit};
 
 use super::TOPIC;
 
@@ -49,6 +49,26 @@ impl Dest {
             Dest::Nats => "NATS JetStream",
             Dest::RabbitMq => "RabbitMQ",
         }
+    }
+}
+
+/// `dest`'s own ceiling for `events` messages, in seconds.
+pub async fn ceiling(
+    kafka: &TempKafka,
+    nats: &TempNats,
+    rabbit: &TempRabbit,
+    dest: Dest,
+    events: usize,
+) -> f64 {
+    match dest {
+        Dest::Kafka => {
+            let bootstrap = kafka.bootstrap_servers().to_owned();
+            tokio::task::spawn_blocking(move || kafka_ceiling(&bootstrap, events))
+                .await
+                .expect("join")
+        }
+        Dest::Nats => nats_ceiling(&nats.url(), events).await,
+        Dest::RabbitMq => rabbit_ceiling(&rabbit.url(), events).await,
     }
 }
 
@@ -87,13 +107,14 @@ fn payload(n: usize) -> bytes::Bytes {
 }
 
 /// NATS ceiling: `n` pre-built JetStream publishes (headers `id`, `type`, `key` and
-/// `Nats-Msg-Id`, as pgoutbox sends them), at most 4,096 awaiting their PubAck, until every
-/// one is acknowledged. Seconds.
+/// `Nats-Msg-Id`, as pgoutbox sends them), at most as many awaiting their PubAck as pgoutbox
+/// allows by default, until every one is acknowledged. Seconds.
 pub async fn nats_ceiling(url: &str, n: usize) -> f64 {
     fresh_stream(url).await;
+    let window = pgoutbox::config::NatsConfig::default().max_pending;
     let client = async_nats::connect(url).await.expect("connect");
     let js = jetstream::ContextBuilder::new()
-        .max_ack_inflight(4096)
+        .max_ack_inflight(window)
         .backpressure_on_inflight(true)
         .build(client);
     let messages: Vec<(String, PublishMessage)> = (0..n)
@@ -115,7 +136,7 @@ pub async fn nats_ceiling(url: &str, n: usize) -> f64 {
     for (subject, m) in messages {
         let ack = js.send_publish(subject, m).await.expect("publish");
         acks.push(std::future::IntoFuture::into_future(ack));
-        while acks.len() >= 4096 {
+        while acks.len() >= window {
             acks.next().await.expect("ack").expect("acked");
         }
     }

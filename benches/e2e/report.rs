@@ -37,7 +37,7 @@ fn bound(v: Option<f64>) -> String {
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Machine: {}\n", r.machine);
-    let _ = writeln!(s, "**Backlog drain** (median of the runs; pgoutbox = until the slot is confirmed past every event, i.e. all acked by the destination). Two ceilings from the same run: `pg_recvlogical` draining a copy of the slot, and the destination's own client publishing the same number of pre-built messages with the same acknowledgement setting; the ratio is against the lower of the two.\n");
+    let _ = writeln!(s, "**Backlog drain** (median of the runs; pgoutbox = until the slot is confirmed past every event, i.e. all acked by the destination). Two ceilings from the same run: `pg_recvlogical` draining a copy of the slot, and the destination's own client publishing the same number of pre-built messages with the same acknowledgement setting, measured right before each pgoutbox run; the ratio is against the lower of the two.\n");
     let _ = writeln!(s, "| backlog | destination | events | pg_recvlogical | destination's client | pgoutbox | ratio to the lower ceiling | pgoutbox CPU s / M events | pgoutbox peak RSS |");
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for d in &r.drain {

@@ -142,8 +142,8 @@ settings! {
     nats_duplicate_window_secs: u64 = 120, "PGOUTBOX_NATS_DUPLICATE_WINDOW_SECS";
     /// Milliseconds to wait for a publish's acknowledgement before it counts as failed [default: 10000]
     nats_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_NATS_ACK_TIMEOUT_MS";
-    /// Publishes awaiting acknowledgement at most [default: 4096]
-    nats_max_pending: usize = 4096, "PGOUTBOX_NATS_MAX_PENDING";
+    /// Publishes awaiting acknowledgement at most [default: 16384]
+    nats_max_pending: usize = 16384, "PGOUTBOX_NATS_MAX_PENDING";
     /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS; %2f is the vhost /) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
     rabbitmq_url: String = pgoutbox::config::rabbitmq::DEFAULT_URL.into(), "PGOUTBOX_RABBITMQ_URL";
     /// Exchange to publish to, the topic being the routing key (check looks it up, setup can declare it) [default: outbox]

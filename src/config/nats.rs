@@ -23,7 +23,8 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// A publish not acknowledged within this long is retried from the slot. Default 10 s.
     pub ack_timeout: Duration,
-    /// Publishes awaiting their acknowledgement at most. Default 4,096.
+    /// Publishes awaiting their acknowledgement at most. Default 16,384: JetStream handles
+    /// deep pipelines well (fewer, larger reads and writes per message on both sides).
     pub max_pending: usize,
 }
 
@@ -35,7 +36,7 @@ impl Default for NatsConfig {
             credentials_file: None,
             duplicate_window: Duration::from_secs(120),
             ack_timeout: Duration::from_secs(10),
-            max_pending: 4096,
+            max_pending: 16384,
         }
     }
 }

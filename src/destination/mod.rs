@@ -9,6 +9,7 @@
 
 pub mod kafka;
 pub mod nats;
+mod pending;
 pub mod rabbitmq;
 
 use std::future::Future;
@@ -149,6 +150,10 @@ pub enum SendError<T> {
     /// Refused at once (too large, an invalid name …); no outcome will follow.
     Refused(T, Refusal, OutboxRecord),
 }
+
+/// At most this many jobs a publishing task takes from its queue at once (and publishes back
+/// to back, so that the client writes them together).
+pub(crate) const BATCH: usize = 1024;
 
 /// Hands `job` to a destination's publishing task without waiting: `Full` when the task's
 /// queue is full, a retriable refusal when the task has stopped; either way the ticket and the

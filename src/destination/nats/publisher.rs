@@ -1,9 +1,9 @@
 //! The publishing task: takes jobs in order, publishes each to its subject with a reply
 //! subject of its own under one inbox subscription, and hands back every ticket exactly once
 //! with its outcome: the stream's PubAck, or a refusal of some class. One subscription and one
-//! timer for all publishes, rather than a request (inbox, channel and timer) per message.
+//! timer ([`Pending`]) for all publishes, rather than a request (inbox, channel and timer) per
+//! message.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +12,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
-use tokio::time::Instant;
 
-use crate::destination::{Class, Outcome, Receipt, Refusal, Returned};
+use crate::destination::pending::Pending;
+use crate::destination::{Class, Outcome, Receipt, Refusal, Returned, BATCH};
 use crate::outbox::OutboxRecord;
 
 /// One record to publish.
@@ -99,9 +99,9 @@ fn not_sent(e: &async_nats::PublishError) -> Refusal {
 }
 
 /// Publishes through `client` until the job channel closes, at most `max_pending` awaiting
-/// their PubAck (a job is taken only while there is room). A publish unanswered after
-/// `ack_timeout` fails as retriable. On `purge`, every outstanding ticket comes back as a
-/// retriable refusal at once.
+/// their PubAck (jobs are taken only while there is room, as many at once as are queued and
+/// fit). A publish unanswered after `ack_timeout` fails as retriable. On `purge`, every
+/// outstanding ticket comes back as a retriable refusal at once.
 pub async fn run<T: Send + 'static>(
     client: async_nats::Client,
     mut jobs: mpsc::Receiver<Job<T>>,
@@ -126,64 +126,51 @@ pub async fn run<T: Send + 'static>(
             return;
         }
     };
-    let mut waiting: HashMap<u64, (T, OutboxRecord)> = HashMap::new();
-    // Publish order is deadline order: the oldest first.
-    let mut deadlines: VecDeque<(u64, Instant)> = VecDeque::new();
-    let mut next = 0u64;
+    let mut pending = Pending::new(ack_timeout);
+    let mut batch = Vec::with_capacity(BATCH.min(max_pending));
     loop {
-        let first_deadline = deadlines.front().map(|(_, at)| *at);
+        let room = max_pending.saturating_sub(pending.len()).min(BATCH);
         tokio::select! {
-            job = jobs.recv(), if waiting.len() < max_pending => {
-                let Some(job) = job else { break };
-                let id = next;
-                next += 1;
-                let reply = format!("{prefix}.{id}");
-                match client
-                    .publish_with_reply_and_headers(job.subject, reply, job.headers, job.payload)
-                    .await
-                {
-                    Ok(()) => {
-                        waiting.insert(id, (job.ticket, job.record));
-                        deadlines.push_back((id, Instant::now() + ack_timeout));
-                    }
-                    Err(e) => {
-                        let _ = outcomes.send(Outcome {
-                            ticket: job.ticket,
-                            result: Err(not_sent(&e)),
-                            returned: Some(Returned::from(job.record)),
-                        });
+            taken = jobs.recv_many(&mut batch, room), if room > 0 => {
+                if taken == 0 {
+                    break;
+                }
+                for job in batch.drain(..) {
+                    let id = pending.next_id();
+                    let reply = format!("{prefix}.{id}");
+                    match client
+                        .publish_with_reply_and_headers(job.subject, reply, job.headers, job.payload)
+                        .await
+                    {
+                        Ok(()) => pending.insert(id, job.ticket, job.record),
+                        Err(e) => {
+                            let _ = outcomes.send(Outcome {
+                                ticket: job.ticket,
+                                result: Err(not_sent(&e)),
+                                returned: Some(Returned::from(job.record)),
+                            });
+                        }
                     }
                 }
             }
             Some(m) = replies.next() => {
                 let id = m.subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok());
                 // An answer after its publish timed out (or was purged) is ignored.
-                let Some((ticket, record)) = id.and_then(|id| waiting.remove(&id)) else {
+                let Some((ticket, record)) = id.and_then(|id| pending.remove(id)) else {
                     continue;
                 };
                 let result = answer(&m);
                 let returned = result.is_err().then(|| Returned::from(record));
                 let _ = outcomes.send(Outcome { ticket, result, returned });
-                while deadlines.front().is_some_and(|(id, _)| !waiting.contains_key(id)) {
-                    deadlines.pop_front();
-                }
             }
-            _ = sleep_until(first_deadline), if first_deadline.is_some() => {
-                let now = Instant::now();
-                while let Some(&(id, at)) = deadlines.front() {
-                    if at > now {
-                        break;
-                    }
-                    deadlines.pop_front();
-                    if let Some((ticket, record)) = waiting.remove(&id) {
-                        let why = format!("no PubAck within {ack_timeout:?} (nats_ack_timeout_ms)");
-                        let _ = outcomes.send(give_up(ticket, record, &why));
-                    }
+            () = pending.tick(), if pending.armed() => {
+                let why = format!("no PubAck within {ack_timeout:?} (nats_ack_timeout_ms)");
+                for (ticket, record) in pending.expired() {
+                    let _ = outcomes.send(give_up(ticket, record, &why));
                 }
             }
             _ = purge.notified() => {
-                deadlines.clear();
-                for (_, (ticket, record)) in waiting.drain() {
+                for (ticket, record) in pending.drain() {
                     let _ = outcomes.send(give_up(ticket, record, "publish abandoned (purged)"));
                 }
                 while let Ok(job) = jobs.try_recv() {
@@ -191,13 +178,6 @@ pub async fn run<T: Send + 'static>(
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

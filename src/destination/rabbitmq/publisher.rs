@@ -7,12 +7,11 @@
 //! wire order the commit order; the rest (the write, then the confirm) completes
 //! concurrently.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
@@ -21,7 +20,8 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, Notify};
 
-use crate::destination::{Class, DestinationError, Outcome, Receipt, Refusal, Returned};
+use crate::destination::pending::Pending;
+use crate::destination::{Class, DestinationError, Outcome, Receipt, Refusal, Returned, BATCH};
 use crate::outbox::OutboxRecord;
 
 /// One record to publish.
@@ -46,13 +46,6 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, Destina
 
 type Confirmed = (u64, Result<Confirmation, lapin::Error>);
 type InFlight = Pin<Box<dyn Future<Output = Confirmed> + Send>>;
-
-/// A publish awaiting its confirm.
-struct Waiting<T> {
-    ticket: T,
-    record: OutboxRecord,
-    deadline: Instant,
-}
 
 /// What a confirm says about the record.
 fn outcome(
@@ -89,11 +82,10 @@ fn outcome(
 }
 
 /// Publishes on `channel` until the job channel closes, at most `max_pending` awaiting their
-/// confirm (jobs are taken only while there is room, as many at once as there are waiting and
-/// room for: lapin writes whatever frames it has queued in one go, so publishing them back to
-/// back keeps the writes large). A publish unconfirmed after `ack_timeout` fails as retriable;
-/// one timer watches the oldest. On `purge`, every outstanding ticket comes back as a retriable
-/// refusal at once.
+/// confirm (jobs are taken only while there is room, as many at once as are queued and fit:
+/// lapin writes whatever frames it has queued in one go, so publishing them back to back keeps
+/// the writes large). A publish unconfirmed after `ack_timeout` fails as retriable. On
+/// `purge`, every outstanding ticket comes back as a retriable refusal at once.
 pub async fn run<T: Send + 'static>(
     channel: Channel,
     exchange: ShortString,
@@ -108,41 +100,29 @@ pub async fn run<T: Send + 'static>(
         result: Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {why}"))),
         returned: Some(Returned::from(record)),
     };
-    // Publish ids grow in publish order, so the first entry is the oldest.
-    let mut waiting: BTreeMap<u64, Waiting<T>> = BTreeMap::new();
+    let mut pending = Pending::new(ack_timeout);
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
-    let mut batch = Vec::with_capacity(max_pending.min(1024));
-    let mut next = 0u64;
+    let mut batch = Vec::with_capacity(BATCH.min(max_pending));
     let options = BasicPublishOptions {
         mandatory: true,
         immediate: false,
     };
-    // One timer, lazily at or before the oldest deadline: it is moved on only when it fires.
-    let timer = tokio::time::sleep(ack_timeout);
-    tokio::pin!(timer);
-    let mut armed = false;
     loop {
-        let room = max_pending.saturating_sub(waiting.len()).min(1024);
+        let room = max_pending.saturating_sub(pending.len()).min(BATCH);
         tokio::select! {
             taken = jobs.recv_many(&mut batch, room), if room > 0 => {
                 if taken == 0 {
                     break;
                 }
-                let deadline = Instant::now() + ack_timeout;
-                if !armed {
-                    timer.as_mut().reset(deadline.into());
-                    armed = true;
-                }
                 for job in batch.drain(..) {
-                    let id = next;
-                    next += 1;
+                    let id = pending.next_id();
                     let payload = job.record.payload.clone().unwrap_or_default();
                     let (channel, exchange) = (channel.clone(), exchange.clone());
                     let mut publish: InFlight = Box::pin(async move {
-                        let confirm = channel
+                        let sent = channel
                             .basic_publish(exchange, job.routing_key, options, &payload, job.properties)
                             .await;
-                        (id, match confirm {
+                        (id, match sent {
                             Ok(confirm) => confirm.await,
                             Err(e) => Err(e),
                         })
@@ -150,7 +130,7 @@ pub async fn run<T: Send + 'static>(
                     // Queue the frames now, in order (see the module comment).
                     let first =
                         std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
-                    waiting.insert(id, Waiting { ticket: job.ticket, record: job.record, deadline });
+                    pending.insert(id, job.ticket, job.record);
                     match first {
                         Poll::Ready(done) => in_flight.push(Box::pin(std::future::ready(done))),
                         Poll::Pending => in_flight.push(publish),
@@ -159,34 +139,24 @@ pub async fn run<T: Send + 'static>(
             }
             Some((id, confirmed)) = in_flight.next() => {
                 // Absent: it timed out, or was purged, before its confirm came.
-                let Some(w) = waiting.remove(&id) else { continue };
+                let Some((ticket, record)) = pending.remove(id) else { continue };
                 let result = match confirmed {
-                    Ok(c) => outcome(id, exchange.as_str(), &w.record.topic, c),
+                    Ok(c) => outcome(id, exchange.as_str(), &record.topic, c),
                     Err(e) => Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {e}"))),
                 };
-                let returned = result.is_err().then(|| Returned::from(w.record));
-                let _ = outcomes.send(Outcome { ticket: w.ticket, result, returned });
+                let returned = result.is_err().then(|| Returned::from(record));
+                let _ = outcomes.send(Outcome { ticket, result, returned });
             }
-            () = &mut timer, if armed => {
-                let now = Instant::now();
-                while let Some(entry) = waiting.first_entry() {
-                    if entry.get().deadline > now {
-                        break;
-                    }
-                    let w = entry.remove();
-                    let why = format!("no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)");
-                    let _ = outcomes.send(give_up(w.ticket, w.record, &why));
-                }
-                armed = false;
-                if let Some((_, w)) = waiting.first_key_value() {
-                    timer.as_mut().reset(w.deadline.into());
-                    armed = true;
+            () = pending.tick(), if pending.armed() => {
+                let why = format!("no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)");
+                for (ticket, record) in pending.expired() {
+                    let _ = outcomes.send(give_up(ticket, record, &why));
                 }
             }
             _ = purge.notified() => {
                 in_flight = FuturesUnordered::new();
-                for (_, w) in std::mem::take(&mut waiting) {
-                    let _ = outcomes.send(give_up(w.ticket, w.record, "publish abandoned (purged)"));
+                for (ticket, record) in pending.drain() {
+                    let _ = outcomes.send(give_up(ticket, record, "publish abandoned (purged)"));
                 }
                 while let Ok(job) = jobs.try_recv() {
                     let _ = outcomes.send(give_up(job.ticket, job.record, "publish abandoned (purged)"));
