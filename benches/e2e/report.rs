@@ -84,11 +84,30 @@ pub fn markdown(r: &Results) -> String {
             p("poll 100ms"),
             p("poll 5s"),
         );
+        let ms = |v: f64| {
+            if v.is_nan() {
+                "n/a".to_owned()
+            } else {
+                format!("{v:.1} ms")
+            }
+        };
+        let times = |v: f64, digits: usize| {
+            if v.is_nan() {
+                "n/a".to_owned()
+            } else {
+                format!("{v:.digits$}×")
+            }
+        };
         let _ = writeln!(
             s,
-            "| {rate} | {rep:.1} ms | {nats:.1} ms | {rabbit:.1} ms | {p100:.1} ms | {p5:.1} ms | {:.0}× | {:.1}× |",
-            p5 / rep,
-            p100 / rep
+            "| {rate} | {} | {} | {} | {} | {} | {} | {} |",
+            ms(rep),
+            ms(nats),
+            ms(rabbit),
+            ms(p100),
+            ms(p5),
+            times(p5 / rep, 0),
+            times(p100 / rep, 1)
         );
     }
     s
