@@ -119,7 +119,22 @@ async fn a_fenced_instance_stops_instead_of_writing() {
         )
         .unwrap();
     let fenced = Event::new(2, "order", "k");
-    env.commit(&[vec![fenced.clone()]]).await;
+    // A WAL position read inside the fenced transaction, after its insert, before its commit.
+    // The slot may reach it (with nothing in flight, pgoutbox confirms the positions it is
+    // told of, and a part of a transaction not yet committed is decoded again after a
+    // restart), never the commit.
+    env.db
+        .batch_execute(&format!("BEGIN; {}", fenced.insert_sql()))
+        .await
+        .unwrap();
+    let inside: String = env
+        .db
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let inside: pgoutbox::lsn::Lsn = inside.parse().unwrap();
+    env.db.batch_execute("COMMIT").await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("a fenced instance exits")
@@ -135,9 +150,13 @@ async fn a_fenced_instance_stops_instead_of_writing() {
         ),
         "{last}"
     );
-    // Its transaction never committed: the slot stays before the fenced event, and no
+    // Its transaction never committed: the slot stays before the fenced commit, and no
     // record of it belongs to a committed Kafka transaction.
-    assert!(env.confirmed_flush().await.unwrap() <= before);
+    let confirmed = env.confirmed_flush().await.unwrap();
+    assert!(
+        confirmed >= before && confirmed <= inside,
+        "confirmed {confirmed:?}, not within {before:?}..={inside:?}: {text}"
+    );
     let committed = txns_logged(&text, "committed Kafka transaction");
     let later = reader
         .read(usize::MAX, Duration::from_secs(1))

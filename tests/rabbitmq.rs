@@ -190,6 +190,56 @@ async fn node_killed_and_restarted_under_load_loses_nothing() {
     running.stop().await;
 }
 
+/// The node frozen (SIGSTOP) under load for 4 s, with a 1 s confirm deadline: the publishes
+/// awaiting a confirm fail as retriable once it passes (the log says so), the slot does not move
+/// while the node is frozen, and once it thaws every event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_node_times_out_confirms_and_loses_nothing() {
+    let env = Env::start().await;
+    let node = rabbit::start().await;
+    let events = Collector::start(node.url(), rabbit::EVENTS);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut vars = rabbit::binary_env(&node);
+    vars.push(("PGOUTBOX_RABBITMQ_ACK_TIMEOUT_MS", "1000".into()));
+    vars.push(("PGOUTBOX_STATUS_INTERVAL_MS", "100".into()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut child = env.spawn_binary(&log, &vars);
+    env.wait_streaming().await;
+    let txs = workload(0, 300);
+    let ids = ids_of(&txs);
+    let writer = env.spawn_writer(txs, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.freeze();
+    // Confirms already on their way are taken within this; none can come after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_freeze = env.confirmed_flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before_thaw = env.confirmed_flush().await.unwrap();
+    node.thaw();
+    writer.await.unwrap();
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(90)).await;
+    let got = events.until_all(&ids, Duration::from_secs(60)).await;
+    let lost = ids.difference(&distinct(&got)).count();
+    let text = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "RabbitMQ node frozen 4 s under load: {} events, {} delivered, {lost} lost; slot at the freeze {at_freeze:?}, before the thaw {before_thaw:?}",
+        ids.len(),
+        got.len()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(
+        at_freeze, before_thaw,
+        "the slot moved while no confirm could come"
+    );
+    assert!(
+        text.contains("no publisher confirm within"),
+        "the confirm deadline never fired: {text}"
+    );
+    let _ = child.kill().await;
+}
+
 /// SIGTERM drains and confirms: a restart publishes only what came after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_resends_nothing() {

@@ -166,6 +166,23 @@ impl TempRabbit {
         Ok(())
     }
 
+    /// Freezes the node (SIGSTOP): connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen node go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.beam {
+            // SAFETY: kill(2) on a pid we started; no memory is involved.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
