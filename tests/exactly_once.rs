@@ -127,13 +127,7 @@ async fn a_fenced_instance_stops_instead_of_writing() {
         .batch_execute(&format!("BEGIN; {}", fenced.insert_sql()))
         .await
         .unwrap();
-    let inside: String = env
-        .db
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let inside: pgoutbox::lsn::Lsn = inside.parse().unwrap();
+    let inside = env.insert_lsn().await;
     env.db.batch_execute("COMMIT").await.unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await

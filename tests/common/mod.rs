@@ -157,11 +157,20 @@ impl Env {
         row.get::<_, Option<String>>(0).map(|s| s.parse().unwrap())
     }
 
-    /// The server's current WAL insert position.
+    /// The server's current WAL write position.
     pub async fn current_lsn(&self) -> Lsn {
+        self.lsn_of("pg_current_wal_lsn()").await
+    }
+
+    /// Where the next WAL record goes (inside an open transaction too: past its changes).
+    pub async fn insert_lsn(&self) -> Lsn {
+        self.lsn_of("pg_current_wal_insert_lsn()").await
+    }
+
+    async fn lsn_of(&self, function: &str) -> Lsn {
         let s: String = self
             .db
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one(&format!("SELECT {function}::text"), &[])
             .await
             .unwrap()
             .get(0);
