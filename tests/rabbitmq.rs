@@ -364,4 +364,13 @@ async fn check_and_setup_the_exchange() {
     assert!(ok && text.contains("✔ RabbitMQ exchange outbox"), "{text}");
     let (ok, text) = run(&["check"], node.url()).await.unwrap();
     assert!(ok && text.contains("✔ RabbitMQ exchange"), "{text}");
+    // A node that takes the connection but never answers: a bounded wait, then the failure.
+    node.freeze();
+    let started = std::time::Instant::now();
+    let (ok, text) = run(&["check"], node.url()).await.unwrap();
+    let waited = started.elapsed();
+    node.thaw();
+    assert!(!ok && text.contains("✘ RabbitMQ reachable"), "{text}");
+    assert!(text.contains("no answer within 5s"), "{text}");
+    assert!(waited < Duration::from_secs(15), "check hung {waited:?}");
 }

@@ -31,6 +31,10 @@ pub const KEY_HEADER: &str = "key";
 /// Persistent messages survive a broker restart in durable queues.
 const PERSISTENT: u8 = 2;
 
+/// How long connecting (and opening the publishing channel) may take: a node that accepts
+/// the TCP connection but never answers (frozen, overloaded) must not hang the relay.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Publishes to RabbitMQ; outcomes come back on the channel it was opened with.
 pub struct RabbitSink<T: Send + 'static> {
     jobs: mpsc::Sender<Job<T>>,
@@ -40,7 +44,8 @@ pub struct RabbitSink<T: Send + 'static> {
 }
 
 /// Connects to the broker of `cfg`. Bad URLs, credentials and vhosts are configuration
-/// errors (no retry helps); anything else is the broker being unavailable.
+/// errors (no retry helps); anything else, including no answer within [`CONNECT_TIMEOUT`],
+/// is the broker being unavailable.
 pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError> {
     let url = crate::config::redact_url(&cfg.url);
     let uri: lapin::uri::AMQPUri = cfg
@@ -48,9 +53,20 @@ pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError>
         .parse()
         .map_err(|e| DestinationError::Config(format!("RabbitMQ URL {url}: {e}")))?;
     let props = ConnectionProperties::default().with_connection_name("pgoutbox".into());
-    Connection::connect_uri(uri, props)
-        .await
+    within(&url, Connection::connect_uri(uri, props))
+        .await?
         .map_err(|e| connect_error(&url, &e))
+}
+
+/// `step`, or the broker unavailable when it takes longer than [`CONNECT_TIMEOUT`].
+async fn within<F: std::future::Future>(url: &str, step: F) -> Result<F::Output, DestinationError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, step)
+        .await
+        .map_err(|_| {
+            DestinationError::Unavailable(format!(
+                "RabbitMQ at {url}: no answer within {CONNECT_TIMEOUT:?} (the node accepts connections but does not respond)"
+            ))
+        })
 }
 
 fn connect_error(url: &str, e: &lapin::Error) -> DestinationError {
@@ -120,8 +136,12 @@ impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
         outcomes: mpsc::UnboundedSender<Outcome<T>>,
     ) -> Result<Self, DestinationError> {
         let connection = connect(&cfg.rabbitmq).await?;
-        exchange::require(&connection, &cfg.rabbitmq).await?;
-        let channel = publisher::confirm_channel(&connection).await?;
+        let url = crate::config::redact_url(&cfg.rabbitmq.url);
+        let channel = within(&url, async {
+            exchange::require(&connection, &cfg.rabbitmq).await?;
+            publisher::confirm_channel(&connection).await
+        })
+        .await??;
         let (jobs, rx) = mpsc::channel(cfg.rabbitmq.max_pending);
         let purge = Arc::new(Notify::new());
         let task = tokio::spawn(publisher::run(
