@@ -155,6 +155,15 @@ pub enum SendError<T> {
 /// to back, so that the client writes them together).
 pub(crate) const BATCH: usize = 1024;
 
+/// How soon a destination without a readiness signal is offered a refused record again.
+pub const RETRY_FULL: Duration = Duration::from_millis(5);
+
+/// Resolves when `jobs` has room for one more (or is closed: `send` then says so).
+pub(crate) async fn room<J: Send>(jobs: &mpsc::Sender<J>) {
+    // The permit is only a signal: dropping it gives the place back.
+    let _ = jobs.reserve().await;
+}
+
 /// Hands `job` to a destination's publishing task without waiting: `Full` when the task's
 /// queue is full, a retriable refusal when the task has stopped; either way the ticket and the
 /// record (`parts` takes them out of the job) come back.
@@ -232,6 +241,13 @@ pub trait Destination<T: Send + 'static>: Sized + Send + Sync + 'static {
     // backpressure.
     #[allow(clippy::result_large_err)]
     fn send(&self, record: OutboxRecord, ticket: T) -> Result<(), SendError<T>>;
+
+    /// Resolves when a `send` refused as [`SendError::Full`] may succeed: backpressure by
+    /// readiness. The default looks again after [`RETRY_FULL`] (librdkafka says nothing when
+    /// its queue drains); a destination with a job queue resolves when the queue has room.
+    fn ready(&self) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(RETRY_FULL)
+    }
 
     /// Gives up on everything not yet acknowledged: each outcome still comes back, as a
     /// retriable refusal, unless the server acknowledged it meanwhile.

@@ -34,6 +34,11 @@ fn tool(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// The Erlang runtime's schedulers spin for a while before they sleep (`+sbwt`): on a host of
+/// its own that saves a wake-up; here the node shares two cores with PostgreSQL, the relay and
+/// the test, whose CPU the spinning takes. Off for every scheduler type.
+const SHARED_HOST_ERL_ARGS: &str = "+sbwt none +sbwtdcpu none +sbwtdio none";
+
 fn free_port() -> Result<u16, EmbeddedError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -89,6 +94,7 @@ impl TempRabbit {
                 path.join("enabled_plugins"),
             )
             .env("RABBITMQ_FEATURE_FLAGS_FILE", path.join("feature_flags"))
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", SHARED_HOST_ERL_ARGS)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

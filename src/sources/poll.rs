@@ -227,7 +227,7 @@ async fn deliver<D: Destination<usize>>(
         }
         let outcome = tokio::select! {
             o = acks.recv() => o,
-            _ = tokio::time::sleep(Duration::from_millis(5)), if !queue.is_empty() => continue,
+            () = dest.ready(), if !queue.is_empty() => continue,
         };
         let Some(Outcome {
             ticket: i, result, ..

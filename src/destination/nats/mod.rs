@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::config::nats::is_valid_subject;
 use crate::config::{Config, DeliveryMode, NatsConfig};
 use crate::destination::{
-    enqueue, Class, Destination, DestinationError, Outcome, Refusal, SendError,
+    enqueue, room, Class, Destination, DestinationError, Outcome, Refusal, SendError,
 };
 use crate::outbox::OutboxRecord;
 use crate::pipeline::AbortOnDrop;
@@ -213,6 +213,10 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
             record,
         };
         enqueue(&self.jobs, job, Self::TITLE, |j| (j.ticket, j.record))
+    }
+
+    fn ready(&self) -> impl std::future::Future<Output = ()> + Send {
+        room(&self.jobs)
     }
 
     fn purge(&self) {

@@ -10,7 +10,7 @@
 pub mod exchange;
 mod publisher;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::config::rabbitmq::is_valid_routing_key;
 use crate::config::{Config, RabbitConfig};
 use crate::destination::{
-    enqueue, Class, Destination, DestinationError, Outcome, Refusal, SendError,
+    enqueue, room, Class, Destination, DestinationError, Outcome, Refusal, SendError,
 };
 use crate::outbox::OutboxRecord;
 use crate::pipeline::AbortOnDrop;
@@ -53,9 +53,35 @@ pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError>
         .parse()
         .map_err(|e| DestinationError::Config(format!("RabbitMQ URL {url}: {e}")))?;
     let props = ConnectionProperties::default().with_connection_name("pgoutbox".into());
-    within(&url, Connection::connect_uri(uri, props))
-        .await?
-        .map_err(|e| connect_error(&url, &e))
+    let runtime = async_rs::Runtime::tokio_with_handle(socket_runtime()?);
+    within(
+        &url,
+        Connection::connect_uri_with_runtime(uri, props, runtime),
+    )
+    .await?
+    .map_err(|e| connect_error(&url, &e))
+}
+
+/// The runtime that serves lapin's sockets: one thread of its own, always waiting on them.
+/// lapin reads and writes on a thread of its own but learns that its socket is ready from
+/// the runtime the socket is registered with; on the relay's single-threaded runtime that
+/// news would wait until the pipeline's thread is idle.
+fn socket_runtime() -> Result<tokio::runtime::Handle, DestinationError> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("amqp-sockets")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    match built {
+        Ok(rt) => Ok(rt.handle().clone()),
+        Err(e) => Err(DestinationError::Unavailable(format!(
+            "RabbitMQ: cannot start the socket thread: {e}"
+        ))),
+    }
 }
 
 /// `step`, or the broker unavailable when it takes longer than [`CONNECT_TIMEOUT`].
@@ -187,6 +213,10 @@ impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
             record,
         };
         enqueue(&self.jobs, job, Self::TITLE, |j| (j.ticket, j.record))
+    }
+
+    fn ready(&self) -> impl std::future::Future<Output = ()> + Send {
+        room(&self.jobs)
     }
 
     fn purge(&self) {

@@ -173,7 +173,7 @@ impl Session<'_> {
                 Some(d) = acks.recv() => {
                     let _ = self.on_delivery(d);
                 }
-                _ = tokio::time::sleep(Duration::from_millis(5)), if !self.pending.is_empty() => {}
+                () = dest.ready(), if !self.pending.is_empty() => {}
                 _ = shutdown.cancelled(), if stop_by.is_none() => {
                     stop_by = Some(tokio::time::Instant::now() + self.cfg.shutdown_timeout);
                 }

@@ -37,6 +37,7 @@ impl Session<'_> {
         // Last time the server was heard from, counted only while we wait on the socket.
         let mut heard = Instant::now();
         let timeout = self.cfg.replication_timeout;
+        let (mut confirm_due, mut batch_due) = (Alarm::new(), Alarm::new());
         loop {
             self.refill()?;
             self.flush(dest)?;
@@ -55,6 +56,15 @@ impl Session<'_> {
                 // Not reading on purpose (backpressure): silence proves nothing.
                 heard = Instant::now();
             }
+            confirm_due
+                .set((self.flushable() > self.sent_flush).then_some(self.sent_at + CONFIRM_GAP));
+            // Only between transactions: inside one, its Commit comes first.
+            batch_due.set(
+                self.batches
+                    .as_ref()
+                    .and_then(Batches::deadline)
+                    .filter(|_| self.tx.is_none() && self.pending.is_empty()),
+            );
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if stop_by.is_none() => {
@@ -76,8 +86,7 @@ impl Session<'_> {
                 }
                 // The watermark moved: confirm it promptly, at most one update per CONFIRM_GAP,
                 // so a crash resends about what was in flight, not a status interval's worth.
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(self.sent_at + CONFIRM_GAP)),
-                    if self.flushable() > self.sent_flush => self.send_status(wal, false).await?,
+                () = confirm_due.wait() => self.send_status(wal, false).await?,
                 Some(d) = acks.recv() => self.on_delivery(d)?,
                 Some(e) = self.guard.recv() => return Err(e),
                 msg = wal.recv(), if can_read => {
@@ -99,12 +108,9 @@ impl Session<'_> {
                         }
                     }
                 }
-                _ = tokio::time::sleep(Duration::from_millis(5)), if !self.pending.is_empty() => {}
+                () = dest.ready(), if !self.pending.is_empty() => {}
                 _ = sleep_until_opt(stop_by) => {}
-                // Only between transactions: inside one, its Commit comes first.
-                _ = sleep_until_opt(self.batches.as_ref().and_then(Batches::deadline)
-                        .map(tokio::time::Instant::from_std)),
-                    if self.tx.is_none() && self.pending.is_empty() => {}
+                () = batch_due.wait() => {}
             }
             progress.confirmed = self.flushable();
             if self.batch_due() {
@@ -214,7 +220,7 @@ impl Session<'_> {
             self.flush(dest)?;
             tokio::select! {
                 Some(d) = acks.recv() => self.on_delivery(d)?,
-                _ = tokio::time::sleep(Duration::from_millis(5)), if !self.pending.is_empty() => {}
+                () = dest.ready(), if !self.pending.is_empty() => {}
                 _ = tick.tick() => self.send_status(wal, false).await?,
                 _ = tokio::time::sleep_until(deadline) => {
                     warn!(in_flight = self.budget.events(), open_transaction = self.tx.is_some(),
@@ -233,6 +239,41 @@ impl Session<'_> {
         info!(confirmed = %self.wm.confirmed(), delivered = self.delivered,
             ignored = self.ignored, lost = self.lost, "stopped");
         Ok(())
+    }
+}
+
+/// A deadline that the loop sets on every turn: one timer, moved only when the deadline
+/// changes (a timer made afresh on every turn wakes the runtime's driver every time).
+struct Alarm {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    at: Option<Instant>,
+}
+
+impl Alarm {
+    fn new() -> Self {
+        Alarm {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            at: None,
+        }
+    }
+
+    fn set(&mut self, at: Option<Instant>) {
+        if at != self.at {
+            if let Some(at) = at {
+                self.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(at));
+            }
+            self.at = at;
+        }
+    }
+
+    /// Resolves once the deadline is past; never while there is none.
+    async fn wait(&mut self) {
+        match self.at {
+            Some(_) => self.sleep.as_mut().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
