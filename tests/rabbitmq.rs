@@ -240,6 +240,42 @@ async fn frozen_node_times_out_confirms_and_loses_nothing() {
     let _ = child.kill().await;
 }
 
+/// A user the broker refuses the exchange to (no write permission): the publish fails as
+/// `not-authorized`, a final refusal, so with the default `on_poison = fail` the relay stops
+/// naming the permission to grant, and the slot stays before the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_refused_the_exchange_stops_with_the_fix() {
+    let env = Env::start().await;
+    let node = rabbit::start().await;
+    for args in [
+        &["add_user", "reader", "secret"][..],
+        &["set_permissions", "-p", "/", "reader", ".*", "^$", ".*"],
+    ] {
+        node.ctl(args).unwrap();
+    }
+    let mut cfg = rabbit::config(&env, &node);
+    cfg.rabbitmq.url = node.url().replace("guest:guest", "reader:secret");
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    let before = env.current_lsn().await;
+    env.commit(&[vec![Event::new(1, "order", "k")]]).await;
+    let err = tokio::time::timeout(Duration::from_secs(30), running.task)
+        .await
+        .expect("the relay stops")
+        .unwrap()
+        .unwrap_err();
+    let e = err.to_string();
+    assert!(e.contains("ACCESS_REFUSED"), "{e}");
+    assert!(e.contains("set_permissions"), "{e}");
+    assert!(
+        matches!(&err, pgoutbox::pipeline::StreamError::Refused { cause, .. }
+            if cause.class == pgoutbox::destination::Class::NotAuthorized),
+        "{err:?}"
+    );
+    let confirmed = env.confirmed_flush().await.unwrap();
+    assert!(confirmed <= before, "the slot passed a refused event");
+}
+
 /// SIGTERM drains and confirms: a restart publishes only what came after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_resends_nothing() {

@@ -81,6 +81,24 @@ fn outcome(
     }
 }
 
+/// What a publish that failed (the channel closed under it) says about the record: the broker
+/// refusing this user the exchange is final (no retry helps, as Kafka's authorization
+/// failures); anything else is retriable.
+fn failed(e: &lapin::Error) -> Refusal {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let refused = matches!(e.kind(), lapin::ErrorKind::ProtocolError(p)
+        if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)));
+    if refused {
+        Refusal {
+            class: Class::NotAuthorized,
+            message: format!("RabbitMQ: {e}"),
+            hint: "; grant the user write permission on the exchange (`rabbitmqctl set_permissions -p VHOST USER CONF WRITE READ`, WRITE matching the exchange)",
+        }
+    } else {
+        Refusal::new(Class::Retriable, format!("RabbitMQ: {e}"))
+    }
+}
+
 /// Publishes on `channel` until the job channel closes, at most `max_pending` awaiting their
 /// confirm (jobs are taken only while there is room, as many at once as are queued and fit:
 /// lapin writes whatever frames it has queued in one go, so publishing them back to back keeps
@@ -142,7 +160,7 @@ pub async fn run<T: Send + 'static>(
                 let Some((ticket, record)) = pending.remove(id) else { continue };
                 let result = match confirmed {
                     Ok(c) => outcome(id, exchange.as_str(), &record.topic, c),
-                    Err(e) => Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {e}"))),
+                    Err(e) => Err(failed(&e)),
                 };
                 let returned = result.is_err().then(|| Returned::from(record));
                 let _ = outcomes.send(Outcome { ticket, result, returned });
