@@ -4,12 +4,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-/// Every event allocates a few short-lived buffers (the record, the message, the client's
-/// frames) on one thread and frees them on another: mimalloc's thread-local free lists do
-/// that for less CPU than glibc's arenas (`scripts/bench.sh`, CPU s per million events).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args_os().collect()) {
         Ok(args) => args,
