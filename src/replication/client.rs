@@ -648,24 +648,46 @@ impl ReplicationStream {
     /// The next replication message. Cancel-safe (usable in `select!`).
     pub async fn recv(&mut self) -> Result<ReplicationMessage, ReplicationError> {
         loop {
-            match self.conn.frame().await? {
-                Frame::Message(Message::CopyData(body)) => {
-                    return Ok(protocol::decode_copy_data(body.into_bytes())?);
-                }
-                Frame::Message(Message::ErrorResponse(body)) => {
-                    return Err(ReplicationError::Server(db_error(&mut body.fields())));
-                }
-                Frame::Message(Message::CopyDone) => return Err(ReplicationError::Closed),
-                Frame::Message(Message::NoticeResponse(body)) => {
-                    warn!(notice = %db_error(&mut body.fields()), "server notice");
-                }
-                Frame::Message(_) => {}
-                Frame::CopyBothResponse => {
-                    return Err(ReplicationError::Protocol(
-                        "second CopyBothResponse in stream".into(),
-                    ))
-                }
+            let frame = self.conn.frame().await?;
+            if let Some(m) = Self::message(frame) {
+                return m;
             }
+        }
+    }
+
+    /// The next replication message if it has already been read from the socket; `None`:
+    /// wait with [`ReplicationStream::recv`].
+    pub fn try_recv(&mut self) -> Option<Result<ReplicationMessage, ReplicationError>> {
+        loop {
+            let frame = match protocol::next_frame(&mut self.conn.rbuf) {
+                Ok(Some(f)) => f,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if let Some(m) = Self::message(frame) {
+                return Some(m);
+            }
+        }
+    }
+
+    /// What a frame of the stream means: a message, an error, or nothing (a notice).
+    fn message(frame: Frame) -> Option<Result<ReplicationMessage, ReplicationError>> {
+        match frame {
+            Frame::Message(Message::CopyData(body)) => {
+                Some(protocol::decode_copy_data(body.into_bytes()).map_err(Into::into))
+            }
+            Frame::Message(Message::ErrorResponse(body)) => {
+                Some(Err(ReplicationError::Server(db_error(&mut body.fields()))))
+            }
+            Frame::Message(Message::CopyDone) => Some(Err(ReplicationError::Closed)),
+            Frame::Message(Message::NoticeResponse(body)) => {
+                warn!(notice = %db_error(&mut body.fields()), "server notice");
+                None
+            }
+            Frame::Message(_) => None,
+            Frame::CopyBothResponse => Some(Err(ReplicationError::Protocol(
+                "second CopyBothResponse in stream".into(),
+            ))),
         }
     }
 

@@ -20,6 +20,10 @@ use crate::replication::ReplicationError;
 /// ones and replies to keepalives go out regardless).
 const CONFIRM_GAP: Duration = Duration::from_millis(20);
 
+/// At most this many messages already read are handled for one wait on the stream (status
+/// updates and acks are looked at in between).
+const BURST: usize = 256;
+
 impl Session<'_> {
     /// Runs until shutdown (a graceful drain, `Ok`) or an error.
     pub async fn event_loop<D: Destination<Ticket>>(
@@ -50,8 +54,7 @@ impl Session<'_> {
                     return self.drain(wal, dest, acks, deadline).await;
                 }
             }
-            let can_read =
-                self.pending.is_empty() && self.release.is_none() && self.budget.has_room();
+            let can_read = self.can_read();
             if !can_read {
                 // Not reading on purpose (backpressure): silence proves nothing.
                 heard = Instant::now();
@@ -91,21 +94,15 @@ impl Session<'_> {
                 Some(e) = self.guard.recv() => return Err(e),
                 msg = wal.recv(), if can_read => {
                     heard = Instant::now();
-                    match self.on_message(msg?).await? {
-                        Step::Continue => {}
-                        Step::Reply => self.send_status(wal, false).await?,
-                        Step::Produce(rec, ticket) => {
-                            self.pending.push_back((rec, ticket));
-                            self.flush(dest)?;
-                        }
-                        Step::Confirm => {
-                            // The server has the confirmation before the destination has the events:
-                            // a crash from here on loses them rather than sending them twice.
-                            self.send_status(wal, false).await?;
-                            self.release_held()?;
-                            self.refill()?;
-                            self.flush(dest)?;
-                        }
+                    self.on_wal(msg?, wal, dest).await?;
+                    // What has already arrived of this transaction, without a `select!` per
+                    // message; never past its Commit, so that everything decided between
+                    // transactions (shutdown, batch commits) still is.
+                    let mut burst = 1;
+                    while burst < BURST && stop_by.is_none() && self.tx.is_some() && self.can_read() {
+                        let Some(msg) = wal.try_recv() else { break };
+                        self.on_wal(msg?, wal, dest).await?;
+                        burst += 1;
                     }
                 }
                 () = dest.ready(), if !self.pending.is_empty() => {}
@@ -117,6 +114,37 @@ impl Session<'_> {
                 self.commit_batch(wal, dest, acks).await?;
             }
         }
+    }
+
+    /// Nothing waits to be sent and the in-flight budget has room: read on.
+    fn can_read(&self) -> bool {
+        self.pending.is_empty() && self.release.is_none() && self.budget.has_room()
+    }
+
+    /// Acts on one message of the stream.
+    async fn on_wal<D: Destination<Ticket>>(
+        &mut self,
+        msg: crate::replication::ReplicationMessage,
+        wal: &mut impl Wal,
+        dest: &D,
+    ) -> Result<(), StreamError> {
+        match self.on_message(msg).await? {
+            Step::Continue => {}
+            Step::Reply => self.send_status(wal, false).await?,
+            Step::Produce(rec, ticket) => {
+                self.pending.push_back((rec, ticket));
+                self.flush(dest)?;
+            }
+            Step::Confirm => {
+                // The server has the confirmation before the destination has the events:
+                // a crash from here on loses them rather than sending them twice.
+                self.send_status(wal, false).await?;
+                self.release_held()?;
+                self.refill()?;
+                self.flush(dest)?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits until every record handed to the producer is acked, status updates flowing.

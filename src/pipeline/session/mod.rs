@@ -40,6 +40,11 @@ pub trait Wal: Send {
     /// The next message; cancel-safe (it is awaited in a `select!`).
     fn recv(&mut self)
         -> impl Future<Output = Result<ReplicationMessage, ReplicationError>> + Send;
+    /// The next message if it has already arrived, without waiting; `None`: use `recv`.
+    /// Lets the loop take a burst of messages for one `select!`.
+    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, ReplicationError>> {
+        None
+    }
     /// Reports `write` received and `flush` confirmed; `reply` asks the server to answer.
     fn send_status(
         &mut self,
@@ -54,6 +59,9 @@ pub trait Wal: Send {
 impl Wal for ReplicationStream {
     async fn recv(&mut self) -> Result<ReplicationMessage, ReplicationError> {
         ReplicationStream::recv(self).await
+    }
+    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, ReplicationError>> {
+        ReplicationStream::try_recv(self)
     }
     async fn send_status(
         &mut self,

@@ -32,6 +32,9 @@ impl Wal for FakeWal {
             None => std::future::pending().await,
         }
     }
+    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, ReplicationError>> {
+        self.rx.try_recv().ok().map(Ok)
+    }
     async fn send_status(&mut self, _: Lsn, flush: Lsn, _: bool) -> Result<(), ReplicationError> {
         self.flushes.lock().unwrap().push(flush);
         Ok(())
