@@ -152,6 +152,8 @@ settings! {
     rabbitmq_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_RABBITMQ_ACK_TIMEOUT_MS";
     /// Publishes awaiting their confirm at most [default: 4096]
     rabbitmq_max_pending: usize = 4096, "PGOUTBOX_RABBITMQ_MAX_PENDING";
+    /// Root certificate(s) (PEM) that an amqps:// node's certificate may chain to, besides the system's [default: the system's only]
+    rabbitmq_tls_ca_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_CA_FILE";
     /// Logical replication slot, created on first start if missing [default: pgoutbox]
     slot: String = DEFAULT_SLOT.into(), "PGOUTBOX_SLOT";
     /// Publication covering the outbox table [default: pgoutbox_pub]
@@ -285,6 +287,8 @@ impl Settings {
             exchange: self.rabbitmq_exchange.clone(),
             ack_timeout: Duration::from_millis(self.rabbitmq_ack_timeout_ms),
             max_pending: self.rabbitmq_max_pending,
+            tls_ca_file: Some(self.rabbitmq_tls_ca_file.clone())
+                .filter(|p| !p.as_os_str().is_empty()),
         };
         cfg.kafka.transactional_id = Some(self.transactional_id.clone()).filter(|t| !t.is_empty());
         cfg.offsets_topic = self.offsets_topic.clone();

@@ -1,5 +1,6 @@
 //! The RabbitMQ destination's settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default broker URL: the local node's default vhost, as `guest` (which RabbitMQ lets in over
@@ -20,6 +21,9 @@ pub struct RabbitConfig {
     pub ack_timeout: Duration,
     /// Publishes awaiting their confirm at most. Default 4,096.
     pub max_pending: usize,
+    /// Root certificate(s) (PEM) an `amqps://` node's certificate may chain to, besides the
+    /// system's: for a node whose certificate a private CA signed.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RabbitConfig {
@@ -29,6 +33,7 @@ impl Default for RabbitConfig {
             exchange: DEFAULT_EXCHANGE.into(),
             ack_timeout: Duration::from_secs(10),
             max_pending: 4096,
+            tls_ca_file: None,
         }
     }
 }

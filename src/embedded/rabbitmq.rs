@@ -12,6 +12,8 @@ use super::EmbeddedError;
 /// A running (or killed) throwaway node.
 pub struct TempRabbit {
     port: u16,
+    /// The AMQP-over-TLS listener, if started with [`TempRabbit::start_tls`].
+    tls_port: Option<u16>,
     dist_port: u16,
     node: String,
     dir: tempfile::TempDir,
@@ -39,6 +41,9 @@ fn tool(name: &str) -> Option<PathBuf> {
 /// the test, whose CPU the spinning takes. Off for every scheduler type.
 const SHARED_HOST_ERL_ARGS: &str = "+sbwt none +sbwtdcpu none +sbwtdio none";
 
+/// The node's configuration file, written only for a TLS listener.
+const CONFIG_FILE: &str = "rabbitmq.conf";
+
 fn free_port() -> Result<u16, EmbeddedError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -47,6 +52,16 @@ fn free_port() -> Result<u16, EmbeddedError> {
 impl TempRabbit {
     /// Starts a node on free loopback ports (about 4 s).
     pub fn start() -> Result<Self, EmbeddedError> {
+        Self::start_with(None)
+    }
+
+    /// Starts a node that also takes AMQP over TLS ([`tls_url`](Self::tls_url)) with this
+    /// certificate and key (PEM); clients are not asked for a certificate.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, EmbeddedError> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, EmbeddedError> {
         let dir = tempfile::Builder::new()
             .prefix("pgoutbox-rabbitmq-")
             .tempdir()?;
@@ -55,6 +70,27 @@ impl TempRabbit {
         std::fs::create_dir_all(path.join("mnesia"))?;
         std::fs::create_dir_all(path.join("log"))?;
         std::fs::write(path.join("enabled_plugins"), "[].\n")?;
+        let tls_port = match tls {
+            Some((cert, key)) => {
+                let port = free_port()?;
+                std::fs::write(path.join("server.crt"), cert)?;
+                std::fs::write(path.join("server.key"), key)?;
+                std::fs::write(
+                    path.join(CONFIG_FILE),
+                    format!(
+                        "listeners.ssl.1 = 127.0.0.1:{port}\n\
+                         ssl_options.certfile = {}\n\
+                         ssl_options.keyfile = {}\n\
+                         ssl_options.verify = verify_none\n\
+                         ssl_options.fail_if_no_peer_cert = false\n",
+                        path.join("server.crt").display(),
+                        path.join("server.key").display()
+                    ),
+                )?;
+                Some(port)
+            }
+            None => None,
+        };
         run("chmod", &["755".as_ref(), path.as_os_str()])?;
         run(
             "chown",
@@ -68,6 +104,7 @@ impl TempRabbit {
         let dist_port = free_port()?;
         let mut node = TempRabbit {
             port,
+            tls_port,
             dist_port,
             node: format!("pgoutbox-{port}@localhost"),
             dir,
@@ -82,7 +119,11 @@ impl TempRabbit {
     pub fn restart(&mut self) -> Result<(), EmbeddedError> {
         let bin = tool("rabbitmq-server").ok_or(EmbeddedError::NoRabbit)?;
         let path = self.dir.path();
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if self.tls_port.is_some() {
+            command.env("RABBITMQ_CONFIG_FILE", path.join(CONFIG_FILE));
+        }
+        let child = command
             .env("RABBITMQ_NODENAME", &self.node)
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
@@ -100,9 +141,10 @@ impl TempRabbit {
             .stderr(Stdio::null())
             .spawn()?;
         self.child = Some(child);
-        // The AMQP listener opens last: a connection means the node is ready.
+        // The AMQP listeners open last: connections mean the node is ready.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let listening = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !listening(self.port) || !self.tls_port.is_none_or(listening) {
             if let Some(child) = &mut self.child {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(self.failed(format!("exited with {status}")));
@@ -196,6 +238,13 @@ impl TempRabbit {
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (guest may log in over loopback).
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://guest:guest@localhost:TLS_PORT/%2f`, for a node started with
+    /// [`start_tls`](Self::start_tls) (its certificate names `localhost`).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|p| format!("amqps://guest:guest@localhost:{p}/%2f"))
     }
 }
 

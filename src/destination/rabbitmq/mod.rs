@@ -12,6 +12,7 @@ mod publisher;
 
 use std::sync::{Arc, OnceLock};
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::{mpsc, Notify};
@@ -52,14 +53,44 @@ pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError>
         .url
         .parse()
         .map_err(|e| DestinationError::Config(format!("RabbitMQ URL {url}: {e}")))?;
+    let tls = tls_config(cfg, &uri)?;
     let props = ConnectionProperties::default().with_connection_name("pgoutbox".into());
     let runtime = async_rs::Runtime::tokio_with_handle(socket_runtime()?);
     within(
         &url,
-        Connection::connect_uri_with_runtime(uri, props, runtime),
+        Connection::connect_uri_with_config(uri, props, tls, runtime),
     )
     .await?
     .map_err(|e| connect_error(&url, &e))
+}
+
+/// The roots `amqps://` trusts besides the system's: `rabbitmq_tls_ca_file`, which only an
+/// `amqps://` URL may have.
+fn tls_config(
+    cfg: &RabbitConfig,
+    uri: &lapin::uri::AMQPUri,
+) -> Result<OwnedTLSConfig, DestinationError> {
+    let Some(path) = &cfg.tls_ca_file else {
+        return Ok(OwnedTLSConfig::default());
+    };
+    if uri.scheme != lapin::uri::AMQPScheme::AMQPS {
+        return Err(DestinationError::Config(
+            "rabbitmq_tls_ca_file is set but rabbitmq_url is not amqps://: TLS is off".into(),
+        ));
+    }
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        DestinationError::Config(format!("rabbitmq_tls_ca_file {}: {e}", path.display()))
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(DestinationError::Config(format!(
+            "rabbitmq_tls_ca_file {}: no PEM certificate in it",
+            path.display()
+        )));
+    }
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(pem),
+    })
 }
 
 /// The runtime that serves lapin's sockets: one thread of its own, always waiting on them.
@@ -109,6 +140,9 @@ fn connect_error(url: &str, e: &lapin::Error) -> DestinationError {
             _ => DestinationError::Unavailable(message),
         },
         lapin::ErrorKind::AuthProviderError(_) => DestinationError::Config(message),
+        _ if crate::tls::is_certificate_error(e) => DestinationError::Config(format!(
+            "{message}; the node's TLS certificate is not trusted: set rabbitmq_tls_ca_file to the CA that signed it, or check the host name in rabbitmq_url"
+        )),
         _ => DestinationError::Unavailable(message),
     }
 }
