@@ -1,4 +1,5 @@
-//! TLS to PostgreSQL with libpq's `sslmode` semantics, on rustls (ring provider).
+//! TLS to PostgreSQL with libpq's `sslmode` semantics, on rustls (ring provider); and the
+//! rustls helpers the destinations share (CA files, the process's provider).
 //!
 //! | sslmode | TLS | certificate checked |
 //! |---|---|---|
@@ -231,6 +232,29 @@ impl ServerCertVerifier for AnyName {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+/// The PEM text of the CA file the setting `setting` names, or why it cannot be used.
+pub fn read_ca_file(setting: &str, path: &Path) -> Result<String, String> {
+    let pem =
+        std::fs::read_to_string(path).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{setting} {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(pem)
+}
+
+/// Makes ring the process's rustls provider unless one is set. Clients that build their TLS
+/// configuration from the process default (async-nats) otherwise panic: the dependency graph
+/// enables both ring and aws-lc-rs, so rustls cannot pick one by itself.
+pub fn ensure_default_provider() {
+    if CryptoProvider::get_default().is_none() {
+        // Err: another thread installed one first, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

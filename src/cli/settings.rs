@@ -144,6 +144,8 @@ settings! {
     nats_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_NATS_ACK_TIMEOUT_MS";
     /// Publishes awaiting acknowledgement at most [default: 16384]
     nats_max_pending: usize = 16384, "PGOUTBOX_NATS_MAX_PENDING";
+    /// Root certificate(s) (PEM) that the server's certificate may chain to, besides the system's; requires TLS [default: the system's only]
+    nats_tls_ca_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_CA_FILE";
     /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS; %2f is the vhost /) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
     rabbitmq_url: String = pgoutbox::config::rabbitmq::DEFAULT_URL.into(), "PGOUTBOX_RABBITMQ_URL";
     /// Exchange to publish to, the topic being the routing key (check looks it up, setup can declare it) [default: outbox]
@@ -281,6 +283,7 @@ impl Settings {
             duplicate_window: Duration::from_secs(self.nats_duplicate_window_secs),
             ack_timeout: Duration::from_millis(self.nats_ack_timeout_ms),
             max_pending: self.nats_max_pending,
+            tls_ca_file: Some(self.nats_tls_ca_file.clone()).filter(|p| !p.as_os_str().is_empty()),
         };
         cfg.rabbitmq = pgoutbox::config::RabbitConfig {
             url: self.rabbitmq_url.clone(),

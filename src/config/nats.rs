@@ -26,6 +26,9 @@ pub struct NatsConfig {
     /// Publishes awaiting their acknowledgement at most. Default 16,384: JetStream handles
     /// deep pipelines well (fewer, larger reads and writes per message on both sides).
     pub max_pending: usize,
+    /// Root certificate(s) (PEM) the server's certificate may chain to, besides the system's:
+    /// for a server whose certificate a private CA signed. Setting it requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -37,6 +40,7 @@ impl Default for NatsConfig {
             duplicate_window: Duration::from_secs(120),
             ack_timeout: Duration::from_secs(10),
             max_pending: 16384,
+            tls_ca_file: None,
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct TempNats {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Clients must use TLS, with the certificate [`TempNats::start_tls`] was given.
+    tls: bool,
 }
 
 /// The `nats-server` binary: `PGOUTBOX_NATS_SERVER`, else on `PATH`, else Debian's place.
@@ -35,9 +37,23 @@ fn find_server() -> Option<PathBuf> {
 impl TempNats {
     /// Starts a server with JetStream on a free loopback port.
     pub fn start() -> Result<Self, EmbeddedError> {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that requires TLS ([`tls_url`](Self::tls_url)), with this certificate
+    /// and key (PEM); clients are not asked for a certificate.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, EmbeddedError> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, EmbeddedError> {
         let dir = tempfile::Builder::new()
             .prefix("pgoutbox-nats-")
             .tempdir()?;
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.path().join("server.crt"), cert)?;
+            std::fs::write(dir.path().join("server.key"), key)?;
+        }
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = l.local_addr()?.port();
         drop(l);
@@ -45,6 +61,7 @@ impl TempNats {
             port,
             dir,
             child: None,
+            tls: tls.is_some(),
         };
         nats.restart()?;
         Ok(nats)
@@ -54,7 +71,16 @@ impl TempNats {
     pub fn restart(&mut self) -> Result<(), EmbeddedError> {
         let bin = find_server().ok_or(EmbeddedError::NoNats)?;
         let log = std::fs::File::create(self.dir.path().join("server.log"))?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if self.tls {
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(self.dir.path().join("server.crt"))
+                .arg("--tlskey")
+                .arg(self.dir.path().join("server.key"));
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
@@ -103,6 +129,12 @@ impl TempNats {
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `tls://localhost:PORT`, for a server started with [`start_tls`](Self::start_tls) (its
+    /// certificate names `localhost`).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls.then(|| format!("tls://localhost:{}", self.port))
     }
 }
 

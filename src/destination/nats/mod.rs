@@ -39,6 +39,7 @@ pub struct NatsSink<T: Send + 'static> {
 
 /// Connects to the server(s) of `cfg`: credentials from the URL or a `.creds` file.
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, DestinationError> {
+    crate::tls::ensure_default_provider();
     let mut opts = async_nats::ConnectOptions::new()
         .name("pgoutbox")
         // `send` checks every subject itself (a bad one is refused as `invalid-topic`).
@@ -49,21 +50,28 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, Destination
             DestinationError::Config(format!("NATS credentials file {}: {e}", path.display()))
         })?;
     }
+    if let Some(path) = &cfg.tls_ca_file {
+        // Read here for a clear error: the client reads it again while connecting.
+        crate::tls::read_ca_file("nats_tls_ca_file", path).map_err(DestinationError::Config)?;
+        opts = opts.add_root_certificates(path.clone()).require_tls(true);
+    }
     let url = crate::config::redact_url(&cfg.url);
     let client = async_nats::connect_with_options(cfg.url.as_str(), opts)
         .await
         .map_err(|e| {
-            let fatal = matches!(
-                e.kind(),
-                async_nats::ConnectErrorKind::ServerParse
-                    | async_nats::ConnectErrorKind::Authentication
-                    | async_nats::ConnectErrorKind::AuthorizationViolation
-                    | async_nats::ConnectErrorKind::Tls
-            );
             let message = format!("NATS at {url}: {e}");
-            match fatal {
-                true => DestinationError::Config(message),
-                false => DestinationError::Unavailable(message),
+            let untrusted = e.kind() == async_nats::ConnectErrorKind::Tls
+                || crate::tls::is_certificate_error(&e);
+            match e.kind() {
+                _ if untrusted => DestinationError::Config(format!(
+                    "{message}; for a server certificate from a private CA set nats_tls_ca_file to that CA, and check the host name in nats_url"
+                )),
+                async_nats::ConnectErrorKind::ServerParse
+                | async_nats::ConnectErrorKind::Authentication
+                | async_nats::ConnectErrorKind::AuthorizationViolation => {
+                    DestinationError::Config(message)
+                }
+                _ => DestinationError::Unavailable(message),
             }
         })?;
     Ok(client)

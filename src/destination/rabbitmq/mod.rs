@@ -78,15 +78,8 @@ fn tls_config(
             "rabbitmq_tls_ca_file is set but rabbitmq_url is not amqps://: TLS is off".into(),
         ));
     }
-    let pem = std::fs::read_to_string(path).map_err(|e| {
-        DestinationError::Config(format!("rabbitmq_tls_ca_file {}: {e}", path.display()))
-    })?;
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(DestinationError::Config(format!(
-            "rabbitmq_tls_ca_file {}: no PEM certificate in it",
-            path.display()
-        )));
-    }
+    let pem =
+        crate::tls::read_ca_file("rabbitmq_tls_ca_file", path).map_err(DestinationError::Config)?;
     Ok(OwnedTLSConfig {
         identity: None,
         cert_chain: Some(pem),
