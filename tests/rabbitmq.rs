@@ -245,6 +245,17 @@ async fn frozen_node_times_out_confirms_and_loses_nothing() {
 /// naming the permission to grant, and the slot stays before the event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_refused_the_exchange_stops_with_the_fix() {
+    refused_the_exchange(PoisonPolicy::Fail).await;
+}
+
+/// The dead letter goes to the same exchange, which refuses it as well: the relay still stops
+/// with the fix rather than drop the event or retry forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_refused_the_exchange_stops_even_with_dead_letters() {
+    refused_the_exchange(PoisonPolicy::DeadLetter).await;
+}
+
+async fn refused_the_exchange(on_poison: PoisonPolicy) {
     let env = Env::start().await;
     let node = rabbit::start().await;
     for args in [
@@ -255,6 +266,7 @@ async fn a_user_refused_the_exchange_stops_with_the_fix() {
     }
     let mut cfg = rabbit::config(&env, &node);
     cfg.rabbitmq.url = node.url().replace("guest:guest", "reader:secret");
+    cfg.on_poison = on_poison;
     let running = env.spawn_streamer(cfg);
     env.wait_streaming().await;
     let before = env.current_lsn().await;

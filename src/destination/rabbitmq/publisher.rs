@@ -119,6 +119,9 @@ pub async fn run<T: Send + 'static>(
         returned: Some(Returned::from(record)),
     };
     let mut pending = Pending::new(ack_timeout);
+    // The broker closed the channel refusing this user the exchange: every later publish (a
+    // dead letter to the same exchange included) would be refused the same way.
+    let mut refused_for: Option<Refusal> = None;
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut batch = Vec::with_capacity(BATCH.min(max_pending));
     let options = BasicPublishOptions {
@@ -133,6 +136,11 @@ pub async fn run<T: Send + 'static>(
                     break;
                 }
                 for job in batch.drain(..) {
+                    if let Some(r) = &refused_for {
+                        let returned = Some(Returned::from(job.record));
+                        let _ = outcomes.send(Outcome { ticket: job.ticket, result: Err(r.clone()), returned });
+                        continue;
+                    }
                     let id = pending.next_id();
                     let payload = job.record.payload.clone().unwrap_or_default();
                     let (channel, exchange) = (channel.clone(), exchange.clone());
@@ -160,7 +168,13 @@ pub async fn run<T: Send + 'static>(
                 let Some((ticket, record)) = pending.remove(id) else { continue };
                 let result = match confirmed {
                     Ok(c) => outcome(id, exchange.as_str(), &record.topic, c),
-                    Err(e) => Err(failed(&e)),
+                    Err(e) => {
+                        let r = failed(&e);
+                        if r.class == Class::NotAuthorized {
+                            refused_for = Some(r.clone());
+                        }
+                        Err(r)
+                    }
                 };
                 let returned = result.is_err().then(|| Returned::from(record));
                 let _ = outcomes.send(Outcome { ticket, result, returned });
