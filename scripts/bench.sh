@@ -5,9 +5,16 @@
 # target/bench/latency.svg. Then the criterion micro-benchmarks (decoder, mapper) in MB/s.
 #   scripts/bench.sh                 # 1M-event backlogs, 3 runs each, 10 s per load level
 #   BENCH_EVENTS=100000 BENCH_REPS=1 BENCH_SECONDS=3 scripts/bench.sh   # a quick look
+# NATS: a current nats-server (scripts/nats-fetch.sh), because Debian's 2.9.10 stalls
+# publishes to file-backed streams (README "Performance"); PGOUTBOX_NATS_SERVER picks another,
+# BENCH_NATS_SERVER=debian Debian's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/prereqs.sh
+if [ -z "${PGOUTBOX_NATS_SERVER:-}" ] && [ "${BENCH_NATS_SERVER:-}" != debian ]; then
+    PGOUTBOX_NATS_SERVER=$(scripts/nats-fetch.sh)
+    export PGOUTBOX_NATS_SERVER
+fi
 mkdir -p target/bench
 : > target/bench/pgoutbox.log
 cargo bench --bench e2e

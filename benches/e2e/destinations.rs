@@ -13,7 +13,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
@@ -254,21 +255,28 @@ pub fn nats_tail(
 pub const EXCHANGE: &str = "outbox";
 pub const QUEUE: &str = "bench";
 
+/// The bench queue's type: `BENCH_RABBIT_QUEUE` = `quorum` (default: RabbitMQ's durable,
+/// replicated queue type), `classic` or `classic-v2` (a classic queue, version 2 storage).
+pub fn rabbit_queue_type() -> String {
+    std::env::var("BENCH_RABBIT_QUEUE").unwrap_or_else(|_| "quorum".into())
+}
+
 /// A throwaway RabbitMQ node with the exchange and the bench queue.
 pub async fn start_rabbit() -> TempRabbit {
     let node = tokio::task::spawn_blocking(TempRabbit::start)
         .await
         .expect("join")
         .expect("start rabbitmq-server (apt-get install rabbitmq-server)");
-    declare_queue(
-        &node.url(),
-        EXCHANGE,
-        QUEUE,
-        "outbox.event.#",
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare the bench queue");
+    let mut arguments = FieldTable::default();
+    let kind = rabbit_queue_type();
+    let (kind, version) = kind.split_once("-v").unwrap_or((kind.as_str(), ""));
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+    if let Ok(v) = version.parse::<i32>() {
+        arguments.insert("x-queue-version".into(), AMQPValue::LongInt(v));
+    }
+    declare_queue(&node.url(), EXCHANGE, QUEUE, "outbox.event.#", arguments)
+        .await
+        .expect("declare the bench queue");
     node
 }
 
@@ -331,24 +339,44 @@ pub async fn rabbit_ceiling(url: &str, n: usize) -> f64 {
                 .basic_publish(EXCHANGE.into(), TOPIC.into(), options, &body, props)
                 .await
                 .expect("publish");
-            confirm.await.expect("confirm").is_ack()
+            // Stored: acked and not returned (a returned message is acked too).
+            matches!(
+                confirm.await.expect("confirm"),
+                lapin::Confirmation::Ack(None)
+            )
         });
         // lapin queues a publish's frames on its first poll: poll now, in order.
         if let std::task::Poll::Ready(ack) =
             std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await
         {
-            assert!(ack, "nacked");
+            assert!(ack, "nacked or returned");
             continue;
         }
         confirms.push(publish);
         while confirms.len() >= 4096 {
-            assert!(confirms.next().await.expect("confirm"), "nacked");
+            assert!(
+                confirms.next().await.expect("confirm"),
+                "nacked or returned"
+            );
         }
     }
     while let Some(ack) = confirms.next().await {
-        assert!(ack, "nacked");
+        assert!(ack, "nacked or returned");
     }
     let secs = started.elapsed().as_secs_f64();
+    let depth = channel
+        .queue_declare(
+            QUEUE.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue depth")
+        .message_count();
+    eprintln!("bench: RabbitMQ ceiling: {n} confirmed, the queue holds {depth}");
     let _ = connection.close(200, "".into()).await;
     purge_queue(url).await;
     secs

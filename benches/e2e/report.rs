@@ -3,6 +3,9 @@
 use super::*;
 
 pub fn machine() -> String {
+    let nats = TempNats::version()
+        .map(|v| v.replace("nats-server: ", "nats-server "))
+        .unwrap_or_else(|| "nats-server".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -22,7 +25,7 @@ pub fn machine() -> String {
                 .and_then(|k| k.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    format!("{cpus} CPUs ({model}), {mem:.0} GiB RAM, PostgreSQL 15 (fsync=off), librdkafka mock broker (1 node), nats-server 2.9 with JetStream (file storage), RabbitMQ 3.10 (a durable classic queue, persistent messages)")
+    format!("{cpus} CPUs ({model}), {mem:.0} GiB RAM, PostgreSQL 15 (fsync=off), librdkafka mock broker (1 node), {nats} with JetStream (file storage), RabbitMQ 3.10 (a durable {} queue, persistent messages)", destinations::rabbit_queue_type())
 }
 
 /// A histogram bound for the table: `≤ 5`, or `n/a`.

@@ -131,6 +131,16 @@ impl TempNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server program's version line (`nats-server: v2.9.10`), for reports.
+    pub fn version() -> Option<String> {
+        let out = Command::new(find_server()?)
+            .arg("--version")
+            .output()
+            .ok()?;
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (!line.is_empty()).then_some(line)
+    }
+
     /// `tls://localhost:PORT`, for a server started with [`start_tls`](Self::start_tls) (its
     /// certificate names `localhost`).
     pub fn tls_url(&self) -> Option<String> {
