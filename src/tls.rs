@@ -17,7 +17,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
 };
@@ -248,6 +248,103 @@ pub fn read_ca_file(setting: &str, path: &Path) -> Result<String, String> {
     Ok(pem)
 }
 
+/// A client certificate (PEM, the chain up from the client's own) and its private key (PEM:
+/// PKCS#8, PKCS#1 or SEC1), read from the files two settings name, or why they cannot be used.
+/// Read up front so that a wrong path or file is a plain configuration error, not a failed
+/// handshake.
+pub fn read_client_identity(
+    (cert_setting, cert_path): (&str, &Path),
+    (key_setting, key_path): (&str, &Path),
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let cert = std::fs::read(cert_path)
+        .map_err(|e| format!("{cert_setting} {}: {e}", cert_path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{cert_setting} {}: {e}", cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{cert_setting} {}: no PEM certificate in it",
+            cert_path.display()
+        ));
+    }
+    let key = std::fs::read(key_path)
+        .map_err(|e| format!("{key_setting} {}: {e}", key_path.display()))?;
+    PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+        format!(
+            "{key_setting} {}: no usable private key (PEM, unencrypted): {e}",
+            key_path.display()
+        )
+    })?;
+    Ok((cert, key))
+}
+
+/// Whether `e` (or any error it wraps) is the server refusing the TLS handshake for want of
+/// an acceptable client certificate (TLS alerts `certificate_required`, `bad_certificate`,
+/// `unknown_ca`, `handshake_failure`, …): a setup problem that retrying cannot fix.
+pub fn is_client_certificate_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    let refused = |r: &Error| {
+        matches!(
+            r,
+            Error::AlertReceived(
+                A::CertificateRequired
+                    | A::BadCertificate
+                    | A::UnknownCA
+                    | A::CertificateUnknown
+                    | A::UnsupportedCertificate
+                    | A::CertificateExpired
+                    | A::CertificateRevoked
+                    | A::AccessDenied
+                    | A::HandshakeFailure
+                    | A::DecryptError
+            )
+        )
+    };
+    any_rustls_error(e, refused)
+}
+
+/// Whether `e` (or any error it wraps) is the peer cutting the connection (reset, or closed
+/// in the middle of a read): what a TLS server that wants a client certificate may do before
+/// its alert reaches the client.
+pub fn is_connection_cut(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether `e` or an error it wraps (directly or inside an `io::Error`) is a rustls error
+/// that `pred` accepts.
+fn any_rustls_error(e: &(dyn std::error::Error + 'static), pred: impl Fn(&Error) -> bool) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<Error>().is_some_and(&pred) {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<Error>())
+                .is_some_and(&pred)
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Makes ring the process's rustls provider unless one is set. Clients that build their TLS
 /// configuration from the process default (async-nats) otherwise panic: the dependency graph
 /// enables both ring and aws-lc-rs, so rustls cannot pick one by itself.
@@ -261,23 +358,7 @@ pub fn ensure_default_provider() {
 /// Whether `e` (or any error it wraps) is a rejected server certificate: a setup problem that
 /// retrying cannot fix.
 pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(Error::InvalidCertificate(_)) = err.downcast_ref::<Error>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<Error>())
-                .is_some_and(|r| matches!(r, Error::InvalidCertificate(_)))
-            {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
+    any_rustls_error(e, |r| matches!(r, Error::InvalidCertificate(_)))
 }
 
 /// Removes `sslmode` and `sslrootcert` from a libpq-style URL or key=value string (which

@@ -1,29 +1,26 @@
 //! RabbitMQ over TLS (`amqps://`) against a real node whose certificate a generated CA signed:
 //! `check` names the fix while that CA is not trusted, and with `rabbitmq_tls_ca_file` the
-//! relay streams every event over TLS.
+//! relay streams every event over TLS. With mutual TLS (the node verifies peers), `check`
+//! names the client certificate settings until they are set, and the relay streams with the
+//! certificate.
 
 mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::pki;
+use common::pki::{self, LocalhostPki};
 use common::rabbit::{self, Collector};
 use common::*;
 use lapin::types::FieldTable;
 use pgoutbox::embedded::rabbitmq::declare_queue;
 use pgoutbox::embedded::TempRabbit;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqps_streams_with_the_private_ca_and_check_names_it_when_missing() {
-    let env = Env::start().await;
-    let pki = pki::localhost();
-    let (cert, key) = (pki.cert.clone(), pki.key.clone());
-    let node = tokio::task::spawn_blocking(move || TempRabbit::start_tls(&cert, &key))
-        .await
-        .unwrap()
+/// A node with a TLS listener (and with `verify_clients` requiring a client certificate on
+/// it), the outbox exchange bound to the events queue.
+async fn node(pki: &LocalhostPki, verify_clients: bool) -> TempRabbit {
+    let node = tokio::task::block_in_place(|| TempRabbit::start_tls(pki.server(verify_clients)))
         .expect("start rabbitmq-server with a TLS listener");
-    let tls_url = node.tls_url().unwrap();
     declare_queue(
         &node.url(),
         rabbit::EXCHANGE,
@@ -33,6 +30,40 @@ async fn amqps_streams_with_the_private_ca_and_check_names_it_when_missing() {
     )
     .await
     .unwrap();
+    node
+}
+
+/// Runs the relay with `cfg` over 40 transactions: every event delivered, the slot confirmed,
+/// and the node lists the relay's connection as TLS (the collector's is plain).
+async fn streams_every_event(env: &Env, node: &TempRabbit, cfg: pgoutbox::Config) {
+    let events = Collector::start(node.url(), rabbit::EVENTS);
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    let txs = workload(0, 40);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    env.commit(&txs).await;
+    let got = events.until_all(&ids, Duration::from_secs(60)).await;
+    let seen: HashSet<String> = got.iter().map(rabbit::Got::id).collect();
+    assert_eq!(seen, ids, "every event, over TLS");
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+    let connections = node
+        .ctl(&["list_connections", "ssl", "client_properties"])
+        .unwrap();
+    let ours = connections
+        .lines()
+        .find(|l| l.contains("pgoutbox"))
+        .unwrap_or_else(|| panic!("no pgoutbox connection: {connections}"));
+    assert!(ours.trim_start().starts_with("true"), "{connections}");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_streams_with_the_private_ca_and_check_names_it_when_missing() {
+    let env = Env::start().await;
+    let pki = pki::localhost();
+    let node = node(&pki, false).await;
+    let tls_url = node.tls_url().unwrap();
     let settings = |url: &str, ca: bool| {
         let mut s = vec![
             ("PGOUTBOX_POSTGRES_URL", env.pg.url()),
@@ -58,28 +89,65 @@ async fn amqps_streams_with_the_private_ca_and_check_names_it_when_missing() {
     let (ok, text) = pki::check(&settings(&tls_url, true)).await;
     assert!(ok && text.contains("✔ RabbitMQ reachable"), "{text}");
 
-    let events = Collector::start(node.url(), rabbit::EVENTS);
     let mut cfg = rabbit::config(&env, &node);
     cfg.rabbitmq.url = tls_url;
     cfg.rabbitmq.tls_ca_file = Some(pki.ca_file.clone());
-    let running = env.spawn_streamer(cfg);
-    env.wait_streaming().await;
-    let txs = workload(0, 40);
-    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    env.commit(&txs).await;
-    let got = events.until_all(&ids, Duration::from_secs(60)).await;
-    let seen: HashSet<String> = got.iter().map(rabbit::Got::id).collect();
-    assert_eq!(seen, ids, "every event, over TLS");
-    let end = env.current_lsn().await;
-    env.wait_confirmed(end, Duration::from_secs(30)).await;
-    // The node lists the relay's connection as TLS (the collector's is plain).
-    let connections = node
-        .ctl(&["list_connections", "ssl", "client_properties"])
-        .unwrap();
-    let ours = connections
-        .lines()
-        .find(|l| l.contains("pgoutbox"))
-        .unwrap_or_else(|| panic!("no pgoutbox connection: {connections}"));
-    assert!(ours.trim_start().starts_with("true"), "{connections}");
-    running.stop().await;
+    streams_every_event(&env, &node, cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_streams_with_the_client_certificate_and_check_names_it_when_missing() {
+    let env = Env::start().await;
+    let pki = pki::localhost();
+    let node = node(&pki, true).await;
+    let tls_url = node.tls_url().unwrap();
+    let cert = pki.client_cert_file.display().to_string();
+    let key = pki.client_key_file.display().to_string();
+    let settings = |url: &str, client: &[(&'static str, &str)]| {
+        let mut s = vec![
+            ("PGOUTBOX_POSTGRES_URL", env.pg.url()),
+            ("PGOUTBOX_DESTINATION", "rabbitmq".into()),
+            ("PGOUTBOX_RABBITMQ_URL", url.to_owned()),
+            (
+                "PGOUTBOX_RABBITMQ_TLS_CA_FILE",
+                pki.ca_file.display().to_string(),
+            ),
+        ];
+        s.extend(client.iter().map(|(k, v)| (*k, v.to_string())));
+        s
+    };
+    let both = [
+        ("PGOUTBOX_RABBITMQ_TLS_CERT_FILE", cert.as_str()),
+        ("PGOUTBOX_RABBITMQ_TLS_KEY_FILE", key.as_str()),
+    ];
+
+    // No client certificate: the node refuses the handshake, and check says what to set.
+    let (ok, text) = pki::check(&settings(&tls_url, &[])).await;
+    assert!(!ok && text.contains("✘ RabbitMQ reachable"), "{text}");
+    assert!(
+        text.contains("set rabbitmq_tls_cert_file and rabbitmq_tls_key_file"),
+        "{text}"
+    );
+    // A key without its certificate is a configuration error before any connection.
+    let (ok, text) = pki::check(&settings(&tls_url, &both[1..])).await;
+    assert!(!ok && text.contains("go together"), "{text}");
+    // A client certificate with a plain amqp:// URL would silently not be used: refused.
+    let plain: Vec<_> = settings(&node.url(), &both)
+        .into_iter()
+        .filter(|(k, _)| *k != "PGOUTBOX_RABBITMQ_TLS_CA_FILE")
+        .collect();
+    let (ok, text) = pki::check(&plain).await;
+    assert!(
+        !ok && text.contains("rabbitmq_tls_cert_file is set but rabbitmq_url is not amqps://"),
+        "{text}"
+    );
+    let (ok, text) = pki::check(&settings(&tls_url, &both)).await;
+    assert!(ok && text.contains("✔ RabbitMQ reachable"), "{text}");
+
+    let mut cfg = rabbit::config(&env, &node);
+    cfg.rabbitmq.url = tls_url;
+    cfg.rabbitmq.tls_ca_file = Some(pki.ca_file.clone());
+    cfg.rabbitmq.tls_cert_file = Some(pki.client_cert_file.clone());
+    cfg.rabbitmq.tls_key_file = Some(pki.client_key_file.clone());
+    streams_every_event(&env, &node, cfg).await;
 }

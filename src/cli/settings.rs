@@ -146,6 +146,10 @@ settings! {
     nats_max_pending: usize = 16384, "PGOUTBOX_NATS_MAX_PENDING";
     /// Root certificate(s) (PEM) that the server's certificate may chain to, besides the system's; requires TLS [default: the system's only]
     nats_tls_ca_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_CA_FILE";
+    /// Client certificate (PEM) for a server that verifies clients (mutual TLS); with nats_tls_key_file [default: none]
+    nats_tls_cert_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_CERT_FILE";
+    /// Private key (PEM) of nats_tls_cert_file [default: none]
+    nats_tls_key_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_KEY_FILE";
     /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS; %2f is the vhost /) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
     rabbitmq_url: String = pgoutbox::config::rabbitmq::DEFAULT_URL.into(), "PGOUTBOX_RABBITMQ_URL";
     /// Exchange to publish to, the topic being the routing key (check looks it up, setup can declare it) [default: outbox]
@@ -156,6 +160,10 @@ settings! {
     rabbitmq_max_pending: usize = 4096, "PGOUTBOX_RABBITMQ_MAX_PENDING";
     /// Root certificate(s) (PEM) that an amqps:// node's certificate may chain to, besides the system's [default: the system's only]
     rabbitmq_tls_ca_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_CA_FILE";
+    /// Client certificate (PEM) for a node that verifies peers (mutual TLS, amqps:// only); with rabbitmq_tls_key_file [default: none]
+    rabbitmq_tls_cert_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_CERT_FILE";
+    /// Private key (PEM) of rabbitmq_tls_cert_file [default: none]
+    rabbitmq_tls_key_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_KEY_FILE";
     /// Logical replication slot, created on first start if missing [default: pgoutbox]
     slot: String = DEFAULT_SLOT.into(), "PGOUTBOX_SLOT";
     /// Publication covering the outbox table [default: pgoutbox_pub]
@@ -278,20 +286,22 @@ impl Settings {
         cfg.nats = pgoutbox::config::NatsConfig {
             url: self.nats_url.clone(),
             stream: self.nats_stream.clone(),
-            credentials_file: Some(self.nats_credentials_file.clone())
-                .filter(|p| !p.as_os_str().is_empty()),
+            credentials_file: path(&self.nats_credentials_file),
             duplicate_window: Duration::from_secs(self.nats_duplicate_window_secs),
             ack_timeout: Duration::from_millis(self.nats_ack_timeout_ms),
             max_pending: self.nats_max_pending,
-            tls_ca_file: Some(self.nats_tls_ca_file.clone()).filter(|p| !p.as_os_str().is_empty()),
+            tls_ca_file: path(&self.nats_tls_ca_file),
+            tls_cert_file: path(&self.nats_tls_cert_file),
+            tls_key_file: path(&self.nats_tls_key_file),
         };
         cfg.rabbitmq = pgoutbox::config::RabbitConfig {
             url: self.rabbitmq_url.clone(),
             exchange: self.rabbitmq_exchange.clone(),
             ack_timeout: Duration::from_millis(self.rabbitmq_ack_timeout_ms),
             max_pending: self.rabbitmq_max_pending,
-            tls_ca_file: Some(self.rabbitmq_tls_ca_file.clone())
-                .filter(|p| !p.as_os_str().is_empty()),
+            tls_ca_file: path(&self.rabbitmq_tls_ca_file),
+            tls_cert_file: path(&self.rabbitmq_tls_cert_file),
+            tls_key_file: path(&self.rabbitmq_tls_key_file),
         };
         cfg.kafka.transactional_id = Some(self.transactional_id.clone()).filter(|t| !t.is_empty());
         cfg.offsets_topic = self.offsets_topic.clone();
@@ -354,6 +364,11 @@ impl Settings {
 }
 
 /// `column[:header],…` → (column, header) pairs.
+/// An optional path setting: empty means unset.
+fn path(p: &Path) -> Option<PathBuf> {
+    Some(p.to_path_buf()).filter(|p| !p.as_os_str().is_empty())
+}
+
 fn parse_headers(list: &str) -> Vec<(String, String)> {
     list.split(',')
         .map(str::trim)

@@ -187,6 +187,11 @@ pub enum ConfigError {
     PollExactlyOnce,
     #[error("{name} is out of range: at most {max} (one day)")]
     TooLong { name: &'static str, max: String },
+    #[error("{cert} and {key} go together: set both (the client certificate and its private key) or neither")]
+    ClientCertPair {
+        cert: &'static str,
+        key: &'static str,
+    },
     #[error("Kafka broker {0:?} is not host:port with a port from 1 to 65535")]
     Broker(String),
 }

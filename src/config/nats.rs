@@ -29,6 +29,11 @@ pub struct NatsConfig {
     /// Root certificate(s) (PEM) the server's certificate may chain to, besides the system's:
     /// for a server whose certificate a private CA signed. Setting it requires TLS.
     pub tls_ca_file: Option<PathBuf>,
+    /// The client certificate (PEM) presented to a server that verifies clients (mutual
+    /// TLS), with [`tls_key_file`](Self::tls_key_file); setting it requires TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of [`tls_cert_file`](Self::tls_cert_file).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -41,6 +46,8 @@ impl Default for NatsConfig {
             ack_timeout: Duration::from_secs(10),
             max_pending: 16384,
             tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -24,6 +24,11 @@ pub struct RabbitConfig {
     /// Root certificate(s) (PEM) an `amqps://` node's certificate may chain to, besides the
     /// system's: for a node whose certificate a private CA signed.
     pub tls_ca_file: Option<PathBuf>,
+    /// The client certificate (PEM) presented to a node that verifies peers (mutual TLS), with
+    /// [`tls_key_file`](Self::tls_key_file); only with an `amqps://` URL.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of [`tls_cert_file`](Self::tls_cert_file).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RabbitConfig {
@@ -34,6 +39,8 @@ impl Default for RabbitConfig {
             ack_timeout: Duration::from_secs(10),
             max_pending: 4096,
             tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -26,6 +26,10 @@ impl Config {
                 if self.nats.max_pending == 0 {
                     return Err(ConfigError::Zero("nats_max_pending"));
                 }
+                paired(
+                    (&self.nats.tls_cert_file, "nats_tls_cert_file"),
+                    (&self.nats.tls_key_file, "nats_tls_key_file"),
+                )?;
             }
             DestinationKind::RabbitMq => {
                 if !rabbitmq::is_valid_routing_key(&self.dead_letter_topic) {
@@ -37,11 +41,63 @@ impl Config {
                 if self.rabbitmq.max_pending == 0 {
                     return Err(ConfigError::Zero("rabbitmq_max_pending"));
                 }
+                paired(
+                    (&self.rabbitmq.tls_cert_file, "rabbitmq_tls_cert_file"),
+                    (&self.rabbitmq.tls_key_file, "rabbitmq_tls_key_file"),
+                )?;
                 if self.delivery == DeliveryMode::ExactlyOnce {
                     return Err(ConfigError::RabbitExactlyOnce);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// A client certificate without its key, or a key without its certificate, is refused.
+fn paired<T>(
+    (cert, cert_name): (&Option<T>, &'static str),
+    (key, key_name): (&Option<T>, &'static str),
+) -> Result<(), ConfigError> {
+    if cert.is_some() != key.is_some() {
+        return Err(ConfigError::ClientCertPair {
+            cert: cert_name,
+            key: key_name,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    type Pair<'a> = (&'a mut Option<PathBuf>, &'a mut Option<PathBuf>);
+
+    fn client_cert(c: &mut Config) -> Pair<'_> {
+        match c.destination {
+            DestinationKind::Nats => (&mut c.nats.tls_cert_file, &mut c.nats.tls_key_file),
+            _ => (&mut c.rabbitmq.tls_cert_file, &mut c.rabbitmq.tls_key_file),
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_a_key_its_certificate() {
+        for kind in [DestinationKind::Nats, DestinationKind::RabbitMq] {
+            let mut c = Config::new("postgres://u@h/db", "k:9092");
+            c.destination = kind;
+            assert!(c.validate().is_ok(), "{kind:?}: neither");
+            *client_cert(&mut c).0 = Some("client.pem".into());
+            let err = c.validate().err();
+            assert!(
+                matches!(err, Some(ConfigError::ClientCertPair { .. })),
+                "{kind:?}: certificate alone: {err:?}"
+            );
+            *client_cert(&mut c).1 = Some("client.key".into());
+            assert!(c.validate().is_ok(), "{kind:?}: both");
+            *client_cert(&mut c).0 = None;
+            assert!(c.validate().is_err(), "{kind:?}: key alone");
+        }
     }
 }

@@ -14,6 +14,15 @@ pub use nats::TempNats;
 pub use postgres::{PostgresOptions, TempPostgres};
 pub use rabbitmq::TempRabbit;
 
+/// The TLS a throwaway server offers: its certificate and key (PEM), and for mutual TLS the
+/// CA (PEM) that must have signed every client's certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTls<'a> {
+    pub cert: &'a str,
+    pub key: &'a str,
+    pub client_ca: Option<&'a str>,
+}
+
 /// Starting or driving embedded infrastructure failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::EmbeddedError;
+use super::{EmbeddedError, ServerTls};
 
 /// A running `nats-server -js`; killed when dropped.
 pub struct TempNats {
@@ -16,6 +16,8 @@ pub struct TempNats {
     child: Option<Child>,
     /// Clients must use TLS, with the certificate [`TempNats::start_tls`] was given.
     tls: bool,
+    /// Clients must present a certificate the CA [`TempNats::start_tls`] was given signed.
+    verify_clients: bool,
 }
 
 /// The `nats-server` binary: `PGOUTBOX_NATS_SERVER`, else on `PATH`, else Debian's place.
@@ -40,19 +42,23 @@ impl TempNats {
         Self::start_with(None)
     }
 
-    /// Starts a server that requires TLS ([`tls_url`](Self::tls_url)), with this certificate
-    /// and key (PEM); clients are not asked for a certificate.
-    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, EmbeddedError> {
-        Self::start_with(Some((cert_pem, key_pem)))
+    /// Starts a server that requires TLS ([`tls_url`](Self::tls_url)) with `tls`'s certificate
+    /// and key; with `tls.client_ca`, only clients presenting a certificate that CA signed get
+    /// in (mutual TLS).
+    pub fn start_tls(tls: ServerTls<'_>) -> Result<Self, EmbeddedError> {
+        Self::start_with(Some(tls))
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, EmbeddedError> {
+    fn start_with(tls: Option<ServerTls<'_>>) -> Result<Self, EmbeddedError> {
         let dir = tempfile::Builder::new()
             .prefix("pgoutbox-nats-")
             .tempdir()?;
-        if let Some((cert, key)) = tls {
-            std::fs::write(dir.path().join("server.crt"), cert)?;
-            std::fs::write(dir.path().join("server.key"), key)?;
+        if let Some(tls) = tls {
+            std::fs::write(dir.path().join("server.crt"), tls.cert)?;
+            std::fs::write(dir.path().join("server.key"), tls.key)?;
+            if let Some(ca) = tls.client_ca {
+                std::fs::write(dir.path().join("client-ca.crt"), ca)?;
+            }
         }
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = l.local_addr()?.port();
@@ -62,6 +68,7 @@ impl TempNats {
             dir,
             child: None,
             tls: tls.is_some(),
+            verify_clients: tls.is_some_and(|t| t.client_ca.is_some()),
         };
         nats.restart()?;
         Ok(nats)
@@ -79,6 +86,12 @@ impl TempNats {
                 .arg(self.dir.path().join("server.crt"))
                 .arg("--tlskey")
                 .arg(self.dir.path().join("server.key"));
+        }
+        if self.verify_clients {
+            command
+                .arg("--tlsverify")
+                .arg("--tlscacert")
+                .arg(self.dir.path().join("client-ca.crt"));
         }
         let child = command
             .args(["-js", "-a", "127.0.0.1", "-p"])

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::EmbeddedError;
+use super::{EmbeddedError, ServerTls};
 
 /// A running (or killed) throwaway node.
 pub struct TempRabbit {
@@ -55,13 +55,14 @@ impl TempRabbit {
         Self::start_with(None)
     }
 
-    /// Starts a node that also takes AMQP over TLS ([`tls_url`](Self::tls_url)) with this
-    /// certificate and key (PEM); clients are not asked for a certificate.
-    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, EmbeddedError> {
-        Self::start_with(Some((cert_pem, key_pem)))
+    /// Starts a node that also takes AMQP over TLS ([`tls_url`](Self::tls_url)) with `tls`'s
+    /// certificate and key; with `tls.client_ca`, only peers presenting a certificate that CA
+    /// signed get in (mutual TLS).
+    pub fn start_tls(tls: ServerTls<'_>) -> Result<Self, EmbeddedError> {
+        Self::start_with(Some(tls))
     }
 
-    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, EmbeddedError> {
+    fn start_with(tls: Option<ServerTls<'_>>) -> Result<Self, EmbeddedError> {
         let dir = tempfile::Builder::new()
             .prefix("pgoutbox-rabbitmq-")
             .tempdir()?;
@@ -71,18 +72,30 @@ impl TempRabbit {
         std::fs::create_dir_all(path.join("log"))?;
         std::fs::write(path.join("enabled_plugins"), "[].\n")?;
         let tls_port = match tls {
-            Some((cert, key)) => {
+            Some(tls) => {
                 let port = free_port()?;
-                std::fs::write(path.join("server.crt"), cert)?;
-                std::fs::write(path.join("server.key"), key)?;
+                std::fs::write(path.join("server.crt"), tls.cert)?;
+                std::fs::write(path.join("server.key"), tls.key)?;
+                let verify = match tls.client_ca {
+                    Some(ca) => {
+                        std::fs::write(path.join("client-ca.crt"), ca)?;
+                        format!(
+                            "ssl_options.cacertfile = {}\n\
+                             ssl_options.verify = verify_peer\n\
+                             ssl_options.fail_if_no_peer_cert = true\n",
+                            path.join("client-ca.crt").display()
+                        )
+                    }
+                    None => "ssl_options.verify = verify_none\n\
+                             ssl_options.fail_if_no_peer_cert = false\n"
+                        .to_owned(),
+                };
                 std::fs::write(
                     path.join(CONFIG_FILE),
                     format!(
                         "listeners.ssl.1 = 127.0.0.1:{port}\n\
                          ssl_options.certfile = {}\n\
-                         ssl_options.keyfile = {}\n\
-                         ssl_options.verify = verify_none\n\
-                         ssl_options.fail_if_no_peer_cert = false\n",
+                         ssl_options.keyfile = {}\n{verify}",
                         path.join("server.crt").display(),
                         path.join("server.key").display()
                     ),

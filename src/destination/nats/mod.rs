@@ -55,6 +55,15 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, Destination
         crate::tls::read_ca_file("nats_tls_ca_file", path).map_err(DestinationError::Config)?;
         opts = opts.add_root_certificates(path.clone()).require_tls(true);
     }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        crate::tls::read_client_identity(("nats_tls_cert_file", cert), ("nats_tls_key_file", key))
+            .map_err(DestinationError::Config)?;
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    let tls = cfg.url.contains("tls://") || cfg.tls_ca_file.is_some();
+    let without_client_cert = tls && cfg.tls_cert_file.is_none();
     let url = crate::config::redact_url(&cfg.url);
     let client = async_nats::connect_with_options(cfg.url.as_str(), opts)
         .await
@@ -63,6 +72,16 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, Destination
             let untrusted = e.kind() == async_nats::ConnectErrorKind::Tls
                 || crate::tls::is_certificate_error(&e);
             match e.kind() {
+                _ if crate::tls::is_client_certificate_refusal(&e) => DestinationError::Config(format!(
+                    "{message}; the server refused the TLS handshake: if it verifies clients, set nats_tls_cert_file and nats_tls_key_file to a certificate its CA signed"
+                )),
+                async_nats::ConnectErrorKind::Io
+                    if without_client_cert && crate::tls::is_connection_cut(&e) =>
+                {
+                    DestinationError::Unavailable(format!(
+                        "{message}; the server closed the connection: if it verifies TLS clients, set nats_tls_cert_file and nats_tls_key_file to a certificate its CA signed"
+                    ))
+                }
                 _ if untrusted => DestinationError::Config(format!(
                     "{message}; for a server certificate from a private CA set nats_tls_ca_file to that CA, and check the host name in nats_url"
                 )),

@@ -12,7 +12,7 @@ mod publisher;
 
 use std::sync::{Arc, OnceLock};
 
-use lapin::tcp::OwnedTLSConfig;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::{mpsc, Notify};
@@ -54,6 +54,7 @@ pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError>
         .parse()
         .map_err(|e| DestinationError::Config(format!("RabbitMQ URL {url}: {e}")))?;
     let tls = tls_config(cfg, &uri)?;
+    let without_client_cert = uri.scheme == lapin::uri::AMQPScheme::AMQPS && tls.identity.is_none();
     let props = ConnectionProperties::default().with_connection_name("pgoutbox".into());
     let runtime = async_rs::Runtime::tokio_with_handle(socket_runtime()?);
     within(
@@ -61,28 +62,49 @@ pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError>
         Connection::connect_uri_with_config(uri, props, tls, runtime),
     )
     .await?
-    .map_err(|e| connect_error(&url, &e))
+    .map_err(|e| connect_error(&url, &e, without_client_cert))
 }
 
-/// The roots `amqps://` trusts besides the system's: `rabbitmq_tls_ca_file`, which only an
-/// `amqps://` URL may have.
+/// The TLS settings of an `amqps://` URL: the roots trusted besides the system's
+/// (`rabbitmq_tls_ca_file`) and the client certificate (`rabbitmq_tls_cert_file` and
+/// `_key_file`), which only an `amqps://` URL may have.
 fn tls_config(
     cfg: &RabbitConfig,
     uri: &lapin::uri::AMQPUri,
 ) -> Result<OwnedTLSConfig, DestinationError> {
-    let Some(path) = &cfg.tls_ca_file else {
+    let set = [
+        ("rabbitmq_tls_ca_file", cfg.tls_ca_file.is_some()),
+        ("rabbitmq_tls_cert_file", cfg.tls_cert_file.is_some()),
+    ];
+    let Some((name, _)) = set.iter().find(|(_, on)| *on) else {
         return Ok(OwnedTLSConfig::default());
     };
     if uri.scheme != lapin::uri::AMQPScheme::AMQPS {
-        return Err(DestinationError::Config(
-            "rabbitmq_tls_ca_file is set but rabbitmq_url is not amqps://: TLS is off".into(),
-        ));
+        return Err(DestinationError::Config(format!(
+            "{name} is set but rabbitmq_url is not amqps://: TLS is off"
+        )));
     }
-    let pem =
-        crate::tls::read_ca_file("rabbitmq_tls_ca_file", path).map_err(DestinationError::Config)?;
+    let cert_chain = match &cfg.tls_ca_file {
+        Some(path) => Some(
+            crate::tls::read_ca_file("rabbitmq_tls_ca_file", path)
+                .map_err(DestinationError::Config)?,
+        ),
+        None => None,
+    };
+    let identity = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let (pem, key) = crate::tls::read_client_identity(
+                ("rabbitmq_tls_cert_file", cert),
+                ("rabbitmq_tls_key_file", key),
+            )
+            .map_err(DestinationError::Config)?;
+            Some(OwnedIdentity::PKCS8 { pem, key })
+        }
+        _ => None,
+    };
     Ok(OwnedTLSConfig {
-        identity: None,
-        cert_chain: Some(pem),
+        identity,
+        cert_chain,
     })
 }
 
@@ -119,7 +141,10 @@ async fn within<F: std::future::Future>(url: &str, step: F) -> Result<F::Output,
         })
 }
 
-fn connect_error(url: &str, e: &lapin::Error) -> DestinationError {
+/// What a failed connection means: configuration (no retry helps) or the node unavailable,
+/// with the fix when one is known. `without_client_cert`: TLS without a client certificate,
+/// where a node that verifies peers may cut the connection before its alert arrives.
+fn connect_error(url: &str, e: &lapin::Error, without_client_cert: bool) -> DestinationError {
     use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
     let message = format!("RabbitMQ at {url}: {e}");
     match e.kind() {
@@ -133,9 +158,17 @@ fn connect_error(url: &str, e: &lapin::Error) -> DestinationError {
             _ => DestinationError::Unavailable(message),
         },
         lapin::ErrorKind::AuthProviderError(_) => DestinationError::Config(message),
+        _ if crate::tls::is_client_certificate_refusal(e) => DestinationError::Config(format!(
+            "{message}; the node refused the TLS handshake: if it verifies peers, set rabbitmq_tls_cert_file and rabbitmq_tls_key_file to a certificate its CA signed"
+        )),
         _ if crate::tls::is_certificate_error(e) => DestinationError::Config(format!(
             "{message}; the node's TLS certificate is not trusted: set rabbitmq_tls_ca_file to the CA that signed it, or check the host name in rabbitmq_url"
         )),
+        _ if without_client_cert && crate::tls::is_connection_cut(e) => {
+            DestinationError::Unavailable(format!(
+                "{message}; the node closed the TLS connection: if it verifies peers, set rabbitmq_tls_cert_file and rabbitmq_tls_key_file to a certificate its CA signed"
+            ))
+        }
         _ => DestinationError::Unavailable(message),
     }
 }
