@@ -3,10 +3,13 @@
 //! duplicate window removes re-sends.
 //!
 //! - this file: connecting, the record → message mapping, `send` (never waits).
+//! - [`client`]: the publishing client, on a thread of its own, never reconnecting by itself
+//!   (which keeps each key's order when a connection breaks).
 //! - [`publisher`]: the task that publishes, matches each PubAck to its publish, and hands
 //!   each outcome back.
 //! - [`stream`]: what `check` and `setup` ask of the stream.
 
+mod client;
 mod publisher;
 pub mod stream;
 
@@ -14,7 +17,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::nats::is_valid_subject;
 use crate::config::{Config, DeliveryMode, NatsConfig};
@@ -35,10 +38,18 @@ pub struct NatsSink<T: Send + 'static> {
     max_payload: usize,
     client: async_nats::Client,
     _publisher: AbortOnDrop,
+    /// Last: dropping it ends the client's tasks (after the publisher's abort).
+    _thread: client::ClientThread,
 }
 
-/// Connects to the server(s) of `cfg`: credentials from the URL or a `.creds` file.
+/// Connects to the server(s) of `cfg`: credentials from the URL or a `.creds` file. (The
+/// sink's publishing client is connected by [`client::connect`], which never reconnects.)
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, DestinationError> {
+    dial(cfg, options(cfg).await?).await
+}
+
+/// The client options `cfg` asks for: name, credentials, TLS.
+async fn options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, DestinationError> {
     crate::tls::ensure_default_provider();
     let mut opts = async_nats::ConnectOptions::new()
         .name("pgoutbox")
@@ -62,6 +73,14 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, Destination
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
+    Ok(opts)
+}
+
+/// Connects with `opts`, a failure classified (configuration or unavailable) with its fix.
+async fn dial(
+    cfg: &NatsConfig,
+    opts: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, DestinationError> {
     let tls = cfg.url.contains("tls://") || cfg.tls_ca_file.is_some();
     let without_client_cert = tls && cfg.tls_cert_file.is_none();
     let url = crate::config::redact_url(&cfg.url);
@@ -178,7 +197,14 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
         cfg: &Config,
         outcomes: mpsc::UnboundedSender<Outcome<T>>,
     ) -> Result<Self, DestinationError> {
-        let client = connect(&cfg.nats).await?;
+        let thread = client::ClientThread::start()?;
+        let (lost, lost_rx) = watch::channel(false);
+        let nats = cfg.nats.clone();
+        let client = thread
+            .handle()
+            .spawn(async move { client::connect(&nats, lost).await })
+            .await
+            .map_err(|e| DestinationError::Unavailable(format!("NATS: client thread: {e}")))??;
         let js = jetstream(client.clone(), &cfg.nats);
         let info = stream::inspect(&js, &cfg.nats).await?;
         if info.duplicate_window < cfg.nats.duplicate_window {
@@ -191,11 +217,14 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
         let max_payload = client.server_info().max_payload;
         let (jobs, rx) = mpsc::channel(cfg.nats.max_pending);
         let purge = Arc::new(Notify::new());
-        let task = tokio::spawn(publisher::run(
+        let task = thread.handle().spawn(publisher::run(
             client.clone(),
             rx,
             outcomes,
-            purge.clone(),
+            publisher::Signals {
+                purge: purge.clone(),
+                lost: lost_rx,
+            },
             cfg.nats.max_pending,
             cfg.nats.ack_timeout,
         ));
@@ -205,6 +234,7 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
             max_payload,
             client,
             _publisher: AbortOnDrop(task),
+            _thread: thread,
         })
     }
 

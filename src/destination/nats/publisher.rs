@@ -11,7 +11,7 @@ use async_nats::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::destination::pending::Pending;
 use crate::destination::{Class, Outcome, Receipt, Refusal, Returned, BATCH};
@@ -98,18 +98,41 @@ fn not_sent(e: &async_nats::PublishError) -> Refusal {
     Refusal::new(class, format!("NATS: {e}"))
 }
 
+/// What the publisher is told besides its jobs.
+pub struct Signals {
+    /// Give every outstanding ticket back now, as a retriable refusal.
+    pub purge: Arc<Notify>,
+    /// Turns true when the client's connection broke (it does not reconnect, see
+    /// `client.rs`): no PubAck will come, and no later publish may go out.
+    pub lost: watch::Receiver<bool>,
+}
+
+/// Until the connection is lost (or the client is gone).
+async fn broke(lost: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: dropped here.
+    let _ = lost.wait_for(|lost| *lost).await;
+}
+
+/// Why publishes fail once the connection broke.
+const LOST: &str = "the connection to the server broke; what it did not acknowledge is resent from the slot on a new connection";
+
 /// Publishes through `client` until the job channel closes, at most `max_pending` awaiting
 /// their PubAck (jobs are taken only while there is room, as many at once as are queued and
 /// fit). A publish unanswered after `ack_timeout` fails as retriable. On `purge`, every
-/// outstanding ticket comes back as a retriable refusal at once.
+/// outstanding ticket comes back as a retriable refusal at once; once the connection is
+/// lost, every outstanding ticket and every later job too.
 pub async fn run<T: Send + 'static>(
     client: async_nats::Client,
     mut jobs: mpsc::Receiver<Job<T>>,
     outcomes: mpsc::UnboundedSender<Outcome<T>>,
-    purge: Arc<Notify>,
+    signals: Signals,
     max_pending: usize,
     ack_timeout: Duration,
 ) {
+    let Signals { purge, mut lost } = signals;
+    // The same signal, awaited while a publish waits for room in the client's queue.
+    let mut lost_while_sending = lost.clone();
+    let mut broken = false;
     let prefix = client.new_inbox();
     let give_up = |ticket: T, record: OutboxRecord, why: &str| Outcome {
         ticket,
@@ -136,14 +159,35 @@ pub async fn run<T: Send + 'static>(
                     break;
                 }
                 for job in batch.drain(..) {
+                    if broken {
+                        let _ = outcomes.send(give_up(job.ticket, job.record, LOST));
+                        continue;
+                    }
                     let id = pending.next_id();
                     let reply = format!("{prefix}.{id}");
-                    match client
-                        .publish_with_reply_and_headers(job.subject, reply, job.headers, job.payload)
-                        .await
-                    {
-                        Ok(()) => pending.insert(id, job.ticket, job.record),
-                        Err(e) => {
+                    let publish = client.publish_with_reply_and_headers(
+                        job.subject,
+                        reply,
+                        job.headers,
+                        job.payload,
+                    );
+                    // A client without its connection takes publishes only until its queue
+                    // is full, then never again: stop waiting once the connection is lost.
+                    let sent = tokio::select! {
+                        biased;
+                        sent = publish => Some(sent),
+                        () = broke(&mut lost_while_sending) => None,
+                    };
+                    match sent {
+                        None => {
+                            broken = true;
+                            let _ = outcomes.send(give_up(job.ticket, job.record, LOST));
+                            for (ticket, record) in pending.drain() {
+                                let _ = outcomes.send(give_up(ticket, record, LOST));
+                            }
+                        }
+                        Some(Ok(())) => pending.insert(id, job.ticket, job.record),
+                        Some(Err(e)) => {
                             let _ = outcomes.send(Outcome {
                                 ticket: job.ticket,
                                 result: Err(not_sent(&e)),
@@ -162,6 +206,12 @@ pub async fn run<T: Send + 'static>(
                 let result = answer(&m);
                 let returned = result.is_err().then(|| Returned::from(record));
                 let _ = outcomes.send(Outcome { ticket, result, returned });
+            }
+            () = broke(&mut lost), if !broken => {
+                broken = true;
+                for (ticket, record) in pending.drain() {
+                    let _ = outcomes.send(give_up(ticket, record, LOST));
+                }
             }
             () = pending.tick(), if pending.armed() => {
                 let why = format!("no PubAck within {ack_timeout:?} (nats_ack_timeout_ms)");
