@@ -187,6 +187,23 @@ pub(crate) fn enqueue<T, J>(
     })
 }
 
+/// Hands every `(ticket, record)` of `all` back as a retriable refusal, "`title`: `why`":
+/// a publishing task giving up what it holds (a lost connection, a purge, a timeout).
+pub(crate) fn give_back<T>(
+    outcomes: &mpsc::UnboundedSender<Outcome<T>>,
+    title: &str,
+    why: &str,
+    all: impl IntoIterator<Item = (T, OutboxRecord)>,
+) {
+    for (ticket, record) in all {
+        let _ = outcomes.send(Outcome {
+            ticket,
+            result: Err(Refusal::new(Class::Retriable, format!("{title}: {why}"))),
+            returned: Some(Returned::from(record)),
+        });
+    }
+}
+
 /// A destination that could not be opened or used.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {

@@ -100,7 +100,7 @@ async fn run_to<D: Destination<Ticket>>(
             let lsn = repl.create_slot(&cfg.slot, cfg.failover).await?;
             *slot_known = true;
             info!(slot = %cfg.slot, consistent_point = %lsn, "created replication slot");
-            record_slot(cfg, lsn).await;
+            record_slot(cfg, lsn, limit).await;
             lsn
         }
     };
@@ -186,7 +186,7 @@ async fn run_to<D: Destination<Ticket>>(
     }
     if result.is_ok() {
         // A graceful stop: the state record says how far, for whatever happens meanwhile.
-        record_slot(cfg, session.flushable()).await;
+        record_slot(cfg, session.flushable(), limit).await;
     }
     dest.close().await;
     result
@@ -251,9 +251,9 @@ impl Catalog {
     }
 }
 
-/// Writes the state record of a slot just created; without it, a later failover that loses
+/// Writes the state record of a slot (just created, or at a graceful stop); without it, a later failover that loses
 /// the slot could not be told from a first start, so a failure is said loudly.
-async fn record_slot(cfg: &Config, at: Lsn) {
+async fn record_slot(cfg: &Config, at: Lsn, limit: Duration) {
     let written = async {
         let (client, conn) = crate::pg::connect(cfg).await.map_err(|e| e.to_string())?;
         let r = match crate::state::available(&client).await {
@@ -266,7 +266,11 @@ async fn record_slot(cfg: &Config, at: Lsn) {
         conn.abort();
         r.map_err(|e| crate::pg::describe(&e))
     };
-    match written.await {
+    // Bounded like every other step: a link that stalls here must not hang the session.
+    let written = tokio::time::timeout(limit, written)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")));
+    match written {
         Ok(true) => {}
         Ok(false) => warn!(slot = %cfg.slot,
             "no usable table public.pgoutbox_state (sql/setup.sql creates it and grants it to role pgoutbox): if this slot is ever lost, for example in a failover, pgoutbox cannot tell that from a first start"),

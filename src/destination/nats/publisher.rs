@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::destination::pending::Pending;
-use crate::destination::{Class, Outcome, Receipt, Refusal, Returned, BATCH};
+use crate::destination::{give_back, Class, Outcome, Receipt, Refusal, Returned, BATCH};
 use crate::outbox::OutboxRecord;
 
 /// One record to publish.
@@ -113,6 +113,8 @@ async fn broke(lost: &mut watch::Receiver<bool>) {
     let _ = lost.wait_for(|lost| *lost).await;
 }
 
+/// Why publishes fail on a purge.
+const PURGED: &str = "publish abandoned (purged)";
 /// Why publishes fail once the connection broke.
 const LOST: &str = "the connection to the server broke; what it did not acknowledge is resent from the slot on a new connection";
 
@@ -134,17 +136,17 @@ pub async fn run<T: Send + 'static>(
     let mut lost_while_sending = lost.clone();
     let mut broken = false;
     let prefix = client.new_inbox();
-    let give_up = |ticket: T, record: OutboxRecord, why: &str| Outcome {
-        ticket,
-        result: Err(Refusal::new(Class::Retriable, format!("NATS: {why}"))),
-        returned: Some(Returned::from(record)),
-    };
     let mut replies = match client.subscribe(format!("{prefix}.*")).await {
         Ok(s) => s,
         Err(e) => {
             let why = format!("cannot subscribe to PubAcks: {e}");
             while let Some(job) = jobs.recv().await {
-                let _ = outcomes.send(give_up(job.ticket, job.record, &why));
+                give_back(
+                    &outcomes,
+                    "NATS",
+                    &why,
+                    std::iter::once((job.ticket, job.record)),
+                );
             }
             return;
         }
@@ -160,7 +162,7 @@ pub async fn run<T: Send + 'static>(
                 }
                 for job in batch.drain(..) {
                     if broken {
-                        let _ = outcomes.send(give_up(job.ticket, job.record, LOST));
+                        give_back(&outcomes, "NATS", LOST, std::iter::once((job.ticket, job.record)));
                         continue;
                     }
                     let id = pending.next_id();
@@ -181,10 +183,8 @@ pub async fn run<T: Send + 'static>(
                     match sent {
                         None => {
                             broken = true;
-                            let _ = outcomes.send(give_up(job.ticket, job.record, LOST));
-                            for (ticket, record) in pending.drain() {
-                                let _ = outcomes.send(give_up(ticket, record, LOST));
-                            }
+                            let job = std::iter::once((job.ticket, job.record));
+                            give_back(&outcomes, "NATS", LOST, job.chain(pending.drain()));
                         }
                         Some(Ok(())) => pending.insert(id, job.ticket, job.record),
                         Some(Err(e)) => {
@@ -209,23 +209,15 @@ pub async fn run<T: Send + 'static>(
             }
             () = broke(&mut lost), if !broken => {
                 broken = true;
-                for (ticket, record) in pending.drain() {
-                    let _ = outcomes.send(give_up(ticket, record, LOST));
-                }
+                give_back(&outcomes, "NATS", LOST, pending.drain());
             }
             () = pending.tick(), if pending.armed() => {
                 let why = format!("no PubAck within {ack_timeout:?} (nats_ack_timeout_ms)");
-                for (ticket, record) in pending.expired() {
-                    let _ = outcomes.send(give_up(ticket, record, &why));
-                }
+                give_back(&outcomes, "NATS", &why, pending.expired());
             }
             _ = purge.notified() => {
-                for (ticket, record) in pending.drain() {
-                    let _ = outcomes.send(give_up(ticket, record, "publish abandoned (purged)"));
-                }
-                while let Ok(job) = jobs.try_recv() {
-                    let _ = outcomes.send(give_up(job.ticket, job.record, "publish abandoned (purged)"));
-                }
+                let queued = std::iter::from_fn(|| jobs.try_recv().ok().map(|j| (j.ticket, j.record)));
+                give_back(&outcomes, "NATS", PURGED, pending.drain().into_iter().chain(queued));
             }
         }
     }

@@ -21,7 +21,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, Notify};
 
 use crate::destination::pending::Pending;
-use crate::destination::{Class, DestinationError, Outcome, Receipt, Refusal, Returned, BATCH};
+use crate::destination::{
+    give_back, Class, DestinationError, Outcome, Receipt, Refusal, Returned, BATCH,
+};
 use crate::outbox::OutboxRecord;
 
 /// One record to publish.
@@ -113,11 +115,6 @@ pub async fn run<T: Send + 'static>(
     max_pending: usize,
     ack_timeout: Duration,
 ) {
-    let give_up = |ticket: T, record: OutboxRecord, why: &str| Outcome {
-        ticket,
-        result: Err(Refusal::new(Class::Retriable, format!("RabbitMQ: {why}"))),
-        returned: Some(Returned::from(record)),
-    };
     let mut pending = Pending::new(ack_timeout);
     // The broker closed the channel refusing this user the exchange: every later publish (a
     // dead letter to the same exchange included) would be refused the same way.
@@ -181,18 +178,13 @@ pub async fn run<T: Send + 'static>(
             }
             () = pending.tick(), if pending.armed() => {
                 let why = format!("no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)");
-                for (ticket, record) in pending.expired() {
-                    let _ = outcomes.send(give_up(ticket, record, &why));
-                }
+                give_back(&outcomes, "RabbitMQ", &why, pending.expired());
             }
             _ = purge.notified() => {
                 in_flight = FuturesUnordered::new();
-                for (ticket, record) in pending.drain() {
-                    let _ = outcomes.send(give_up(ticket, record, "publish abandoned (purged)"));
-                }
-                while let Ok(job) = jobs.try_recv() {
-                    let _ = outcomes.send(give_up(job.ticket, job.record, "publish abandoned (purged)"));
-                }
+                let queued = std::iter::from_fn(|| jobs.try_recv().ok().map(|j| (j.ticket, j.record)));
+                let all = pending.drain().into_iter().chain(queued);
+                give_back(&outcomes, "RabbitMQ", "publish abandoned (purged)", all);
             }
         }
     }
