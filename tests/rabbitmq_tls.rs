@@ -2,7 +2,7 @@
 //! `check` names the fix while that CA is not trusted, and with `rabbitmq_tls_ca_file` the
 //! relay streams every event over TLS. With mutual TLS (the node verifies peers), `check`
 //! names the client certificate settings until they are set, and the relay streams with the
-//! certificate.
+//! certificate, logging in with a password or as the certificate's name (SASL EXTERNAL).
 
 mod common;
 
@@ -34,8 +34,9 @@ async fn node(pki: &LocalhostPki, verify_clients: bool) -> TempRabbit {
 }
 
 /// Runs the relay with `cfg` over 40 transactions: every event delivered, the slot confirmed,
-/// and the node lists the relay's connection as TLS (the collector's is plain).
-async fn streams_every_event(env: &Env, node: &TempRabbit, cfg: pgoutbox::Config) {
+/// and the node lists the relay's connection as TLS (the collector's is plain), logged in as
+/// `user`.
+async fn streams_every_event(env: &Env, node: &TempRabbit, cfg: pgoutbox::Config, user: &str) {
     let events = Collector::start(node.url(), rabbit::EVENTS);
     let running = env.spawn_streamer(cfg);
     env.wait_streaming().await;
@@ -48,13 +49,14 @@ async fn streams_every_event(env: &Env, node: &TempRabbit, cfg: pgoutbox::Config
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
     let connections = node
-        .ctl(&["list_connections", "ssl", "client_properties"])
+        .ctl(&["list_connections", "ssl", "user", "client_properties"])
         .unwrap();
     let ours = connections
         .lines()
-        .find(|l| l.contains("pgoutbox"))
+        .find(|l| l.contains("connection_name") && l.contains("pgoutbox"))
         .unwrap_or_else(|| panic!("no pgoutbox connection: {connections}"));
-    assert!(ours.trim_start().starts_with("true"), "{connections}");
+    let fields: Vec<&str> = ours.split_whitespace().collect();
+    assert_eq!(fields.get(..2), Some(&["true", user][..]), "{connections}");
     running.stop().await;
 }
 
@@ -92,7 +94,7 @@ async fn amqps_streams_with_the_private_ca_and_check_names_it_when_missing() {
     let mut cfg = rabbit::config(&env, &node);
     cfg.rabbitmq.url = tls_url;
     cfg.rabbitmq.tls_ca_file = Some(pki.ca_file.clone());
-    streams_every_event(&env, &node, cfg).await;
+    streams_every_event(&env, &node, cfg, "guest").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,5 +151,75 @@ async fn mutual_tls_streams_with_the_client_certificate_and_check_names_it_when_
     cfg.rabbitmq.tls_ca_file = Some(pki.ca_file.clone());
     cfg.rabbitmq.tls_cert_file = Some(pki.client_cert_file.clone());
     cfg.rabbitmq.tls_key_file = Some(pki.client_key_file.clone());
-    streams_every_event(&env, &node, cfg).await;
+    streams_every_event(&env, &node, cfg, "guest").await;
+}
+
+/// With mutual TLS the relay may log in as its certificate's common name (SASL EXTERNAL,
+/// `?auth_mechanism=external`, no password in the URL): `check` says what is missing while the
+/// client certificate is not set and while the node has no such user, then the relay streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_login_as_the_certificate_streams_and_check_names_what_is_missing() {
+    let env = Env::start().await;
+    let pki = pki::localhost();
+    let node = node(&pki, true).await;
+    let port = node
+        .tls_url()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let url = format!("amqps://localhost:{port}?auth_mechanism=external");
+    let cert = pki.client_cert_file.display().to_string();
+    let key = pki.client_key_file.display().to_string();
+    let settings = |with_cert: bool| {
+        let mut s = vec![
+            ("PGOUTBOX_POSTGRES_URL", env.pg.url()),
+            ("PGOUTBOX_DESTINATION", "rabbitmq".into()),
+            ("PGOUTBOX_RABBITMQ_URL", url.clone()),
+            (
+                "PGOUTBOX_RABBITMQ_TLS_CA_FILE",
+                pki.ca_file.display().to_string(),
+            ),
+        ];
+        if with_cert {
+            s.push(("PGOUTBOX_RABBITMQ_TLS_CERT_FILE", cert.clone()));
+            s.push(("PGOUTBOX_RABBITMQ_TLS_KEY_FILE", key.clone()));
+        }
+        s
+    };
+
+    // EXTERNAL without a client certificate cannot work: refused before connecting.
+    let (ok, text) = pki::check(&settings(false)).await;
+    assert!(
+        !ok && text.contains("external logs in as the client certificate's name"),
+        "{text}"
+    );
+    // The node has no user named as the certificate: check says so, with the commands.
+    let (ok, text) = pki::check(&settings(true)).await;
+    assert!(!ok && text.contains("✘ RabbitMQ reachable"), "{text}");
+    assert!(text.contains("rabbitmqctl add_user"), "{text}");
+
+    node.ctl(&["add_user", pki::CLIENT_NAME, "not-used-for-external-login"])
+        .unwrap();
+    node.ctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        pki::CLIENT_NAME,
+        ".*",
+        ".*",
+        ".*",
+    ])
+    .unwrap();
+    let (ok, text) = pki::check(&settings(true)).await;
+    assert!(ok && text.contains("✔ RabbitMQ reachable"), "{text}");
+
+    let mut cfg = rabbit::config(&env, &node);
+    cfg.rabbitmq.url = url.clone();
+    cfg.rabbitmq.tls_ca_file = Some(pki.ca_file.clone());
+    cfg.rabbitmq.tls_cert_file = Some(pki.client_cert_file.clone());
+    cfg.rabbitmq.tls_key_file = Some(pki.client_key_file.clone());
+    // Logged in as the certificate's name.
+    streams_every_event(&env, &node, cfg, pki::CLIENT_NAME).await;
 }

@@ -57,7 +57,8 @@ impl TempRabbit {
 
     /// Starts a node that also takes AMQP over TLS ([`tls_url`](Self::tls_url)) with `tls`'s
     /// certificate and key; with `tls.client_ca`, only peers presenting a certificate that CA
-    /// signed get in (mutual TLS).
+    /// signed get in (mutual TLS), and they may log in as the certificate's common name
+    /// (`?auth_mechanism=external`; that user must exist) instead of with a password.
     pub fn start_tls(tls: ServerTls<'_>) -> Result<Self, EmbeddedError> {
         Self::start_with(Some(tls))
     }
@@ -79,10 +80,20 @@ impl TempRabbit {
                 let verify = match tls.client_ca {
                     Some(ca) => {
                         std::fs::write(path.join("client-ca.crt"), ca)?;
+                        // Clients may also log in as their certificate's common name
+                        // (SASL EXTERNAL), besides a user name and password.
+                        std::fs::write(
+                            path.join("enabled_plugins"),
+                            "[rabbitmq_auth_mechanism_ssl].\n",
+                        )?;
                         format!(
                             "ssl_options.cacertfile = {}\n\
                              ssl_options.verify = verify_peer\n\
-                             ssl_options.fail_if_no_peer_cert = true\n",
+                             ssl_options.fail_if_no_peer_cert = true\n\
+                             auth_mechanisms.1 = PLAIN\n\
+                             auth_mechanisms.2 = AMQPLAIN\n\
+                             auth_mechanisms.3 = EXTERNAL\n\
+                             ssl_cert_login_from = common_name\n",
                             path.join("client-ca.crt").display()
                         )
                     }

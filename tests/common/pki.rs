@@ -29,6 +29,9 @@ impl LocalhostPki {
     }
 }
 
+/// The common name of the client certificate (the user it logs in as with SASL EXTERNAL).
+pub const CLIENT_NAME: &str = "pgoutbox";
+
 pub fn localhost() -> LocalhostPki {
     let ca_key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -47,7 +50,7 @@ pub fn localhost() -> LocalhostPki {
     let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
     client
         .distinguished_name
-        .push(DnType::CommonName, "pgoutbox");
+        .push(DnType::CommonName, CLIENT_NAME);
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client = client.signed_by(&client_key, &issuer).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,12 @@ pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError>
         .map_err(|e| DestinationError::Config(format!("RabbitMQ URL {url}: {e}")))?;
     let tls = tls_config(cfg, &uri)?;
     let without_client_cert = uri.scheme == lapin::uri::AMQPScheme::AMQPS && tls.identity.is_none();
+    let external = uri.query.auth_mechanism == Some(lapin::uri::SASLMechanism::External);
+    if external && tls.identity.is_none() {
+        return Err(DestinationError::Config(format!(
+            "RabbitMQ URL {url}: auth_mechanism=external logs in as the client certificate's name: use an amqps:// URL and set rabbitmq_tls_cert_file and rabbitmq_tls_key_file"
+        )));
+    }
     let props = ConnectionProperties::default().with_connection_name("pgoutbox".into());
     let runtime = async_rs::Runtime::tokio_with_handle(socket_runtime()?);
     within(
@@ -62,7 +68,7 @@ pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError>
         Connection::connect_uri_with_config(uri, props, tls, runtime),
     )
     .await?
-    .map_err(|e| connect_error(&url, &e, without_client_cert))
+    .map_err(|e| connect_error(&url, &e, without_client_cert, external))
 }
 
 /// The TLS settings of an `amqps://` URL: the roots trusted besides the system's
@@ -143,12 +149,23 @@ async fn within<F: std::future::Future>(url: &str, step: F) -> Result<F::Output,
 
 /// What a failed connection means: configuration (no retry helps) or the node unavailable,
 /// with the fix when one is known. `without_client_cert`: TLS without a client certificate,
-/// where a node that verifies peers may cut the connection before its alert arrives.
-fn connect_error(url: &str, e: &lapin::Error, without_client_cert: bool) -> DestinationError {
+/// where a node that verifies peers may cut the connection before its alert arrives;
+/// `external`: logging in as the client certificate (SASL EXTERNAL), not with a password.
+fn connect_error(
+    url: &str,
+    e: &lapin::Error,
+    without_client_cert: bool,
+    external: bool,
+) -> DestinationError {
     use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
     let message = format!("RabbitMQ at {url}: {e}");
     match e.kind() {
         lapin::ErrorKind::ProtocolError(p) => match p.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) if external => {
+                DestinationError::Config(format!(
+                    "{message}; with auth_mechanism=external the node logs the relay in as a name from its certificate (RabbitMQ's ssl_cert_login_from: the whole distinguished name by default, or common_name) and that user must exist with permissions on the vhost (`rabbitmqctl add_user NAME PASSWORD`, `rabbitmqctl set_permissions -p VHOST NAME '.*' '.*' '.*'`); the node needs the rabbitmq_auth_mechanism_ssl plugin and EXTERNAL in auth_mechanisms"
+                ))
+            }
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => DestinationError::Config(format!(
                 "{message}; check the user and password in rabbitmq_url"
             )),
