@@ -281,9 +281,12 @@ pub async fn deliver_one_event(cfg: Config, db: &Client) -> Running {
 
 /// Waits until slot `pgoutbox` is being streamed.
 pub async fn wait_slot_active(db: &Client) {
-    wait_for("slot active", Duration::from_secs(30), || async {
+    // The slot reads active already while CREATE_REPLICATION_SLOT runs (and has no
+    // confirmed_flush_lsn then): wait for its walsender to stream.
+    wait_for("slot streamed", Duration::from_secs(30), || async {
         db.query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgoutbox' AND active",
+            "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = 'pgoutbox' AND r.state IN ('catchup', 'streaming')",
             &[],
         )
         .await
