@@ -16,9 +16,6 @@ async fn through_proxy(env: &Env) -> (Proxy, tempfile::TempDir, tokio::process::
     let proxy = Proxy::start(env.pg.port()).await;
     let (dir, child) = spawn_through(env, &proxy).await;
     env.wait_streaming().await;
-    // The slot is active already while CREATE_REPLICATION_SLOT runs: wait for the stream
-    // itself, so that the link stalls where the test means it to.
-    wait_logged(&dir, "replication: streaming", Duration::from_secs(30)).await;
     (proxy, dir, child)
 }
 
@@ -67,7 +64,6 @@ async fn wait_logged(dir: &tempfile::TempDir, what: &str, timeout: Duration) {
 async fn stalled_link_is_detected_and_nothing_is_lost() {
     let env = Env::start().await;
     let (proxy, dir, _child) = through_proxy(&env).await;
-    let log = dir.path().join("log");
     let before = workload(0, 20);
     let during = workload(10_000, 20);
     let ids: HashSet<String> = before
@@ -81,18 +77,7 @@ async fn stalled_link_is_detected_and_nothing_is_lost() {
     proxy.stall();
     env.commit(&during).await;
     // Detected while the link is still stalled: nothing arrives although a reply was asked.
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("connection presumed dead") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dead link not detected within 40 s; streamer log:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_logged(&dir, "connection presumed dead", Duration::from_secs(40)).await;
     proxy.pass();
 
     assert_all_arrive(&env, &ids).await;
