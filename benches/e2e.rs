@@ -8,7 +8,8 @@
 //!   the same acknowledgement setting right before each pgoutbox run ([`destinations`]);
 //! - live latency ([`live`]): a load generator commits at fixed rates while pgoutbox streams;
 //!   commit→consumer latency per event, for replication to Kafka, NATS and RabbitMQ, and for the
-//!   polling publisher at 100 ms and 5 s;
+//!   polling publisher at 100 ms and 5 s; and, next to RabbitMQ's row, the node's own latency at
+//!   that rate (the bench's client publishing pre-built messages paced the same way);
 //! - cost: pgoutbox CPU and peak RSS, PostgreSQL CPU, per million events.
 //!
 //! Prints a markdown table ([`report`]); writes `target/bench/results.json` and
@@ -40,7 +41,7 @@ mod live;
 #[path = "e2e/report.rs"]
 mod report;
 use destinations::Dest;
-use live::live_run;
+use live::{live_run, ALONE};
 use report::{machine, markdown, svg};
 
 const TOPIC: &str = "outbox.event.order";
@@ -157,6 +158,12 @@ async fn main() {
             let r = live_run(&servers, &db, mode, rate, seconds).await;
             eprintln!("bench: {r:?}");
             live.push(r);
+            if dest == Dest::RabbitMq {
+                if let Some(r) = live::alone_run(&servers, rate, seconds).await {
+                    eprintln!("bench: {r:?}");
+                    live.push(r);
+                }
+            }
         }
     }
     let mut drains = Vec::new();

@@ -293,11 +293,34 @@ pub async fn purge_queue(url: &str) {
     let _ = connection.close(200, "".into()).await;
 }
 
-/// RabbitMQ ceiling: `n` pre-built persistent, mandatory publishes (message id, type, headers
-/// `id`, `type`, `key`, as pgoutbox sends them) on one confirm-mode channel, pipelined with at
-/// most 4,096 awaiting their confirm, until every one is confirmed. Seconds.
-pub async fn rabbit_ceiling(url: &str, n: usize) -> f64 {
-    purge_queue(url).await;
+/// Persistent, with the properties and headers pgoutbox sends (message id `{prefix}-{i}`,
+/// type, content type, headers `id`, `type`, `key`), and the payload of event `i`.
+fn rabbit_message(prefix: &str, i: usize) -> (BasicProperties, bytes::Bytes) {
+    let id = format!("{prefix}-{i:012}");
+    let mut h = FieldTable::default();
+    h.insert("id".into(), AMQPValue::LongString(id.as_str().into()));
+    h.insert("type".into(), AMQPValue::LongString("OrderCreated".into()));
+    h.insert(
+        "key".into(),
+        AMQPValue::LongString(format!("agg-{}", i % 100).into()),
+    );
+    let props = BasicProperties::default()
+        .with_message_id(id.as_str().into())
+        .with_type("OrderCreated".into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(h);
+    (props, payload(i))
+}
+
+/// pgoutbox's publish options: a message no queue takes comes back.
+const MANDATORY: BasicPublishOptions = BasicPublishOptions {
+    mandatory: true,
+    immediate: false,
+};
+
+/// A confirm-mode channel on a new connection to `url`.
+async fn rabbit_confirm_channel(url: &str) -> (lapin::Connection, lapin::Channel) {
     let connection = lapin::Connection::connect(url, Default::default())
         .await
         .expect("connect to RabbitMQ");
@@ -306,52 +329,84 @@ pub async fn rabbit_ceiling(url: &str, n: usize) -> f64 {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm mode");
-    let messages: Vec<(BasicProperties, bytes::Bytes)> = (0..n)
-        .map(|i| {
-            let id = format!("ceiling-{i:012}");
-            let mut h = FieldTable::default();
-            h.insert("id".into(), AMQPValue::LongString(id.as_str().into()));
-            h.insert("type".into(), AMQPValue::LongString("OrderCreated".into()));
-            h.insert(
-                "key".into(),
-                AMQPValue::LongString(format!("agg-{}", i % 100).into()),
-            );
-            let props = BasicProperties::default()
-                .with_message_id(id.as_str().into())
-                .with_type("OrderCreated".into())
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_headers(h);
-            (props, payload(i))
-        })
-        .collect();
-    let options = BasicPublishOptions {
-        mandatory: true,
-        immediate: false,
-    };
-    type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
-    let started = Instant::now();
-    let mut confirms: FuturesUnordered<Pending> = FuturesUnordered::new();
-    for (props, body) in messages {
-        let channel = channel.clone();
-        let mut publish: Pending = Box::pin(async move {
-            let confirm = channel
-                .basic_publish(EXCHANGE.into(), TOPIC.into(), options, &body, props)
-                .await
-                .expect("publish");
-            // Stored: acked and not returned (a returned message is acked too).
-            matches!(
-                confirm.await.expect("confirm"),
-                lapin::Confirmation::Ack(None)
-            )
-        });
-        // lapin queues a publish's frames on its first poll: poll now, in order.
-        if let std::task::Poll::Ready(ack) =
-            std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await
-        {
+    (connection, channel)
+}
+
+type Publish = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+/// One publish as pgoutbox pipelines it: lapin queues its frames on the first poll, so it is
+/// polled once now, in order; the rest resolves to whether the broker stored it (acked and not
+/// returned: a returned message is acked too). None: it completed at once (and was stored).
+async fn rabbit_publish(
+    channel: &lapin::Channel,
+    props: BasicProperties,
+    body: bytes::Bytes,
+) -> Option<Publish> {
+    let channel = channel.clone();
+    let mut publish: Publish = Box::pin(async move {
+        let confirm = channel
+            .basic_publish(EXCHANGE.into(), TOPIC.into(), MANDATORY, &body, props)
+            .await
+            .expect("publish");
+        matches!(
+            confirm.await.expect("confirm"),
+            lapin::Confirmation::Ack(None)
+        )
+    });
+    match std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await {
+        std::task::Poll::Ready(ack) => {
             assert!(ack, "nacked or returned");
-            continue;
+            None
         }
+        std::task::Poll::Pending => Some(publish),
+    }
+}
+
+/// RabbitMQ alone, for the live rows: `per_tick` pre-built messages ([`rabbit_message`]) every
+/// 10 ms for `seconds`, published as pgoutbox publishes them (pipelined, confirmed), no
+/// PostgreSQL. When each was published, by sequence number.
+pub async fn rabbit_paced(url: &str, per_tick: usize, seconds: u64) -> HashMap<u64, Instant> {
+    let (connection, channel) = rabbit_confirm_channel(url).await;
+    let mut sent = HashMap::new();
+    let mut confirms = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let (started, mut n) = (Instant::now(), 0);
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tokio::select! {
+            _ = tick.tick() => {
+                for i in n..n + per_tick {
+                    let (props, body) = rabbit_message("alone", i);
+                    sent.insert(i as u64, Instant::now());
+                    if let Some(publish) = rabbit_publish(&channel, props, body).await {
+                        confirms.push(publish);
+                    }
+                }
+                n += per_tick;
+            }
+            Some(ack) = confirms.next() => assert!(ack, "nacked or returned"),
+        }
+    }
+    while let Some(ack) = confirms.next().await {
+        assert!(ack, "nacked or returned");
+    }
+    let _ = connection.close(200, "".into()).await;
+    sent
+}
+
+/// RabbitMQ ceiling: `n` pre-built persistent, mandatory publishes (message id, type, headers
+/// `id`, `type`, `key`, as pgoutbox sends them) on one confirm-mode channel, pipelined with at
+/// most 4,096 awaiting their confirm, until every one is confirmed. Seconds.
+pub async fn rabbit_ceiling(url: &str, n: usize) -> f64 {
+    purge_queue(url).await;
+    let (connection, channel) = rabbit_confirm_channel(url).await;
+    let messages: Vec<(BasicProperties, bytes::Bytes)> =
+        (0..n).map(|i| rabbit_message("ceiling", i)).collect();
+    let started = Instant::now();
+    let mut confirms = FuturesUnordered::new();
+    for (props, body) in messages {
+        let Some(publish) = rabbit_publish(&channel, props, body).await else {
+            continue;
+        };
         confirms.push(publish);
         while confirms.len() >= 4096 {
             assert!(

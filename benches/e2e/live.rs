@@ -155,6 +155,55 @@ pub async fn live_run(
     }
 
     let received = received.lock().expect("lock").clone();
+    let events = committed.len();
+    let per_million = |secs: f64| secs * 1e6 / events.max(1) as f64;
+    Live {
+        ack_p50_ms: bucket_percentile(&acks, 0.50),
+        ack_p95_ms: bucket_percentile(&acks, 0.95),
+        ack_p99_ms: bucket_percentile(&acks, 0.99),
+        pgoutbox_cpu_secs_per_million: per_million(cpu1.0 - cpu0.0),
+        pgoutbox_peak_rss_mib: rss,
+        postgres_cpu_secs_per_million: per_million(cpu1.1 - cpu0.1),
+        ..latencies(mode, rate, load_secs, &committed, &received)
+    }
+}
+
+/// The RabbitMQ node's own latency at `rate` ([`ALONE`]): the bench's lapin client publishing
+/// pre-built messages, paced as the load generator commits, to the same consumer; publish →
+/// consumer per message. Nothing else runs, so a slow row here is the node (or the machine),
+/// not pgoutbox. None for `max`.
+pub async fn alone_run(servers: &Servers<'_>, rate: &str, seconds: u64) -> Option<Live> {
+    let per_tick = (rate.parse::<usize>().ok()? / 100).max(1);
+    let url = servers.rabbit.url();
+    let received: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reader = destinations::rabbit_tail(url.clone(), received.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let sent = destinations::rabbit_paced(&url, per_tick, seconds).await;
+    let load_secs = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while received.lock().expect("lock").len() < sent.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let _ = reader.await;
+    let received = received.lock().expect("lock").clone();
+    Some(latencies(ALONE, rate, load_secs, &sent, &received))
+}
+
+/// The mode of [`alone_run`]'s rows.
+pub const ALONE: &str = "RabbitMQ client alone";
+
+/// A row's latencies, from when each event was committed (or published) and received; the
+/// cost columns zero.
+fn latencies(
+    mode: &str,
+    rate: &str,
+    load_secs: f64,
+    committed: &HashMap<u64, Instant>,
+    received: &HashMap<u64, Instant>,
+) -> Live {
     let mut lat: Vec<f64> = committed
         .iter()
         .filter_map(|(s, c)| {
@@ -169,24 +218,22 @@ pub async fn live_run(
             .copied()
             .unwrap_or(f64::NAN)
     };
-    let events = committed.len();
-    let per_million = |secs: f64| secs * 1e6 / events.max(1) as f64;
     Live {
         mode: mode.into(),
         target_rate: rate.into(),
-        achieved_rate: events as f64 / load_secs,
-        events,
+        achieved_rate: committed.len() as f64 / load_secs,
+        events: committed.len(),
         received: lat.len(),
         p50_ms: pct(0.50),
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
-        ack_p50_ms: bucket_percentile(&acks, 0.50),
-        ack_p95_ms: bucket_percentile(&acks, 0.95),
-        ack_p99_ms: bucket_percentile(&acks, 0.99),
-        pgoutbox_cpu_secs_per_million: per_million(cpu1.0 - cpu0.0),
-        pgoutbox_peak_rss_mib: rss,
-        postgres_cpu_secs_per_million: per_million(cpu1.1 - cpu0.1),
+        ack_p50_ms: None,
+        ack_p95_ms: None,
+        ack_p99_ms: None,
+        pgoutbox_cpu_secs_per_million: 0.0,
+        pgoutbox_peak_rss_mib: 0.0,
+        postgres_cpu_secs_per_million: 0.0,
     }
 }
 

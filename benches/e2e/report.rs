@@ -59,18 +59,31 @@ pub fn markdown(r: &Results) -> String {
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for l in &r.live {
+        // The node alone: no pgoutbox and no PostgreSQL to cost.
+        let cost = if l.mode == ALONE {
+            "n/a | n/a | n/a".to_owned()
+        } else {
+            format!(
+                "{:.1} | {:.0} MiB | {:.1}",
+                l.pgoutbox_cpu_secs_per_million,
+                l.pgoutbox_peak_rss_mib,
+                l.postgres_cpu_secs_per_million
+            )
+        };
+        let (ack50, ack95, ack99) = (
+            bound(l.ack_p50_ms),
+            bound(l.ack_p95_ms),
+            bound(l.ack_p99_ms),
+        );
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {}/{} | {:.1} | {:.0} MiB | {:.1} |",
-            l.target_rate, l.mode, l.achieved_rate, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms,
-            bound(l.ack_p50_ms), bound(l.ack_p95_ms), bound(l.ack_p99_ms),
-            l.received, l.events, l.pgoutbox_cpu_secs_per_million, l.pgoutbox_peak_rss_mib,
-            l.postgres_cpu_secs_per_million
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {ack50} | {ack95} | {ack99} | {}/{} | {cost} |",
+            l.target_rate, l.mode, l.achieved_rate, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.received, l.events,
         );
     }
     let _ = writeln!(s, "\n**p99 ratios** (same run)\n");
-    let _ = writeln!(s, "| rate | replication p99 (Kafka) | replication p99 (NATS) | replication p99 (RabbitMQ) | poll 100ms p99 | poll 5s p99 | poll 5s / replication | poll 100ms / replication |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| rate | replication p99 (Kafka) | replication p99 (NATS) | replication p99 (RabbitMQ) | RabbitMQ client alone p99 | poll 100ms p99 | poll 5s p99 | poll 5s / replication | poll 100ms / replication |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rates: Vec<&str> = r.live.iter().map(|l| l.target_rate.as_str()).collect();
     rates.dedup();
     for rate in rates {
@@ -80,10 +93,11 @@ pub fn markdown(r: &Results) -> String {
                 .find(|l| l.target_rate == rate && l.mode == m)
                 .map_or(f64::NAN, |l| l.p99_ms)
         };
-        let (rep, nats, rabbit, p100, p5) = (
+        let (rep, nats, rabbit, alone, p100, p5) = (
             p("replication"),
             p("replication → NATS"),
             p("replication → RabbitMQ"),
+            p(ALONE),
             p("poll 100ms"),
             p("poll 5s"),
         );
@@ -103,10 +117,11 @@ pub fn markdown(r: &Results) -> String {
         };
         let _ = writeln!(
             s,
-            "| {rate} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {rate} | {} | {} | {} | {} | {} | {} | {} | {} |",
             ms(rep),
             ms(nats),
             ms(rabbit),
+            ms(alone),
             ms(p100),
             ms(p5),
             times(p5 / rep, 0),
