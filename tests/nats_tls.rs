@@ -2,7 +2,9 @@
 //! generated CA: `check` names `nats_tls_ca_file` while that CA is not trusted, and with it
 //! the relay streams every event over TLS into the stream. With mutual TLS (the server
 //! verifies clients), `check` names the client certificate settings until they are set, and
-//! the relay streams with the certificate.
+//! the relay streams with the certificate. With the user taken from the certificate
+//! (`verify_and_map`), `check` names the mapping until the server has a user for the
+//! certificate's subject, and the relay streams as that user.
 
 mod common;
 
@@ -23,6 +25,16 @@ async fn server(
 ) -> (TempNats, String, jetstream::Context) {
     let server = tokio::task::block_in_place(|| TempNats::start_tls(pki.server(verify_clients)))
         .expect("start nats-server with TLS");
+    with_stream(pki, server, verify_clients).await
+}
+
+/// Creates the outbox stream on `server`, connecting with the client certificate if
+/// `verify_clients`; its `tls://` URL and the JetStream context.
+async fn with_stream(
+    pki: &LocalhostPki,
+    server: TempNats,
+    verify_clients: bool,
+) -> (TempNats, String, jetstream::Context) {
     let url = server.tls_url().unwrap();
     pgoutbox::tls::ensure_default_provider();
     let mut opts = async_nats::ConnectOptions::new()
@@ -138,6 +150,57 @@ async fn mutual_tls_streams_with_the_client_certificate_and_check_names_it_when_
     .await;
     assert!(ok && text.contains("✔ NATS reachable"), "{text}");
 
+    let mut cfg = common::nats::config(&env, &server);
+    cfg.nats.url = url.clone();
+    cfg.nats.tls_ca_file = Some(pki.ca_file.clone());
+    cfg.nats.tls_cert_file = Some(pki.client_cert_file.clone());
+    cfg.nats.tls_key_file = Some(pki.client_key_file.clone());
+    streams_every_event(&env, &js, cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_mapped_to_a_user_streams_and_check_names_the_mapping_when_missing() {
+    let env = Env::start().await;
+    let pki = pki::localhost();
+    let subject = format!("CN={}", pki::CLIENT_NAME);
+    let mapped = |users: &[&str]| {
+        tokio::task::block_in_place(|| TempNats::start_tls_mapped(pki.server(true), users))
+            .expect("start nats-server with verify_and_map")
+    };
+    let settings = |url: &str| {
+        vec![
+            ("PGOUTBOX_POSTGRES_URL", env.pg.url()),
+            ("PGOUTBOX_DESTINATION", "nats".into()),
+            ("PGOUTBOX_NATS_URL", url.to_owned()),
+            (
+                "PGOUTBOX_NATS_TLS_CA_FILE",
+                pki.ca_file.display().to_string(),
+            ),
+            (
+                "PGOUTBOX_NATS_TLS_CERT_FILE",
+                pki.client_cert_file.display().to_string(),
+            ),
+            (
+                "PGOUTBOX_NATS_TLS_KEY_FILE",
+                pki.client_key_file.display().to_string(),
+            ),
+        ]
+    };
+
+    // The certificate is valid, but no user has its subject: refused, and check says how the
+    // server maps certificates to users.
+    let other = mapped(&["CN=someone-else"]);
+    let (ok, text) = pki::check(&settings(&other.tls_url().unwrap())).await;
+    assert!(!ok && text.contains("✘ NATS reachable"), "{text}");
+    assert!(
+        text.contains("its users must include the certificate's subject"),
+        "{text}"
+    );
+    drop(other);
+
+    let (server, url, js) = with_stream(&pki, mapped(&[subject.as_str()]), true).await;
+    let (ok, text) = pki::check(&settings(&url)).await;
+    assert!(ok && text.contains("✔ NATS reachable"), "{text}");
     let mut cfg = common::nats::config(&env, &server);
     cfg.nats.url = url.clone();
     cfg.nats.tls_ca_file = Some(pki.ca_file.clone());

@@ -93,21 +93,39 @@ async fn returned_and_nacked_messages_follow_on_poison() {
     let unroutable = Event::new(2, "customer", "k");
     let nacked = Event::new(3, "limited", "k");
     let after = Event::new(4, "order", "k");
-    env.commit(&[
+    let mut txs = vec![
         vec![before.clone()],
         vec![unroutable.clone()],
         vec![nacked.clone()],
         vec![after.clone()],
-    ])
-    .await;
-    let want: HashSet<String> = [&before, &after].iter().map(|e| e.id.clone()).collect();
+    ];
+    // Stored and returned messages side by side: the broker acks them together (one
+    // `multiple` ack), and lapin may hand a return to the stored message's confirm.
+    let pairs: Vec<(Event, Event)> = (0..200)
+        .map(|i| {
+            (
+                Event::new(10 + 2 * i, "order", "p"),
+                Event::new(11 + 2 * i, "customer", "p"),
+            )
+        })
+        .collect();
+    txs.extend(pairs.iter().map(|(a, b)| vec![a.clone(), b.clone()]));
+    env.commit(&txs).await;
+    let mut want: HashSet<String> = [&before, &after].iter().map(|e| e.id.clone()).collect();
+    want.extend(pairs.iter().map(|(a, _)| a.id.clone()));
     let got = events.until_all(&want, Duration::from_secs(30)).await;
     assert_eq!(distinct(&got), want);
-    let poisoned: HashSet<String> = [&unroutable, &nacked]
+    let mut poisoned: HashSet<String> = [&unroutable, &nacked]
         .iter()
         .map(|e| e.id.clone())
         .collect();
+    poisoned.extend(pairs.iter().map(|(_, b)| b.id.clone()));
     let dead = dead.until_all(&poisoned, Duration::from_secs(30)).await;
+    assert_eq!(
+        distinct(&dead),
+        poisoned,
+        "only the returned and the nacked, each once"
+    );
     let class = |id: &str| {
         dead.iter()
             .find(|m| m.id() == id)
@@ -120,6 +138,9 @@ async fn returned_and_nacked_messages_follow_on_poison() {
         "{dead:?}"
     );
     assert_eq!(class(&nacked.id).as_deref(), Some("refused"), "{dead:?}");
+    for (_, b) in &pairs {
+        assert_eq!(class(&b.id).as_deref(), Some("unroutable"), "{dead:?}");
+    }
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(30)).await;
     running.stop().await;

@@ -94,6 +94,11 @@ impl<T> Pending<T> {
         Some((e.ticket, e.record))
     }
 
+    /// Whether some publish awaiting its answer has a record for which `f` holds.
+    pub fn any(&self, f: impl Fn(&OutboxRecord) -> bool) -> bool {
+        self.slots.iter().flatten().any(|e| f(&e.record))
+    }
+
     /// Whether the timer is set; poll [`Pending::tick`] only then.
     pub fn armed(&self) -> bool {
         self.armed

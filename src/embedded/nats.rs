@@ -18,6 +18,9 @@ pub struct TempNats {
     tls: bool,
     /// Clients must present a certificate the CA [`TempNats::start_tls`] was given signed.
     verify_clients: bool,
+    /// The server's configuration file, for settings that have no command-line flag
+    /// ([`start_tls_mapped`](TempNats::start_tls_mapped)); it holds the TLS settings too.
+    config: Option<PathBuf>,
 }
 
 /// The `nats-server` binary: `PGOUTBOX_NATS_SERVER`, else on `PATH`, else Debian's place.
@@ -39,17 +42,34 @@ fn find_server() -> Option<PathBuf> {
 impl TempNats {
     /// Starts a server with JetStream on a free loopback port.
     pub fn start() -> Result<Self, EmbeddedError> {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// Starts a server that requires TLS ([`tls_url`](Self::tls_url)) with `tls`'s certificate
     /// and key; with `tls.client_ca`, only clients presenting a certificate that CA signed get
     /// in (mutual TLS).
     pub fn start_tls(tls: ServerTls<'_>) -> Result<Self, EmbeddedError> {
-        Self::start_with(Some(tls))
+        Self::start_with(Some(tls), None)
     }
 
-    fn start_with(tls: Option<ServerTls<'_>>) -> Result<Self, EmbeddedError> {
+    /// Starts a server that requires TLS and a client certificate its CA (`tls.client_ca`,
+    /// which must be set) signed, and takes the connection's user from that certificate
+    /// (`verify_and_map`): only a certificate whose subject (for example `CN=pgoutbox`) is
+    /// one of `users` gets in.
+    pub fn start_tls_mapped(tls: ServerTls<'_>, users: &[&str]) -> Result<Self, EmbeddedError> {
+        if tls.client_ca.is_none() {
+            return Err(EmbeddedError::Command {
+                what: "nats-server".into(),
+                detail: "verify_and_map needs the CA that signs client certificates".into(),
+            });
+        }
+        Self::start_with(Some(tls), Some(users))
+    }
+
+    fn start_with(
+        tls: Option<ServerTls<'_>>,
+        mapped: Option<&[&str]>,
+    ) -> Result<Self, EmbeddedError> {
         let dir = tempfile::Builder::new()
             .prefix("pgoutbox-nats-")
             .tempdir()?;
@@ -63,12 +83,33 @@ impl TempNats {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = l.local_addr()?.port();
         drop(l);
+        let config = match mapped {
+            Some(users) => {
+                let path = |f: &str| dir.path().join(f).display().to_string();
+                let users: Vec<String> = users
+                    .iter()
+                    .map(|u| format!("    {{ user: {u:?} }}\n"))
+                    .collect();
+                let text = format!(
+                    "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify_and_map: true\n}}\nauthorization {{\n  users = [\n{}  ]\n}}\n",
+                    path("server.crt"),
+                    path("server.key"),
+                    path("client-ca.crt"),
+                    users.concat()
+                );
+                let file = dir.path().join("server.conf");
+                std::fs::write(&file, text)?;
+                Some(file)
+            }
+            None => None,
+        };
         let mut nats = TempNats {
             port,
             dir,
             child: None,
             tls: tls.is_some(),
             verify_clients: tls.is_some_and(|t| t.client_ca.is_some()),
+            config,
         };
         nats.restart()?;
         Ok(nats)
@@ -79,19 +120,23 @@ impl TempNats {
         let bin = find_server().ok_or(EmbeddedError::NoNats)?;
         let log = std::fs::File::create(self.dir.path().join("server.log"))?;
         let mut command = Command::new(bin);
-        if self.tls {
-            command
-                .arg("--tls")
-                .arg("--tlscert")
-                .arg(self.dir.path().join("server.crt"))
-                .arg("--tlskey")
-                .arg(self.dir.path().join("server.key"));
-        }
-        if self.verify_clients {
-            command
-                .arg("--tlsverify")
-                .arg("--tlscacert")
-                .arg(self.dir.path().join("client-ca.crt"));
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        } else {
+            if self.tls {
+                command
+                    .arg("--tls")
+                    .arg("--tlscert")
+                    .arg(self.dir.path().join("server.crt"))
+                    .arg("--tlskey")
+                    .arg(self.dir.path().join("server.key"));
+            }
+            if self.verify_clients {
+                command
+                    .arg("--tlsverify")
+                    .arg("--tlscacert")
+                    .arg(self.dir.path().join("client-ca.crt"));
+            }
         }
         let child = command
             .args(["-js", "-a", "127.0.0.1", "-p"])

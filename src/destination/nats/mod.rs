@@ -104,11 +104,18 @@ async fn dial(
                 _ if untrusted => DestinationError::Config(format!(
                     "{message}; for a server certificate from a private CA set nats_tls_ca_file to that CA, and check the host name in nats_url"
                 )),
-                async_nats::ConnectErrorKind::ServerParse
-                | async_nats::ConnectErrorKind::Authentication
-                | async_nats::ConnectErrorKind::AuthorizationViolation => {
-                    DestinationError::Config(message)
+                async_nats::ConnectErrorKind::AuthorizationViolation => {
+                    let mapped = if cfg.tls_cert_file.is_some() {
+                        "; a server with verify_and_map takes the user from the client certificate instead: its users must include the certificate's subject (such as \"CN=pgoutbox\") or an e-mail or DNS name in it"
+                    } else {
+                        ""
+                    };
+                    DestinationError::Config(format!(
+                        "{message}; the server refused the user: check the user and password in nats_url, or nats_creds_file{mapped}"
+                    ))
                 }
+                async_nats::ConnectErrorKind::ServerParse
+                | async_nats::ConnectErrorKind::Authentication => DestinationError::Config(message),
                 _ => DestinationError::Unavailable(message),
             }
         })?;

@@ -9,6 +9,7 @@
 
 pub mod exchange;
 mod publisher;
+mod returns;
 
 use std::sync::{Arc, OnceLock};
 

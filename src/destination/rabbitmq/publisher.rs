@@ -5,7 +5,9 @@
 //! Publishes are pipelined: lapin numbers a publish and queues its frames synchronously, on
 //! the first poll of `basic_publish`, so polling each publish once as it is taken keeps the
 //! wire order the commit order; the rest (the write, then the confirm) completes
-//! concurrently.
+//! concurrently. Confirms are taken in batches (every one settled so far), and a returned
+//! message goes to the publish it is ([`returns`](super::returns)), not to the confirm lapin
+//! handed it to.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +22,7 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, Notify};
 
+use super::returns::{take_returns, Return};
 use crate::destination::pending::Pending;
 use crate::destination::{
     give_back, Class, DestinationError, Outcome, Receipt, Refusal, Returned, BATCH,
@@ -49,38 +52,73 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, Destina
 type Confirmed = (u64, Result<Confirmation, lapin::Error>);
 type InFlight = Pin<Box<dyn Future<Output = Confirmed> + Send>>;
 
-/// What a confirm says about the record.
+/// What a confirm says about its own publish (a return it carries is put on its publish
+/// apart: see [`returns`](super::returns)): acked, nacked, or a refusal.
+fn said(confirmed: Result<Confirmation, lapin::Error>) -> (Result<bool, Refusal>, Option<Return>) {
+    match confirmed {
+        Ok(Confirmation::Ack(r)) => (Ok(true), r.map(Return::from)),
+        Ok(Confirmation::Nack(r)) => (Ok(false), r.map(Return::from)),
+        Ok(Confirmation::NotRequested) => (
+            Err(Refusal::new(
+                Class::Retriable,
+                "RabbitMQ: the channel is not in confirm mode",
+            )),
+            None,
+        ),
+        Err(e) => (Err(failed(&e)), None),
+    }
+}
+
+/// The record's outcome: returned (no queue took it), else what its confirm said.
 fn outcome(
     id: u64,
     exchange: &str,
     routing_key: &str,
-    c: Confirmation,
+    said: Result<bool, Refusal>,
+    returned: Option<Return>,
 ) -> Result<Receipt, Refusal> {
-    match c {
-        Confirmation::Ack(None) => Ok(Receipt {
-            partition: 0,
-            offset: i64::try_from(id).unwrap_or(i64::MAX),
-        }),
-        Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => Err(Refusal {
+    if let Some(ret) = returned {
+        return Err(Refusal {
             class: Class::Unroutable,
             message: format!(
                 "RabbitMQ returned the message ({} {}): no queue is bound to exchange {exchange:?} for routing key {routing_key:?}",
-                ret.reply_code, ret.reply_text
+                ret.code, ret.text
             ),
             hint: "; bind a queue to the exchange for this routing key, or route the event elsewhere",
+        });
+    }
+    match said? {
+        true => Ok(Receipt {
+            partition: 0,
+            offset: i64::try_from(id).unwrap_or(i64::MAX),
         }),
-        Confirmation::Nack(None) => Err(Refusal {
+        false => Err(Refusal {
             class: Class::Refused,
             message: format!(
                 "RabbitMQ nacked the message to exchange {exchange:?} with routing key {routing_key:?}"
             ),
             hint: "; a queue refused it (full, with x-overflow = reject-publish) or the broker could not store it",
         }),
-        Confirmation::NotRequested => Err(Refusal::new(
-            Class::Retriable,
-            "RabbitMQ: the channel is not in confirm mode",
-        )),
     }
+}
+
+/// Every confirm settled so far (lapin completes a confirm carrying a return before the
+/// confirms it completes after it, so the batch holds it whenever it holds those); pending
+/// while none is.
+fn settled(
+    in_flight: &mut FuturesUnordered<InFlight>,
+) -> impl Future<Output = Vec<Confirmed>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut batch = Vec::new();
+        while let Poll::Ready(Some(c)) = in_flight.poll_next_unpin(cx) {
+            batch.push(c);
+        }
+        if batch.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(batch)
+        }
+    })
 }
 
 /// What a publish that failed (the channel closed under it) says about the record: the broker
@@ -120,6 +158,8 @@ pub async fn run<T: Send + 'static>(
     // dead letter to the same exchange included) would be refused the same way.
     let mut refused_for: Option<Refusal> = None;
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    // Returns whose publish has not settled yet.
+    let mut returns: Vec<Return> = Vec::new();
     let mut batch = Vec::with_capacity(BATCH.min(max_pending));
     let options = BasicPublishOptions {
         mandatory: true,
@@ -160,21 +200,45 @@ pub async fn run<T: Send + 'static>(
                     }
                 }
             }
-            Some((id, confirmed)) = in_flight.next() => {
-                // Absent: it timed out, or was purged, before its confirm came.
-                let Some((ticket, record)) = pending.remove(id) else { continue };
-                let result = match confirmed {
-                    Ok(c) => outcome(id, exchange.as_str(), &record.topic, c),
-                    Err(e) => {
-                        let r = failed(&e);
+            mut batch = settled(&mut in_flight), if !in_flight.is_empty() => {
+                batch.sort_unstable_by_key(|(id, _)| *id);
+                let mut answers = Vec::with_capacity(batch.len());
+                for (id, confirmed) in batch {
+                    let (said, ret) = said(confirmed);
+                    if let Err(r) = &said {
                         if r.class == Class::NotAuthorized {
                             refused_for = Some(r.clone());
                         }
-                        Err(r)
                     }
+                    returns.extend(ret);
+                    // Absent: it timed out, or was purged, before its confirm came.
+                    answers.push((id, pending.remove(id), said));
+                }
+                let own = if returns.is_empty() {
+                    vec![None; answers.len()]
+                } else {
+                    let keys: Vec<_> = answers
+                        .iter()
+                        .map(|(_, p, _)| p.as_ref().map(|(_, r)| (r.event_id.as_ref(), r.topic.as_str())))
+                        .collect();
+                    let own = take_returns(&keys, &mut returns);
+                    // A return no awaited publish is (it timed out): nothing will take it.
+                    returns.retain(|r| {
+                        let awaited = pending.any(|rec| r.is(&rec.event_id, &rec.topic));
+                        if !awaited {
+                            tracing::warn!(message_id = ?r.message_id, routing_key = %r.routing_key, code = r.code,
+                                "RabbitMQ returned a message no publish awaiting its confirm is (it timed out before)");
+                        }
+                        awaited
+                    });
+                    own
                 };
-                let returned = result.is_err().then(|| Returned::from(record));
-                let _ = outcomes.send(Outcome { ticket, result, returned });
+                for ((id, p, said), ret) in answers.into_iter().zip(own) {
+                    let Some((ticket, record)) = p else { continue };
+                    let result = outcome(id, exchange.as_str(), &record.topic, said, ret);
+                    let returned = result.is_err().then(|| Returned::from(record));
+                    let _ = outcomes.send(Outcome { ticket, result, returned });
+                }
             }
             () = pending.tick(), if pending.armed() => {
                 let why = format!("no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)");
@@ -182,6 +246,7 @@ pub async fn run<T: Send + 'static>(
             }
             _ = purge.notified() => {
                 in_flight = FuturesUnordered::new();
+                returns.clear();
                 let queued = std::iter::from_fn(|| jobs.try_recv().ok().map(|j| (j.ticket, j.record)));
                 let all = pending.drain().into_iter().chain(queued);
                 give_back(&outcomes, "RabbitMQ", "publish abandoned (purged)", all);
