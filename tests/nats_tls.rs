@@ -72,6 +72,21 @@ async fn streams_every_event(env: &Env, js: &jetstream::Context, cfg: pgoutbox::
     assert_eq!(stored, ids.len() as u64, "every event, once, over TLS");
 }
 
+/// The relay's configuration for `url`, trusting the CA and presenting the client certificate.
+fn with_client_cert(
+    env: &Env,
+    server: &TempNats,
+    url: &str,
+    pki: &LocalhostPki,
+) -> pgoutbox::Config {
+    let mut cfg = common::nats::config(env, server);
+    cfg.nats.url = url.to_owned();
+    cfg.nats.tls_ca_file = Some(pki.ca_file.clone());
+    cfg.nats.tls_cert_file = Some(pki.client_cert_file.clone());
+    cfg.nats.tls_key_file = Some(pki.client_key_file.clone());
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_streams_with_the_private_ca_and_check_names_it_when_missing() {
     let env = Env::start().await;
@@ -150,12 +165,7 @@ async fn mutual_tls_streams_with_the_client_certificate_and_check_names_it_when_
     .await;
     assert!(ok && text.contains("✔ NATS reachable"), "{text}");
 
-    let mut cfg = common::nats::config(&env, &server);
-    cfg.nats.url = url.clone();
-    cfg.nats.tls_ca_file = Some(pki.ca_file.clone());
-    cfg.nats.tls_cert_file = Some(pki.client_cert_file.clone());
-    cfg.nats.tls_key_file = Some(pki.client_key_file.clone());
-    streams_every_event(&env, &js, cfg).await;
+    streams_every_event(&env, &js, with_client_cert(&env, &server, &url, &pki)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,10 +211,5 @@ async fn certificate_mapped_to_a_user_streams_and_check_names_the_mapping_when_m
     let (server, url, js) = with_stream(&pki, mapped(&[subject.as_str()]), true).await;
     let (ok, text) = pki::check(&settings(&url)).await;
     assert!(ok && text.contains("✔ NATS reachable"), "{text}");
-    let mut cfg = common::nats::config(&env, &server);
-    cfg.nats.url = url.clone();
-    cfg.nats.tls_ca_file = Some(pki.ca_file.clone());
-    cfg.nats.tls_cert_file = Some(pki.client_cert_file.clone());
-    cfg.nats.tls_key_file = Some(pki.client_key_file.clone());
-    streams_every_event(&env, &js, cfg).await;
+    streams_every_event(&env, &js, with_client_cert(&env, &server, &url, &pki)).await;
 }
