@@ -97,6 +97,21 @@ async fn amqps_streams_with_the_private_ca_and_check_names_it_when_missing() {
     streams_every_event(&env, &node, cfg, "guest").await;
 }
 
+/// The relay's configuration for `url`, trusting the CA and presenting the client certificate.
+fn with_client_cert(
+    env: &Env,
+    node: &TempRabbit,
+    url: &str,
+    pki: &LocalhostPki,
+) -> pgoutbox::Config {
+    let mut cfg = rabbit::config(env, node);
+    cfg.rabbitmq.url = url.to_owned();
+    cfg.rabbitmq.tls_ca_file = Some(pki.ca_file.clone());
+    cfg.rabbitmq.tls_cert_file = Some(pki.client_cert_file.clone());
+    cfg.rabbitmq.tls_key_file = Some(pki.client_key_file.clone());
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_streams_with_the_client_certificate_and_check_names_it_when_missing() {
     let env = Env::start().await;
@@ -146,11 +161,7 @@ async fn mutual_tls_streams_with_the_client_certificate_and_check_names_it_when_
     let (ok, text) = pki::check(&settings(&tls_url, &both)).await;
     assert!(ok && text.contains("✔ RabbitMQ reachable"), "{text}");
 
-    let mut cfg = rabbit::config(&env, &node);
-    cfg.rabbitmq.url = tls_url;
-    cfg.rabbitmq.tls_ca_file = Some(pki.ca_file.clone());
-    cfg.rabbitmq.tls_cert_file = Some(pki.client_cert_file.clone());
-    cfg.rabbitmq.tls_key_file = Some(pki.client_key_file.clone());
+    let cfg = with_client_cert(&env, &node, &tls_url, &pki);
     streams_every_event(&env, &node, cfg, "guest").await;
 }
 
@@ -215,11 +226,7 @@ async fn external_login_as_the_certificate_streams_and_check_names_what_is_missi
     let (ok, text) = pki::check(&settings(true)).await;
     assert!(ok && text.contains("✔ RabbitMQ reachable"), "{text}");
 
-    let mut cfg = rabbit::config(&env, &node);
-    cfg.rabbitmq.url = url.clone();
-    cfg.rabbitmq.tls_ca_file = Some(pki.ca_file.clone());
-    cfg.rabbitmq.tls_cert_file = Some(pki.client_cert_file.clone());
-    cfg.rabbitmq.tls_key_file = Some(pki.client_key_file.clone());
+    let cfg = with_client_cert(&env, &node, &url, &pki);
     // Logged in as the certificate's name.
     streams_every_event(&env, &node, cfg, pki::CLIENT_NAME).await;
 }

@@ -54,7 +54,9 @@ type InFlight = Pin<Box<dyn Future<Output = Confirmed> + Send>>;
 
 /// What a confirm says about its own publish (a return it carries is put on its publish
 /// apart: see [`returns`](super::returns)): acked, nacked, or a refusal.
-fn said(confirmed: Result<Confirmation, lapin::Error>) -> (Result<bool, Refusal>, Option<Return>) {
+fn read_confirm(
+    confirmed: Result<Confirmation, lapin::Error>,
+) -> (Result<bool, Refusal>, Option<Return>) {
     match confirmed {
         Ok(Confirmation::Ack(r)) => (Ok(true), r.map(Return::from)),
         Ok(Confirmation::Nack(r)) => (Ok(false), r.map(Return::from)),
@@ -160,6 +162,9 @@ pub async fn run<T: Send + 'static>(
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     // Returns whose publish has not settled yet.
     let mut returns: Vec<Return> = Vec::new();
+    // The event ids and routing keys of the latest publishes given up for want of a confirm
+    // (at most `max_pending`): a return of one of them may still come, harmlessly.
+    let mut timed_out: std::collections::VecDeque<(bytes::Bytes, String)> = Default::default();
     let mut batch = Vec::with_capacity(BATCH.min(max_pending));
     let options = BasicPublishOptions {
         mandatory: true,
@@ -204,7 +209,7 @@ pub async fn run<T: Send + 'static>(
                 batch.sort_unstable_by_key(|(id, _)| *id);
                 let mut answers = Vec::with_capacity(batch.len());
                 for (id, confirmed) in batch {
-                    let (said, ret) = said(confirmed);
+                    let (said, ret) = read_confirm(confirmed);
                     if let Err(r) = &said {
                         if r.class == Class::NotAuthorized {
                             refused_for = Some(r.clone());
@@ -215,25 +220,35 @@ pub async fn run<T: Send + 'static>(
                     answers.push((id, pending.remove(id), said));
                 }
                 let own = if returns.is_empty() {
-                    vec![None; answers.len()]
+                    Vec::new()
                 } else {
                     let keys: Vec<_> = answers
                         .iter()
                         .map(|(_, p, _)| p.as_ref().map(|(_, r)| (r.event_id.as_ref(), r.topic.as_str())))
                         .collect();
                     let own = take_returns(&keys, &mut returns);
-                    // A return no awaited publish is (it timed out): nothing will take it.
+                    // A return no awaited publish is: nothing will take it.
                     returns.retain(|r| {
                         let awaited = pending.any(|rec| r.is(&rec.event_id, &rec.topic));
-                        if !awaited {
-                            tracing::warn!(message_id = ?r.message_id, routing_key = %r.routing_key, code = r.code,
-                                "RabbitMQ returned a message no publish awaiting its confirm is (it timed out before)");
+                        if awaited {
+                            return true;
                         }
-                        awaited
+                        if timed_out.iter().any(|(id, key)| r.is(id, key)) {
+                            tracing::warn!(message_id = ?r.message_id, routing_key = %r.routing_key, code = r.code,
+                                "RabbitMQ returned a message given up before for want of a confirm (it is published again from the slot)");
+                        } else {
+                            // Never expected: the batch holds every confirm lapin completed
+                            // before the returned one's (see `settled`).
+                            tracing::error!(message_id = ?r.message_id, routing_key = %r.routing_key, code = r.code,
+                                "RabbitMQ returned a message whose publish already counted as delivered: no queue took this event; publish it again (for example with source = poll)");
+                        }
+                        false
                     });
                     own
                 };
-                for ((id, p, said), ret) in answers.into_iter().zip(own) {
+                let mut own = own.into_iter();
+                for (id, p, said) in answers {
+                    let ret = own.next().flatten();
                     let Some((ticket, record)) = p else { continue };
                     let result = outcome(id, exchange.as_str(), &record.topic, said, ret);
                     let returned = result.is_err().then(|| Returned::from(record));
@@ -242,7 +257,14 @@ pub async fn run<T: Send + 'static>(
             }
             () = pending.tick(), if pending.armed() => {
                 let why = format!("no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)");
-                give_back(&outcomes, "RabbitMQ", &why, pending.expired());
+                let expired = pending.expired();
+                for (_, record) in &expired {
+                    if timed_out.len() >= max_pending.max(1) {
+                        timed_out.pop_front();
+                    }
+                    timed_out.push_back((record.event_id.clone(), record.topic.clone()));
+                }
+                give_back(&outcomes, "RabbitMQ", &why, expired);
             }
             _ = purge.notified() => {
                 in_flight = FuturesUnordered::new();
