@@ -101,7 +101,7 @@ async fn returned_and_nacked_messages_follow_on_poison() {
     ];
     // Stored and returned messages side by side: the broker acks them together (one
     // `multiple` ack), and lapin may hand a return to the stored message's confirm.
-    let pairs: Vec<(Event, Event)> = (0..200)
+    let pairs: Vec<(Event, Event)> = (0..1000)
         .map(|i| {
             (
                 Event::new(10 + 2 * i, "order", "p"),
@@ -109,7 +109,12 @@ async fn returned_and_nacked_messages_follow_on_poison() {
             )
         })
         .collect();
-    txs.extend(pairs.iter().map(|(a, b)| vec![a.clone(), b.clone()]));
+    // Ten pairs a transaction: many publishes per ack.
+    txs.extend(
+        pairs
+            .chunks(10)
+            .map(|c| c.iter().flat_map(|(a, b)| [a.clone(), b.clone()]).collect()),
+    );
     env.commit(&txs).await;
     let mut want: HashSet<String> = [&before, &after].iter().map(|e| e.id.clone()).collect();
     want.extend(pairs.iter().map(|(a, _)| a.id.clone()));
