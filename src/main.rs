@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                     line.push_str(&c);
                 }
             }
-            eprintln!("pgoutbox: error: {line}");
+            eprintln!("pgoutbox: error: {}", cli::clean(&line));
             ExitCode::FAILURE
         }
     }

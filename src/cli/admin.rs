@@ -69,7 +69,7 @@ pub async fn setup(cfg: Config, nats_stream: bool, rabbitmq_exchange: bool) -> a
 pub async fn check(cfg: Config) -> anyhow::Result<()> {
     let results = checks::run(&cfg).await;
     for r in &results {
-        println!("{r}");
+        println!("{}", super::clean(&r.to_string()));
     }
     let failed = results.iter().filter(|r| !r.ok).count();
     if failed > 0 {

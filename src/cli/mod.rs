@@ -3,6 +3,7 @@
 mod admin;
 mod demo;
 mod http;
+mod log;
 mod run;
 mod settings;
 
@@ -10,8 +11,8 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
+pub use log::clean;
 pub use settings::{LogFormat, SettingArgs, Settings};
 
 /// Streams the transactional outbox from PostgreSQL to Kafka or NATS JetStream.
@@ -167,12 +168,12 @@ fn usage_error(e: clap::Error, argv: &[std::ffi::OsString]) -> ExitCode {
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let admin = |args: Box<SettingArgs>| -> anyhow::Result<pgoutbox::Config> {
         let settings = Settings::load(*args)?;
-        init_logging("warn", settings.log_format);
+        init_logging("warn", Some(&settings), settings.log_format);
         settings.config(false)
     };
     match cli.command {
         Some(Command::Demo(args)) => {
-            init_logging("warn", LogFormat::Text);
+            init_logging("warn", None, LogFormat::Text);
             demo::main(args).await
         }
         Some(Command::Setup(a)) => {
@@ -205,20 +206,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
 
 async fn run(args: Box<SettingArgs>) -> anyhow::Result<()> {
     let settings = Settings::load((*args).clone())?;
-    init_logging("info", settings.log_format);
+    init_logging("info", Some(&settings), settings.log_format);
     run::main(*args, settings).await
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level.
-fn init_logging(default: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+/// Logs to stderr, hiding the secrets of `settings` (and of any loaded before).
+fn init_logging(default: &str, settings: Option<&Settings>, format: LogFormat) {
+    if let Some(s) = settings {
+        log::hide(s.secrets());
     }
+    log::init(default, format);
 }

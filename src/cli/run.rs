@@ -69,6 +69,7 @@ pub async fn main(args: SettingArgs, mut settings: Settings) -> anyhow::Result<(
         }
         match Settings::load(args.clone()).and_then(|s| s.config(true).map(|_| s)) {
             Ok(s) => {
+                super::log::hide(s.secrets());
                 if s.metrics_addr != settings.metrics_addr {
                     warn!(
                         "metrics_addr changed: the HTTP listener keeps its address until a restart"

@@ -132,10 +132,12 @@ settings! {
     kafka_brokers: String = String::new(), "PGOUTBOX_KAFKA_BROKERS";
     /// File holding the Kafka SASL password (sets sasl.password)
     kafka_sasl_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_KAFKA_SASL_PASSWORD_FILE";
-    /// NATS server URL(s), comma-separated; nats://user:password@host:port carries credentials [default: nats://127.0.0.1:4222]
+    /// NATS server URL(s), comma-separated (a cluster's nodes, tried in order), each with its own credentials: nats://user:password@host:port or nats://token@host:port [default: nats://127.0.0.1:4222]
     nats_url: String = pgoutbox::config::nats::DEFAULT_URL.into(), "PGOUTBOX_NATS_URL";
     /// NATS credentials file (.creds: JWT and NKey seed) [default: none]
     nats_credentials_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_CREDENTIALS_FILE";
+    /// A file holding a user NKey seed (SU…), for servers whose users are NKeys [default: none]
+    nats_nkey_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_NKEY_FILE";
     /// JetStream stream that stores the outbox subjects (check looks it up, setup can create it) [default: OUTBOX]
     nats_stream: String = pgoutbox::config::nats::DEFAULT_STREAM.into(), "PGOUTBOX_NATS_STREAM";
     /// Seconds of duplicate removal (Nats-Msg-Id) the stream must keep at least: check fails on a shorter duplicate_window [default: 120]
@@ -287,6 +289,7 @@ impl Settings {
             url: self.nats_url.clone(),
             stream: self.nats_stream.clone(),
             credentials_file: path(&self.nats_credentials_file),
+            nkey_file: path(&self.nats_nkey_file),
             duplicate_window: Duration::from_secs(self.nats_duplicate_window_secs),
             ack_timeout: Duration::from_millis(self.nats_ack_timeout_ms),
             max_pending: self.nats_max_pending,
@@ -349,6 +352,15 @@ impl Settings {
             tombstone_on_empty_payload: self.tombstone_on_empty_payload,
             require_key: self.require_key,
         })
+    }
+
+    /// Every secret these settings hold, for what the binary prints to hide.
+    pub fn secrets(&self) -> Vec<String> {
+        pgoutbox::config::secrets_of(
+            &[&self.postgres_url, &self.nats_url, &self.rabbitmq_url],
+            self.postgres_password().ok().flatten().as_deref(),
+            &self.kafka_properties,
+        )
     }
 
     /// The password from `postgres_password` or `postgres_password_file` (not both).

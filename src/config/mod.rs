@@ -8,6 +8,7 @@ mod kinds;
 pub mod nats;
 pub mod poll;
 pub mod rabbitmq;
+pub mod urls;
 mod validate;
 
 use crate::outbox::{OutboxConfig, PoisonPolicy, UpdatePolicy};
@@ -276,6 +277,15 @@ impl Config {
         })
     }
 
+    /// Every secret the settings hold: what no log line, error or page may show.
+    pub fn secrets(&self) -> Vec<String> {
+        secrets_of(
+            &[&self.postgres_url, &self.nats.url, &self.rabbitmq.url],
+            self.postgres_password.as_deref(),
+            &self.kafka.properties,
+        )
+    }
+
     /// The delivery mode.
     pub fn delivery(&self) -> DeliveryMode {
         self.delivery
@@ -398,28 +408,10 @@ impl Config {
     }
 }
 
-/// The URL with any password replaced by `***`, for logs.
+/// The URL (or comma-separated list of URLs) with every password, token and secret query
+/// value replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
-    // URL form: scheme://user:password@host…
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
-        return url.to_owned();
-    }
-    // key=value form.
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                "password=***"
-            } else {
-                kv
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    urls::redact(url)
 }
 
 /// An error and its sources, one after the other.
@@ -434,18 +426,42 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Removes the URL's password from an error text that might quote it.
-fn redact_secrets(text: &str, url: &str) -> String {
-    match password_of(url) {
-        Some(p) if !p.is_empty() => text.replace(p, "***"),
-        _ => text.to_owned(),
-    }
+/// The secrets of settings: passwords and tokens in every URL of `url_lists`, the PostgreSQL
+/// `password`, the secret Kafka properties.
+pub fn secrets_of(
+    url_lists: &[&str],
+    password: Option<&str>,
+    kafka_properties: &[(String, String)],
+) -> Vec<String> {
+    let mut out: Vec<String> = url_lists.iter().flat_map(|u| urls::secrets(u)).collect();
+    out.extend(password.map(str::to_owned));
+    out.extend(
+        kafka_properties
+            .iter()
+            .filter(|(k, _)| is_secret_property(k))
+            .map(|(_, v)| v.clone()),
+    );
+    out.retain(|s| !s.is_empty());
+    out
 }
 
-fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let userinfo = rest.split_once('@')?.0;
-    Some(userinfo.split_once(':')?.1)
+/// Removes the URL's secrets from an error text that might quote them.
+fn redact_secrets(text: &str, url: &str) -> String {
+    scrub(text, &urls::secrets(url))
+}
+
+/// `text` with each of `secrets` replaced by `***`, the longest first (so that a secret
+/// containing another is replaced whole).
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for s in sorted {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
 }
 
 #[cfg(test)]

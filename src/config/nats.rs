@@ -11,12 +11,15 @@ pub const DEFAULT_STREAM: &str = "OUTBOX";
 /// What the NATS destination needs.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    /// Server URL(s), comma-separated; `nats://user:password@host:port` carries credentials.
+    /// Server URL(s), comma-separated (a cluster's nodes), each with its own credentials:
+    /// `nats://user:password@host:port` or `nats://token@host:port`.
     pub url: String,
     /// The stream the outbox subjects are stored in.
     pub stream: String,
     /// A `.creds` file (JWT and NKey seed), for servers with decentralized auth.
     pub credentials_file: Option<PathBuf>,
+    /// A file holding a user NKey seed (`SU…`), for servers whose users are NKeys.
+    pub nkey_file: Option<PathBuf>,
     /// How far back JetStream removes re-sent events (`Nats-Msg-Id`): `check` fails when the
     /// stream's `duplicate_window` is shorter. Exactly-once on NATS holds for restarts within
     /// this window. Default 2 minutes (JetStream's default).
@@ -42,6 +45,7 @@ impl Default for NatsConfig {
             url: DEFAULT_URL.into(),
             stream: DEFAULT_STREAM.into(),
             credentials_file: None,
+            nkey_file: None,
             duplicate_window: Duration::from_secs(120),
             ack_timeout: Duration::from_secs(10),
             max_pending: 16384,

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod nats;
 mod pending;
 pub mod rabbitmq;
+mod servers;
 
 use std::future::Future;
 use std::time::Duration;

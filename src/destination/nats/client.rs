@@ -76,7 +76,7 @@ pub async fn connect(
     let connected = Arc::new(AtomicBool::new(false));
     let after_connect = connected.clone();
     let lost = Arc::new(lost);
-    let opts = super::options(cfg)
+    let opts = super::connect::options(cfg)
         .await?
         // The first connection tries each server at once; a broken one is never retried
         // (the wait is longer than any session).
@@ -92,7 +92,7 @@ pub async fn connect(
                 }
             }
         });
-    let client = super::dial(cfg, opts).await?;
+    let client = super::connect::dial(cfg, opts).await?;
     connected.store(true, Ordering::Release);
     Ok(client)
 }

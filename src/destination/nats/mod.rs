@@ -3,13 +3,17 @@
 //! duplicate window removes re-sends.
 //!
 //! - this file: connecting, the record → message mapping, `send` (never waits).
+//! - [`connect`]: the server list, each URL with its credentials, and what a refusal means.
 //! - [`client`]: the publishing client, on a thread of its own, never reconnecting by itself
 //!   (which keeps each key's order when a connection breaks).
+//! - [`lookup`]: what a "no responders" answer means (no stream, or a leader missing).
 //! - [`publisher`]: the task that publishes, matches each PubAck to its publish, and hands
 //!   each outcome back.
 //! - [`stream`]: what `check` and `setup` ask of the stream.
 
 mod client;
+mod connect;
+mod lookup;
 mod publisher;
 pub mod stream;
 
@@ -42,84 +46,11 @@ pub struct NatsSink<T: Send + 'static> {
     _thread: client::ClientThread,
 }
 
-/// Connects to the server(s) of `cfg`: credentials from the URL or a `.creds` file. (The
-/// sink's publishing client is connected by [`client::connect`], which never reconnects.)
+/// Connects to a server of `cfg` (the first of its list that takes the connection, each
+/// with its own credentials). (The sink's publishing client is connected by
+/// [`client::connect`], which never reconnects.)
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, DestinationError> {
-    dial(cfg, options(cfg).await?).await
-}
-
-/// The client options `cfg` asks for: name, credentials, TLS.
-async fn options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, DestinationError> {
-    crate::tls::ensure_default_provider();
-    let mut opts = async_nats::ConnectOptions::new()
-        .name("pgoutbox")
-        // `send` checks every subject itself (a bad one is refused as `invalid-topic`).
-        .skip_subject_validation(true)
-        .connection_timeout(std::time::Duration::from_secs(5));
-    if let Some(path) = &cfg.credentials_file {
-        opts = opts.credentials_file(path).await.map_err(|e| {
-            DestinationError::Config(format!("NATS credentials file {}: {e}", path.display()))
-        })?;
-    }
-    if let Some(path) = &cfg.tls_ca_file {
-        // Read here for a clear error: the client reads it again while connecting.
-        crate::tls::read_ca_file("nats_tls_ca_file", path).map_err(DestinationError::Config)?;
-        opts = opts.add_root_certificates(path.clone()).require_tls(true);
-    }
-    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
-        crate::tls::read_client_identity(("nats_tls_cert_file", cert), ("nats_tls_key_file", key))
-            .map_err(DestinationError::Config)?;
-        opts = opts
-            .add_client_certificate(cert.clone(), key.clone())
-            .require_tls(true);
-    }
-    Ok(opts)
-}
-
-/// Connects with `opts`, a failure classified (configuration or unavailable) with its fix.
-async fn dial(
-    cfg: &NatsConfig,
-    opts: async_nats::ConnectOptions,
-) -> Result<async_nats::Client, DestinationError> {
-    let tls = cfg.url.contains("tls://") || cfg.tls_ca_file.is_some();
-    let without_client_cert = tls && cfg.tls_cert_file.is_none();
-    let url = crate::config::redact_url(&cfg.url);
-    let client = async_nats::connect_with_options(cfg.url.as_str(), opts)
-        .await
-        .map_err(|e| {
-            let message = format!("NATS at {url}: {e}");
-            let untrusted = e.kind() == async_nats::ConnectErrorKind::Tls
-                || crate::tls::is_certificate_error(&e);
-            match e.kind() {
-                _ if crate::tls::is_client_certificate_refusal(&e) => DestinationError::Config(format!(
-                    "{message}; the server refused the TLS handshake: if it verifies clients, set nats_tls_cert_file and nats_tls_key_file to a certificate its CA signed"
-                )),
-                async_nats::ConnectErrorKind::Io
-                    if without_client_cert && crate::tls::is_connection_cut(&e) =>
-                {
-                    DestinationError::Unavailable(format!(
-                        "{message}; the server closed the connection: if it verifies TLS clients, set nats_tls_cert_file and nats_tls_key_file to a certificate its CA signed"
-                    ))
-                }
-                _ if untrusted => DestinationError::Config(format!(
-                    "{message}; for a server certificate from a private CA set nats_tls_ca_file to that CA, and check the host name in nats_url"
-                )),
-                async_nats::ConnectErrorKind::AuthorizationViolation => {
-                    let mapped = if cfg.tls_cert_file.is_some() {
-                        "; a server with verify_and_map takes the user from the client certificate instead: its users must include the certificate's subject (such as \"CN=pgoutbox\") or an e-mail or DNS name in it"
-                    } else {
-                        ""
-                    };
-                    DestinationError::Config(format!(
-                        "{message}; the server refused the user: check the user and password in nats_url, or nats_creds_file{mapped}"
-                    ))
-                }
-                async_nats::ConnectErrorKind::ServerParse
-                | async_nats::ConnectErrorKind::Authentication => DestinationError::Config(message),
-                _ => DestinationError::Unavailable(message),
-            }
-        })?;
-    Ok(client)
+    connect::dial(cfg, connect::options(cfg).await?).await
 }
 
 /// The JetStream context for the stream's management API (look-up, creation, `check`).

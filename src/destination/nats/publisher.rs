@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::lookup::StreamLookup;
 use crate::destination::pending::Pending;
 use crate::destination::{give_back, Class, Outcome, Receipt, Refusal, Returned, BATCH};
 use crate::outbox::OutboxRecord;
@@ -27,9 +28,6 @@ pub struct Job<T> {
     pub record: OutboxRecord,
 }
 
-/// What to change when JetStream has no stream for a subject.
-const NO_STREAM: &str = "; no JetStream stream stores this subject: add it to the stream's subjects (`nats stream edit OUTBOX --subjects 'outbox.>'`), or route it to one";
-
 /// JetStream's answer to a publish: the stored sequence, or an API error.
 #[derive(Deserialize)]
 struct PubAck {
@@ -39,6 +37,9 @@ struct PubAck {
 
 #[derive(Deserialize)]
 struct ApiError {
+    /// HTTP-like: 503 and the like say the cluster cannot take it now.
+    #[serde(default)]
+    code: u16,
     #[serde(default)]
     err_code: u64,
     #[serde(default)]
@@ -50,15 +51,9 @@ const MESSAGE_EXCEEDS_MAXIMUM: u64 = 10054;
 const STORE_FAILED: u64 = 10077;
 const INSUFFICIENT_RESOURCES: u64 = 10023;
 
-/// The outcome an answer on a publish's reply subject carries.
+/// The outcome a PubAck on a publish's reply subject carries ("no responders" is
+/// [`StreamLookup`]'s to tell).
 fn answer(m: &async_nats::Message) -> Result<Receipt, Refusal> {
-    if m.status == Some(StatusCode::NO_RESPONDERS) {
-        return Err(Refusal {
-            class: Class::Unroutable,
-            message: "NATS: no stream stores this subject (no responders)".into(),
-            hint: NO_STREAM,
-        });
-    }
     let ack: PubAck = serde_json::from_slice(&m.payload)
         .map_err(|e| Refusal::new(Class::Retriable, format!("NATS: unreadable PubAck: {e}")))?;
     match (ack.seq, ack.error) {
@@ -66,6 +61,8 @@ fn answer(m: &async_nats::Message) -> Result<Receipt, Refusal> {
             let class = match e.err_code {
                 MESSAGE_EXCEEDS_MAXIMUM => Class::TooLarge,
                 STORE_FAILED | INSUFFICIENT_RESOURCES => Class::Retriable,
+                // Unavailable now (no quorum, a leader stepping down, a timeout): a pause.
+                _ if e.code >= 500 || e.code == 408 => Class::Retriable,
                 _ => Class::Refused,
             };
             Err(Refusal {
@@ -113,6 +110,9 @@ async fn broke(lost: &mut watch::Receiver<bool>) {
     let _ = lost.wait_for(|lost| *lost).await;
 }
 
+/// How long a stream look-up after "no responders" may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why publishes fail on a purge.
 const PURGED: &str = "publish abandoned (purged)";
 /// Why publishes fail once the connection broke.
@@ -152,6 +152,7 @@ pub async fn run<T: Send + 'static>(
         }
     };
     let mut pending = Pending::new(ack_timeout);
+    let mut lookup = StreamLookup::new(client.clone(), ack_timeout.min(LOOKUP_TIMEOUT));
     let mut batch = Vec::with_capacity(BATCH.min(max_pending));
     loop {
         let room = max_pending.saturating_sub(pending.len()).min(BATCH);
@@ -203,7 +204,10 @@ pub async fn run<T: Send + 'static>(
                 let Some((ticket, record)) = id.and_then(|id| pending.remove(id)) else {
                     continue;
                 };
-                let result = answer(&m);
+                let result = match m.status {
+                    Some(StatusCode::NO_RESPONDERS) => Err(lookup.no_responders(&record.topic).await),
+                    _ => answer(&m),
+                };
                 let returned = result.is_err().then(|| Returned::from(record));
                 let _ = outcomes.send(Outcome { ticket, result, returned });
             }
@@ -250,8 +254,11 @@ mod tests {
         assert!(dup.is_ok(), "a duplicate is stored already: delivered");
         let big = r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#;
         assert_eq!(answer(&msg(big, None)).unwrap_err().class, Class::TooLarge);
-        let none = answer(&msg("", Some(StatusCode::NO_RESPONDERS))).unwrap_err();
-        assert_eq!(none.class, Class::Unroutable);
+        let leaderless = r#"{"error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}"#;
+        assert_eq!(
+            answer(&msg(leaderless, None)).unwrap_err().class,
+            Class::Retriable
+        );
         let full =
             r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#;
         assert_eq!(

@@ -45,13 +45,21 @@ pub struct RabbitSink<T: Send + 'static> {
     _publisher: AbortOnDrop,
 }
 
-/// Connects to the broker of `cfg`. Bad URLs, credentials and vhosts are configuration
-/// errors (no retry helps); anything else, including no answer within [`CONNECT_TIMEOUT`],
-/// is the broker being unavailable.
+/// Connects to the first node of `cfg.url` (comma-separated: a cluster's nodes) that takes
+/// the connection. Bad URLs, credentials and vhosts are configuration errors (no retry
+/// helps); anything else, including no answer within [`CONNECT_TIMEOUT`], is the node being
+/// unavailable.
 pub async fn connect(cfg: &RabbitConfig) -> Result<Connection, DestinationError> {
-    let url = crate::config::redact_url(&cfg.url);
-    let uri: lapin::uri::AMQPUri = cfg
-        .url
+    crate::destination::servers::first_that_connects("RabbitMQ", "rabbitmq_url", &cfg.url, |url| {
+        connect_to(cfg, url)
+    })
+    .await
+}
+
+/// Connects to the node of one `raw` URL.
+async fn connect_to(cfg: &RabbitConfig, raw: String) -> Result<Connection, DestinationError> {
+    let url = crate::config::redact_url(&raw);
+    let uri: lapin::uri::AMQPUri = raw
         .parse()
         .map_err(|e| DestinationError::Config(format!("RabbitMQ URL {url}: {e}")))?;
     let tls = tls_config(cfg, &uri)?;
