@@ -6,11 +6,13 @@
 
 pub mod kafka;
 pub mod nats;
+pub mod nats_cluster;
 pub mod postgres;
 pub mod rabbitmq;
 
 pub use kafka::{ConsumedRecord, TempKafka, TopicReader};
 pub use nats::TempNats;
+pub use nats_cluster::TempNatsCluster;
 pub use postgres::{PostgresOptions, TempPostgres};
 pub use rabbitmq::TempRabbit;
 

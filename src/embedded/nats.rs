@@ -24,7 +24,7 @@ pub struct TempNats {
 }
 
 /// The `nats-server` binary: `PGOUTBOX_NATS_SERVER`, else on `PATH`, else Debian's place.
-fn find_server() -> Option<PathBuf> {
+pub(super) fn find_server() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PGOUTBOX_NATS_SERVER") {
         return Some(PathBuf::from(p));
     }

@@ -81,16 +81,34 @@ pub fn binary_env(nats: &TempNats) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A client of the server at `url` (one URL), logged in with the user and password it carries.
+pub async fn client(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    use pgoutbox::config::urls::{self, Credentials};
+    let opts = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(2));
+    let opts = match urls::credentials(url) {
+        Credentials::UserPassword { user, password } => opts.user_and_password(user, password),
+        Credentials::Token(t) => opts.token(t),
+        Credentials::None => opts,
+    };
+    opts.connect(urls::without_credentials(url)).await
+}
+
 /// Everything the stream holds, in stream order, read through an ordered consumer until
 /// nothing new arrives for `quiet`.
 pub async fn read_all(url: &str, quiet: Duration) -> Vec<Stored> {
-    let js = jetstream::new(async_nats::connect(url).await.unwrap());
-    let stream = js.get_stream(STREAM).await.unwrap();
+    try_read_all(url, quiet).await.expect("read the stream")
+}
+
+/// As [`read_all`], or `None` when the server cannot be read now (a cluster electing a
+/// leader, a node down).
+pub async fn try_read_all(url: &str, quiet: Duration) -> Option<Vec<Stored>> {
+    let js = jetstream::new(client(url).await.ok()?);
+    let stream = js.get_stream(STREAM).await.ok()?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig::default())
         .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
+        .ok()?;
+    let mut messages = consumer.messages().await.ok()?;
     let mut out = Vec::new();
     while let Ok(Some(Ok(m))) = tokio::time::timeout(quiet, messages.next()).await {
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
@@ -107,18 +125,22 @@ pub async fn read_all(url: &str, quiet: Duration) -> Vec<Stored> {
             payload: m.payload.clone(),
         });
     }
-    out
+    Some(out)
 }
 
 /// Reads until every id in `ids` is in the stream (or `timeout`).
 pub async fn read_until_all(url: &str, ids: &HashSet<String>, timeout: Duration) -> Vec<Stored> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let got = read_all(url, Duration::from_millis(500)).await;
-        let seen: HashSet<String> = got.iter().map(Stored::id).collect();
-        if ids.is_subset(&seen) || tokio::time::Instant::now() > deadline {
-            return got;
+        let got = try_read_all(url, Duration::from_millis(500)).await;
+        let last_try = tokio::time::Instant::now() > deadline;
+        if let Some(got) = got {
+            let seen: HashSet<String> = got.iter().map(Stored::id).collect();
+            if ids.is_subset(&seen) || last_try {
+                return got;
+            }
         }
+        assert!(!last_try, "the stream could not be read within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -198,12 +220,7 @@ impl NatsLsnChecker {
 
 /// The ids the stream holds, or `None` when the server cannot be read now.
 async fn try_read_ids(url: &str) -> Option<HashSet<String>> {
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(1))
-        .connect(url)
-        .await
-        .ok()?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client(url).await.ok()?);
     let mut stream = js.get_stream(STREAM).await.ok()?;
     let last = stream.info().await.ok()?.state.last_sequence;
     let consumer = stream

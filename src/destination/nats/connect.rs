@@ -16,6 +16,9 @@ pub(super) async fn options(
         .name("pgoutbox")
         // `send` checks every subject itself (a bad one is refused as `invalid-topic`).
         .skip_subject_validation(true)
+        // Each connection is to one server of the list, with that URL's credentials: the
+        // cluster's other servers (announced by the server) are not this URL's to log in to.
+        .ignore_discovered_servers()
         .connection_timeout(std::time::Duration::from_secs(5));
     if let Some(path) = &cfg.credentials_file {
         opts = opts.credentials_file(path).await.map_err(|e| {

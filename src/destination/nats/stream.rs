@@ -59,11 +59,18 @@ pub fn add_command(cfg: &Config) -> String {
 
 /// Looks the configured stream up.
 pub async fn inspect(js: &Context, cfg: &NatsConfig) -> Result<StreamInfo, DestinationError> {
-    let stream = js.get_stream(&cfg.stream).await.map_err(|e| {
-        DestinationError::Unavailable(format!(
-            "NATS JetStream stream {:?}: {e}: create it (`nats stream add`, or `pgoutbox setup --create-nats-stream`), or set nats_stream",
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    let stream = js.get_stream(&cfg.stream).await.map_err(|e| match e.kind() {
+        GetStreamErrorKind::JetStream(api) if api.code() == 404 => {
+            DestinationError::Unavailable(format!(
+                "NATS JetStream stream {:?}: {e}: create it (`nats stream add`, or `pgoutbox setup --create-nats-stream`), or set nats_stream",
+                cfg.stream
+            ))
+        }
+        _ => DestinationError::Unavailable(format!(
+            "NATS JetStream stream {:?}: {e}: JetStream did not answer the look-up (a cluster electing a leader, a node restarting, or JetStream not enabled for this account); retrying",
             cfg.stream
-        ))
+        )),
     })?;
     let info = stream.cached_info();
     Ok(StreamInfo {
