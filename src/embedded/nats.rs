@@ -23,6 +23,14 @@ pub struct TempNats {
     config: Option<PathBuf>,
 }
 
+/// What a server's configuration file holds besides the command line's settings.
+enum Extra<'a> {
+    /// TLS with `verify_and_map`, these users (certificate subjects) let in.
+    Mapped(&'a [&'a str]),
+    /// The caller's own configuration.
+    Conf(&'a str),
+}
+
 /// The `nats-server` binary: `PGOUTBOX_NATS_SERVER`, else on `PATH`, else Debian's place.
 pub(super) fn find_server() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PGOUTBOX_NATS_SERVER") {
@@ -63,12 +71,18 @@ impl TempNats {
                 detail: "verify_and_map needs the CA that signs client certificates".into(),
             });
         }
-        Self::start_with(Some(tls), Some(users))
+        Self::start_with(Some(tls), Some(Extra::Mapped(users)))
+    }
+
+    /// Starts a server with `conf` (nats-server configuration syntax: `authorization { … }`,
+    /// `operator`, `resolver` …) added to its settings; JetStream, port and store as always.
+    pub fn start_configured(conf: &str) -> Result<Self, EmbeddedError> {
+        Self::start_with(None, Some(Extra::Conf(conf)))
     }
 
     fn start_with(
         tls: Option<ServerTls<'_>>,
-        mapped: Option<&[&str]>,
+        extra: Option<Extra<'_>>,
     ) -> Result<Self, EmbeddedError> {
         let dir = tempfile::Builder::new()
             .prefix("pgoutbox-nats-")
@@ -83,8 +97,13 @@ impl TempNats {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = l.local_addr()?.port();
         drop(l);
-        let config = match mapped {
-            Some(users) => {
+        let config = match extra {
+            Some(Extra::Conf(conf)) => {
+                let file = dir.path().join("server.conf");
+                std::fs::write(&file, conf)?;
+                Some(file)
+            }
+            Some(Extra::Mapped(users)) => {
                 let path = |f: &str| dir.path().join(f).display().to_string();
                 let users: Vec<String> = users
                     .iter()
