@@ -369,3 +369,76 @@ async fn check_reports_the_server_and_the_stream() {
         "{text}"
     );
 }
+
+/// Route values a fuzzer makes (any printable text, dots, spaces, wildcards, line breaks, tabs,
+/// subjects longer than the server's control line) and a few chosen ones: each event is either
+/// stored under its subject or dead-lettered as invalid before sending, the relay never stops
+/// or stalls, and the slot confirms past all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_value_stalls_the_relay() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let env = Env::start().await;
+    let server = js::start(Duration::from_secs(120)).await;
+    let mut cfg = js::config(&env, &server);
+    cfg.on_poison = PoisonPolicy::DeadLetter;
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    let strategy = proptest::prop_oneof![
+        "\\PC{0,30}",
+        "[a-z. \\r\\n\\t*>]{0,20}",
+        "[a-z.\\r\\n]{4000,6000}",
+        "[a-z]{3800,3900}",
+    ];
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut values: Vec<String> = (0..150)
+        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+        .collect();
+    values.extend([
+        "x".repeat(5000),
+        "a\r\nb".into(),
+        String::new(),
+        "order".into(),
+    ]);
+    let id = |i: usize| format!("00000000-0000-4000-8000-{:012}", 900_000 + i);
+    for (i, v) in values.iter().enumerate() {
+        env.db
+            .execute(
+                "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) \
+                 VALUES ($1::text::uuid, $2, 'k', 'fuzzed', '{}'::jsonb)",
+                &[&id(i), v],
+            )
+            .await
+            .unwrap();
+    }
+    let ids: HashSet<String> = (0..values.len()).map(id).collect();
+    let got = js::read_until_all(&server.url(), &ids, Duration::from_secs(60)).await;
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+    assert!(!running.task.is_finished(), "the relay stopped");
+    let mut dead = 0;
+    for (i, v) in values.iter().enumerate() {
+        let m = got
+            .iter()
+            .find(|m| m.id() == id(i))
+            .unwrap_or_else(|| panic!("route value {v:?} was neither stored nor dead-lettered"));
+        let subject = format!("outbox.event.{v}");
+        if m.subject == "pgoutbox.dead-letter" {
+            dead += 1;
+            // An empty value routes nowhere (the mapper's `unroutable`).
+            let class = m.header("pgoutbox.error.class");
+            assert!(
+                class == Some("invalid-topic") || (v.is_empty() && class == Some("unroutable")),
+                "{v:?}: {class:?}"
+            );
+            assert!(!pgoutbox::config::nats::is_valid_subject(&subject), "{v:?}");
+        } else {
+            assert_eq!(m.subject, subject);
+        }
+    }
+    eprintln!(
+        "{} fuzzed route values: {} stored under their subject, {dead} dead-lettered before sending",
+        values.len(),
+        values.len() - dead
+    );
+    running.stop().await;
+}

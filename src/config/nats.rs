@@ -56,10 +56,16 @@ impl Default for NatsConfig {
     }
 }
 
+/// The longest subject pgoutbox publishes to. A publish is one control line
+/// (`HPUB subject reply sizes`) that nats-server takes up to its `max_control_line`, 4 KB by
+/// default, and drops the connection past it; this leaves room for the rest of the line.
+pub const MAX_SUBJECT_BYTES: usize = 4096 - 256;
+
 /// Whether `s` may be published to: tokens of printable non-space characters separated by
-/// dots, none empty, no wildcard tokens (`*`, `>`).
+/// dots, none empty, no wildcard tokens (`*`, `>`), at most [`MAX_SUBJECT_BYTES`].
 pub fn is_valid_subject(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= MAX_SUBJECT_BYTES
         && s.split('.').all(|t| {
             !t.is_empty()
                 && t != "*"
@@ -86,9 +92,13 @@ mod tests {
         assert!(is_valid_subject("outbox.event.order"));
         assert!(is_valid_subject("pgoutbox.dead-letter"));
         assert!(is_valid_subject("orders:created"));
-        for bad in ["", "a..b", ".a", "a.", "a.*.b", "a.>", "a b", "a\tb"] {
+        for bad in [
+            "", "a..b", ".a", "a.", "a.*.b", "a.>", "a b", "a\tb", "a\r\nb",
+        ] {
             assert!(!is_valid_subject(bad), "{bad:?}");
         }
+        assert!(is_valid_subject(&"x".repeat(MAX_SUBJECT_BYTES)));
+        assert!(!is_valid_subject(&"x".repeat(MAX_SUBJECT_BYTES + 1)));
     }
 
     #[test]

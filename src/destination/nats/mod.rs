@@ -74,7 +74,7 @@ fn header_name(k: &str) -> Result<HeaderName, async_nats::header::ParseHeaderNam
 
 /// The headers of a record's message: its own (`id`, `type`, …), the key, and `Nats-Msg-Id` =
 /// the event id. A name or value NATS cannot carry is a refusal.
-fn headers(record: &OutboxRecord) -> Result<HeaderMap, Refusal> {
+pub(crate) fn headers(record: &OutboxRecord) -> Result<HeaderMap, Refusal> {
     let bad = |what: String| Refusal::new(Class::Refused, what);
     let mut headers = HeaderMap::new();
     let key = record.key.as_ref().map(|k| (KEY_HEADER, k));

@@ -201,7 +201,7 @@ fn connect_error(
 
 /// The message's properties: `message_id` = the event id, `type` from the `type` header,
 /// JSON content, persistent, and every header (plus the key) as an AMQP header.
-fn properties(record: &OutboxRecord) -> Result<BasicProperties, Refusal> {
+pub(crate) fn properties(record: &OutboxRecord) -> Result<BasicProperties, Refusal> {
     let bad = |what: String| Refusal::new(Class::Refused, what);
     let mut headers = FieldTable::default();
     let key = record.key.as_ref().map(|k| (KEY_HEADER, k));
