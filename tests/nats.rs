@@ -442,3 +442,94 @@ async fn no_route_value_stalls_the_relay() {
     );
     running.stop().await;
 }
+
+/// A stream that refuses new messages when full (`discard = new`, 50 messages, work-queue
+/// retention), with a slow consumer freeing space as it acknowledges: publishes are refused
+/// and later ones accepted again and again. Everything arrives, and no key's events are ever
+/// stored out of order (a refused event is never overtaken by a later one of its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_stream_with_discard_new_keeps_each_keys_order() {
+    use async_nats::jetstream::{consumer, stream};
+    use futures_util::StreamExt;
+    let env = Env::start().await;
+    let server = tokio::task::spawn_blocking(pgoutbox::embedded::TempNats::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let jsx = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let stream = jsx
+        .create_stream(stream::Config {
+            name: js::STREAM.into(),
+            subjects: js::SUBJECTS.iter().map(|s| s.to_string()).collect(),
+            retention: stream::RetentionPolicy::WorkQueue,
+            discard: stream::DiscardPolicy::New,
+            max_messages: 50,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let reader = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("reader".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let txs = workload(0, 400);
+    let ids = ids_of(&txs);
+    let want = ids.len();
+    // The slow consumer: 5 messages, then a pause, acknowledging each (which frees its
+    // place), in stream order.
+    let consume = tokio::spawn(async move {
+        let mut got: Vec<Stored> = Vec::new();
+        let mut distinct = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+        while distinct.len() < want && tokio::time::Instant::now() < deadline {
+            let Ok(mut batch) = reader.fetch().max_messages(5).messages().await else {
+                continue;
+            };
+            while let Some(Ok(m)) = batch.next().await {
+                let headers = m
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+                    .collect();
+                let s = Stored {
+                    subject: m.subject.to_string(),
+                    seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
+                    headers,
+                    payload: m.payload.clone(),
+                };
+                distinct.insert(s.id());
+                got.push(s);
+                m.ack().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        got
+    });
+    let mut cfg = js::config(&env, &server);
+    cfg.nats.ack_timeout = Duration::from_secs(2);
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    env.spawn_writer(txs, Duration::ZERO).await.unwrap();
+    let got = consume.await.unwrap();
+    let seen = distinct(&got);
+    let lost = ids.difference(&seen).count();
+    let reordered = js::order_violations(&got);
+    eprintln!(
+        "full discard-new stream: {} events, {} consumed, {lost} lost, {} duplicates, {reordered} out of key order",
+        ids.len(),
+        got.len(),
+        got.len() - seen.len()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(
+        reordered, 0,
+        "a later event of a key was stored before a refused one"
+    );
+    running.stop().await;
+}

@@ -52,6 +52,11 @@ impl<T> Pending<T> {
         self.len
     }
 
+    /// The id of the oldest publish awaiting its answer.
+    pub fn oldest(&self) -> Option<u64> {
+        (self.len > 0).then_some(self.first)
+    }
+
     /// The id the next publish gets.
     pub fn next_id(&mut self) -> u64 {
         let id = self.next;

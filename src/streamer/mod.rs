@@ -88,6 +88,8 @@ impl Streamer {
     async fn stream(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut slot_known = false;
+        // The slot's position after the last session: a session that moved it made progress.
+        let mut last_confirmed = crate::lsn::Lsn::ZERO;
         let polling = self.cfg.source == Source::Poll;
         // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.
         let _stop_monitor = (!polling).then(|| {
@@ -122,9 +124,15 @@ impl Streamer {
                     return Err(e);
                 }
                 Err(e) => {
-                    if progress
-                        .streaming_since
-                        .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
+                    // A session that streamed a while, or that confirmed events (a broker that
+                    // keeps refusing some, a full stream draining), was no failure to back off
+                    // from: the next one starts at the shortest wait.
+                    let moved = progress.confirmed > last_confirmed;
+                    last_confirmed = last_confirmed.max(progress.confirmed);
+                    if moved
+                        || progress
+                            .streaming_since
+                            .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
                     {
                         backoff.reset();
                     }

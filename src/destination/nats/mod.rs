@@ -3,6 +3,7 @@
 //! duplicate window removes re-sends.
 //!
 //! - this file: connecting, the record → message mapping, `send` (never waits).
+//! - [`chain`]: the order guard (each publish names the one before it).
 //! - [`connect`]: the server list, each URL with its credentials, and what a refusal means.
 //! - [`client`]: the publishing client, on a thread of its own, never reconnecting by itself
 //!   (which keeps each key's order when a connection breaks).
@@ -11,6 +12,7 @@
 //!   each outcome back.
 //! - [`stream`]: what `check` and `setup` ask of the stream.
 
+mod chain;
 mod client;
 mod connect;
 mod lookup;

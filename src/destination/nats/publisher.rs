@@ -7,12 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{HeaderMap, StatusCode};
+use async_nats::{HeaderMap, HeaderValue, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::chain::{Chain, Take, EXPECTED_LAST_MSG_ID};
 use super::lookup::StreamLookup;
 use crate::destination::pending::Pending;
 use crate::destination::{give_back, Class, Outcome, Receipt, Refusal, Returned, BATCH};
@@ -50,13 +51,33 @@ struct ApiError {
 const MESSAGE_EXCEEDS_MAXIMUM: u64 = 10054;
 const STORE_FAILED: u64 = 10077;
 const INSUFFICIENT_RESOURCES: u64 = 10023;
+/// "wrong last msg ID": the publish named a predecessor that is not the stream's last.
+const WRONG_LAST_MSG_ID: u64 = 10070;
 
-/// The outcome a PubAck on a publish's reply subject carries ("no responders" is
-/// [`StreamLookup`]'s to tell).
-fn answer(m: &async_nats::Message) -> Result<Receipt, Refusal> {
-    let ack: PubAck = serde_json::from_slice(&m.payload)
-        .map_err(|e| Refusal::new(Class::Retriable, format!("NATS: unreadable PubAck: {e}")))?;
+/// What the stream answered to a publish.
+#[derive(Debug)]
+enum Answer {
+    Stored(Receipt),
+    /// Refused because the publish it names as its predecessor is not the stream's last
+    /// ([`Chain`]).
+    OutOfChain,
+    Refused(Refusal),
+}
+
+/// What a PubAck on a publish's reply subject says ("no responders" is [`StreamLookup`]'s
+/// to tell).
+fn answer(m: &async_nats::Message) -> Answer {
+    let ack: PubAck = match serde_json::from_slice(&m.payload) {
+        Ok(a) => a,
+        Err(e) => {
+            return Answer::Refused(Refusal::new(
+                Class::Retriable,
+                format!("NATS: unreadable PubAck: {e}"),
+            ))
+        }
+    };
     match (ack.seq, ack.error) {
+        (_, Some(e)) if e.err_code == WRONG_LAST_MSG_ID => Answer::OutOfChain,
         (_, Some(e)) => {
             let class = match e.err_code {
                 MESSAGE_EXCEEDS_MAXIMUM => Class::TooLarge,
@@ -65,7 +86,7 @@ fn answer(m: &async_nats::Message) -> Result<Receipt, Refusal> {
                 _ if e.code >= 500 || e.code == 408 => Class::Retriable,
                 _ => Class::Refused,
             };
-            Err(Refusal {
+            Answer::Refused(Refusal {
                 class,
                 message: format!("NATS JetStream: {} (error {})", e.description, e.err_code),
                 hint: match class {
@@ -74,11 +95,11 @@ fn answer(m: &async_nats::Message) -> Result<Receipt, Refusal> {
                 },
             })
         }
-        (Some(seq), None) => Ok(Receipt {
+        (Some(seq), None) => Answer::Stored(Receipt {
             partition: 0,
             offset: i64::try_from(seq).unwrap_or(i64::MAX),
         }),
-        (None, None) => Err(Refusal::new(
+        (None, None) => Answer::Refused(Refusal::new(
             Class::Retriable,
             "NATS: PubAck without a sequence",
         )),
@@ -118,11 +139,156 @@ const PURGED: &str = "publish abandoned (purged)";
 /// Why publishes fail once the connection broke.
 const LOST: &str = "the connection to the server broke; what it did not acknowledge is resent from the slot on a new connection";
 
+/// The publishing task's state besides its channels.
+struct Publisher<T> {
+    client: async_nats::Client,
+    /// Reply subjects are `{prefix}.{publish id}`.
+    prefix: String,
+    pending: Pending<T>,
+    chain: Chain<T>,
+    /// Set once the connection is lost: nothing more goes out.
+    broken: bool,
+    outcomes: mpsc::UnboundedSender<Outcome<T>>,
+}
+
+impl<T: Send + 'static> Publisher<T> {
+    /// Publishes `job` (following the chain), unless the connection is gone.
+    async fn publish(&mut self, job: Job<T>, lost: &mut watch::Receiver<bool>) {
+        if self.broken {
+            give_back(
+                &self.outcomes,
+                "NATS",
+                LOST,
+                std::iter::once((job.ticket, job.record)),
+            );
+            return;
+        }
+        if self.chain.take(&job.record.event_id) == Take::HandBack {
+            let job = std::iter::once((job.ticket, job.record));
+            give_back(&self.outcomes, "NATS", HELD, job);
+            return;
+        }
+        let Job {
+            subject,
+            mut headers,
+            payload,
+            ticket,
+            record,
+        } = job;
+        let msg_id = headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        if let Some(last) = self.chain.expected() {
+            if let Ok(v) = last.parse::<HeaderValue>() {
+                headers.insert(EXPECTED_LAST_MSG_ID, v);
+            }
+        }
+        let id = self.pending.next_id();
+        let reply = format!("{}.{id}", self.prefix);
+        let publish = self
+            .client
+            .publish_with_reply_and_headers(subject, reply, headers, payload);
+        // A client without its connection takes publishes only until its queue is full, then
+        // never again: stop waiting once the connection is lost.
+        let sent = tokio::select! {
+            biased;
+            sent = publish => Some(sent),
+            () = broke(lost) => None,
+        };
+        match sent {
+            None => {
+                self.broken = true;
+                let all = std::iter::once((ticket, record))
+                    .chain(self.pending.drain())
+                    .chain(self.chain.reset());
+                give_back(&self.outcomes, "NATS", LOST, all);
+            }
+            Some(Ok(())) => {
+                self.chain.sent(id, &msg_id);
+                self.pending.insert(id, ticket, record);
+            }
+            // Not sent: the chain goes on from the publish before.
+            Some(Err(e)) => self.refused(ticket, record, not_sent(&e)),
+        }
+    }
+
+    /// Hands a refusal back.
+    fn refused(&self, ticket: T, record: OutboxRecord, r: Refusal) {
+        let _ = self.outcomes.send(Outcome {
+            ticket,
+            result: Err(r),
+            returned: Some(Returned::from(record)),
+        });
+    }
+
+    /// The answer to publish `id` (one the task still awaits).
+    fn answered(&mut self, ticket: T, record: OutboxRecord, answer: Answer) {
+        match answer {
+            Answer::Stored(receipt) => {
+                let _ = self.outcomes.send(Outcome {
+                    ticket,
+                    result: Ok(receipt),
+                    returned: None,
+                });
+            }
+            Answer::OutOfChain => {
+                if let Some((ticket, record)) = self.chain.out_of_chain(ticket, record) {
+                    give_back(&self.outcomes, "NATS", OUT_OF_CHAIN, [(ticket, record)]);
+                }
+            }
+            Answer::Refused(r) => {
+                let back = self.chain.failed(&record.event_id, r.class.is_final());
+                self.refused(ticket, record, r);
+                give_back(&self.outcomes, "NATS", OUT_OF_CHAIN, back);
+            }
+        }
+    }
+
+    /// Publishes timed out: handed back, and the chain broken behind them.
+    fn timed_out(&mut self, why: &str, expired: Vec<(T, OutboxRecord)>) {
+        let Some((_, first)) = expired.first() else {
+            return;
+        };
+        let back = self.chain.failed(&first.event_id.clone(), false);
+        give_back(&self.outcomes, "NATS", why, expired.into_iter().chain(back));
+    }
+
+    /// When a break has settled, publishes again what it refused, in order.
+    async fn after_break(&mut self, lost: &mut watch::Receiver<bool>) {
+        let Some(again) = self.chain.settled(self.pending.oldest()) else {
+            return;
+        };
+        for (ticket, record) in again {
+            match super::headers(&record) {
+                Ok(headers) => {
+                    let job = Job {
+                        subject: record.topic.clone(),
+                        headers,
+                        payload: record.payload.clone().unwrap_or_default(),
+                        ticket,
+                        record,
+                    };
+                    self.publish(job, lost).await;
+                }
+                Err(r) => self.refused(ticket, record, r),
+            }
+        }
+    }
+}
+
+/// Why jobs are handed back after a retried failure.
+const HELD: &str = "held back behind an earlier event that failed; sent after it";
+
+/// Why publishes refused as out of chain are handed back.
+const OUT_OF_CHAIN: &str =
+    "refused to keep the order behind an earlier publish that failed; resent after it";
+
 /// Publishes through `client` until the job channel closes, at most `max_pending` awaiting
 /// their PubAck (jobs are taken only while there is room, as many at once as are queued and
-/// fit). A publish unanswered after `ack_timeout` fails as retriable. On `purge`, every
-/// outstanding ticket comes back as a retriable refusal at once; once the connection is
-/// lost, every outstanding ticket and every later job too.
+/// fit, and while no break of the chain settles). A publish unanswered after `ack_timeout`
+/// fails as retriable. On `purge`, every outstanding ticket comes back as a retriable refusal
+/// at once; once the connection is lost, every outstanding ticket and every later job too.
 pub async fn run<T: Send + 'static>(
     client: async_nats::Client,
     mut jobs: mpsc::Receiver<Job<T>>,
@@ -134,7 +300,6 @@ pub async fn run<T: Send + 'static>(
     let Signals { purge, mut lost } = signals;
     // The same signal, awaited while a publish waits for room in the client's queue.
     let mut lost_while_sending = lost.clone();
-    let mut broken = false;
     let prefix = client.new_inbox();
     let mut replies = match client.subscribe(format!("{prefix}.*")).await {
         Ok(s) => s,
@@ -151,77 +316,60 @@ pub async fn run<T: Send + 'static>(
             return;
         }
     };
-    let mut pending = Pending::new(ack_timeout);
     let mut lookup = StreamLookup::new(client.clone(), ack_timeout.min(LOOKUP_TIMEOUT));
+    let mut p = Publisher {
+        client,
+        prefix,
+        pending: Pending::new(ack_timeout),
+        chain: Chain::default(),
+        broken: false,
+        outcomes,
+    };
     let mut batch = Vec::with_capacity(BATCH.min(max_pending));
     loop {
-        let room = max_pending.saturating_sub(pending.len()).min(BATCH);
+        let room = match p.chain.open() {
+            true => max_pending.saturating_sub(p.pending.len()).min(BATCH),
+            false => 0,
+        };
         tokio::select! {
             taken = jobs.recv_many(&mut batch, room), if room > 0 => {
                 if taken == 0 {
                     break;
                 }
                 for job in batch.drain(..) {
-                    if broken {
-                        give_back(&outcomes, "NATS", LOST, std::iter::once((job.ticket, job.record)));
-                        continue;
-                    }
-                    let id = pending.next_id();
-                    let reply = format!("{prefix}.{id}");
-                    let publish = client.publish_with_reply_and_headers(
-                        job.subject,
-                        reply,
-                        job.headers,
-                        job.payload,
-                    );
-                    // A client without its connection takes publishes only until its queue
-                    // is full, then never again: stop waiting once the connection is lost.
-                    let sent = tokio::select! {
-                        biased;
-                        sent = publish => Some(sent),
-                        () = broke(&mut lost_while_sending) => None,
-                    };
-                    match sent {
-                        None => {
-                            broken = true;
-                            let job = std::iter::once((job.ticket, job.record));
-                            give_back(&outcomes, "NATS", LOST, job.chain(pending.drain()));
-                        }
-                        Some(Ok(())) => pending.insert(id, job.ticket, job.record),
-                        Some(Err(e)) => {
-                            let _ = outcomes.send(Outcome {
-                                ticket: job.ticket,
-                                result: Err(not_sent(&e)),
-                                returned: Some(Returned::from(job.record)),
-                            });
-                        }
-                    }
+                    p.publish(job, &mut lost_while_sending).await;
                 }
             }
             Some(m) = replies.next() => {
                 let id = m.subject.rsplit('.').next().and_then(|s| s.parse::<u64>().ok());
                 // An answer after its publish timed out (or was purged) is ignored.
-                let Some((ticket, record)) = id.and_then(|id| pending.remove(id)) else {
+                let Some((ticket, record)) = id.and_then(|id| p.pending.remove(id)) else {
                     continue;
                 };
-                let result = match m.status {
-                    Some(StatusCode::NO_RESPONDERS) => Err(lookup.no_responders(&record.topic).await),
+                let answer = match m.status {
+                    Some(StatusCode::NO_RESPONDERS) => {
+                        Answer::Refused(lookup.no_responders(&record.topic).await)
+                    }
                     _ => answer(&m),
                 };
-                let returned = result.is_err().then(|| Returned::from(record));
-                let _ = outcomes.send(Outcome { ticket, result, returned });
+                p.answered(ticket, record, answer);
+                p.after_break(&mut lost_while_sending).await;
             }
-            () = broke(&mut lost), if !broken => {
-                broken = true;
-                give_back(&outcomes, "NATS", LOST, pending.drain());
+            () = broke(&mut lost), if !p.broken => {
+                p.broken = true;
+                let all = p.pending.drain().into_iter().chain(p.chain.reset());
+                give_back(&p.outcomes, "NATS", LOST, all);
             }
-            () = pending.tick(), if pending.armed() => {
+            () = p.pending.tick(), if p.pending.armed() => {
                 let why = format!("no PubAck within {ack_timeout:?} (nats_ack_timeout_ms)");
-                give_back(&outcomes, "NATS", &why, pending.expired());
+                let expired = p.pending.expired();
+                p.timed_out(&why, expired);
+                p.after_break(&mut lost_while_sending).await;
             }
             _ = purge.notified() => {
                 let queued = std::iter::from_fn(|| jobs.try_recv().ok().map(|j| (j.ticket, j.record)));
-                give_back(&outcomes, "NATS", PURGED, pending.drain().into_iter().chain(queued));
+                let all = p.pending.drain().into_iter().chain(p.chain.reset()).chain(queued);
+                give_back(&p.outcomes, "NATS", PURGED, all.collect::<Vec<_>>());
             }
         }
     }
@@ -243,29 +391,38 @@ mod tests {
         }
     }
 
+    fn class(a: Answer) -> Class {
+        match a {
+            Answer::Refused(r) => r.class,
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
     #[test]
     fn answers_become_outcomes() {
-        let ok = answer(&msg(r#"{"stream":"OUTBOX","seq":42}"#, None)).unwrap();
+        let Answer::Stored(ok) = answer(&msg(r#"{"stream":"OUTBOX","seq":42}"#, None)) else {
+            panic!("not stored");
+        };
         assert_eq!(ok.offset, 42);
         let dup = answer(&msg(
             r#"{"stream":"OUTBOX","seq":42,"duplicate":true}"#,
             None,
         ));
-        assert!(dup.is_ok(), "a duplicate is stored already: delivered");
-        let big = r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#;
-        assert_eq!(answer(&msg(big, None)).unwrap_err().class, Class::TooLarge);
-        let leaderless = r#"{"error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}"#;
-        assert_eq!(
-            answer(&msg(leaderless, None)).unwrap_err().class,
-            Class::Retriable
+        assert!(
+            matches!(dup, Answer::Stored(_)),
+            "a duplicate is stored already: delivered"
         );
+        let big = r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#;
+        assert_eq!(class(answer(&msg(big, None))), Class::TooLarge);
+        let leaderless = r#"{"error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}"#;
+        assert_eq!(class(answer(&msg(leaderless, None))), Class::Retriable);
         let full =
             r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#;
-        assert_eq!(
-            answer(&msg(full, None)).unwrap_err().class,
-            Class::Retriable
-        );
+        assert_eq!(class(answer(&msg(full, None))), Class::Retriable);
         let other = r#"{"error":{"code":400,"err_code":10060,"description":"expected stream does not match"}}"#;
-        assert_eq!(answer(&msg(other, None)).unwrap_err().class, Class::Refused);
+        assert_eq!(class(answer(&msg(other, None))), Class::Refused);
+        let wrong_last =
+            r#"{"error":{"code":400,"err_code":10070,"description":"wrong last msg ID: 1"}}"#;
+        assert!(matches!(answer(&msg(wrong_last, None)), Answer::OutOfChain));
     }
 }
