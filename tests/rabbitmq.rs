@@ -59,28 +59,23 @@ async fn streams_in_key_order_with_properties_and_never_a_rollback() {
     running.stop().await;
 }
 
-/// A message no queue is bound for comes back (mandatory) and a message a full queue refuses
-/// is nacked: each is a dead letter with its class; the events around them are delivered and
-/// the slot moves on.
+/// A message no queue is bound for comes back (mandatory): a dead letter with its class; the
+/// events around it are delivered and the slot moves on. (A nack is a pause, not a poison
+/// event: see `full_queue_with_reject_publish_keeps_each_keys_order`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn returned_and_nacked_messages_follow_on_poison() {
+async fn returned_messages_follow_on_poison() {
     let env = Env::start().await;
     let node = rabbit::start().await;
-    // An exchange of its own that routes only `order` (to the events queue) and `limited` (to
-    // a queue that takes nothing: the broker nacks every publish routed there).
+    // An exchange of its own that routes only `order` (to the events queue).
     let mut cfg = rabbit::config(&env, &node);
     cfg.on_poison = PoisonPolicy::DeadLetter;
     cfg.rabbitmq.exchange = "narrow".into();
     let c = &cfg.rabbitmq;
     for (queue, binding) in [
         (rabbit::EVENTS, "outbox.event.order"),
-        ("limited", "outbox.event.limited"),
         (rabbit::DEAD, "pgoutbox.dead-letter"),
     ] {
-        let args = match queue {
-            "limited" => rabbit::bounded(0),
-            _ => Default::default(),
-        };
+        let args = Default::default();
         pgoutbox::embedded::rabbitmq::declare_queue(&c.url, &c.exchange, queue, binding, args)
             .await
             .unwrap();
@@ -91,12 +86,10 @@ async fn returned_and_nacked_messages_follow_on_poison() {
     env.wait_streaming().await;
     let before = Event::new(1, "order", "k");
     let unroutable = Event::new(2, "customer", "k");
-    let nacked = Event::new(3, "limited", "k");
     let after = Event::new(4, "order", "k");
     let mut txs = vec![
         vec![before.clone()],
         vec![unroutable.clone()],
-        vec![nacked.clone()],
         vec![after.clone()],
     ];
     // Stored and returned messages side by side: the broker acks them together (one
@@ -120,17 +113,10 @@ async fn returned_and_nacked_messages_follow_on_poison() {
     want.extend(pairs.iter().map(|(a, _)| a.id.clone()));
     let got = events.until_all(&want, Duration::from_secs(30)).await;
     assert_eq!(distinct(&got), want);
-    let mut poisoned: HashSet<String> = [&unroutable, &nacked]
-        .iter()
-        .map(|e| e.id.clone())
-        .collect();
+    let mut poisoned: HashSet<String> = HashSet::from([unroutable.id.clone()]);
     poisoned.extend(pairs.iter().map(|(_, b)| b.id.clone()));
     let dead = dead.until_all(&poisoned, Duration::from_secs(30)).await;
-    assert_eq!(
-        distinct(&dead),
-        poisoned,
-        "only the returned and the nacked, each once"
-    );
+    assert_eq!(distinct(&dead), poisoned, "only the returned, each once");
     let class = |id: &str| {
         dead.iter()
             .find(|m| m.id() == id)
@@ -142,7 +128,6 @@ async fn returned_and_nacked_messages_follow_on_poison() {
         Some("unroutable"),
         "{dead:?}"
     );
-    assert_eq!(class(&nacked.id).as_deref(), Some("refused"), "{dead:?}");
     for (_, b) in &pairs {
         assert_eq!(class(&b.id).as_deref(), Some("unroutable"), "{dead:?}");
     }
@@ -447,4 +432,54 @@ async fn check_and_setup_the_exchange() {
     assert!(!ok && text.contains("✘ RabbitMQ reachable"), "{text}");
     assert!(text.contains("no answer within 5s"), "{text}");
     assert!(waited < Duration::from_secs(15), "check hung {waited:?}");
+}
+
+/// A queue that refuses publishes when full (`x-max-length` 50, `x-overflow =
+/// reject-publish`), with a slow consumer freeing space as it acknowledges: the broker nacks
+/// a publish and takes later ones again and again. A nack is a pause (no dead letter), every
+/// event arrives, and no key's events are ever stored out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_with_reject_publish_keeps_each_keys_order() {
+    let env = Env::start().await;
+    let node = rabbit::start().await;
+    let mut cfg = rabbit::config(&env, &node);
+    cfg.on_poison = PoisonPolicy::DeadLetter;
+    cfg.rabbitmq.exchange = "bounded".into();
+    let c = &cfg.rabbitmq;
+    for (queue, binding, args) in [
+        ("bounded", "outbox.event.#", rabbit::bounded(50)),
+        (rabbit::DEAD, "pgoutbox.dead-letter", Default::default()),
+    ] {
+        pgoutbox::embedded::rabbitmq::declare_queue(&c.url, &c.exchange, queue, binding, args)
+            .await
+            .unwrap();
+    }
+    let events = Collector::start_paced(node.url(), "bounded", Some(Duration::from_micros(500)));
+    let dead = Collector::start(node.url(), rabbit::DEAD);
+    let running = env.spawn_streamer(cfg);
+    env.wait_streaming().await;
+    let txs = workload(0, 400);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    env.spawn_writer(txs, Duration::ZERO).await.unwrap();
+    let got = events.until_all(&ids, Duration::from_secs(180)).await;
+    let seen = distinct(&got);
+    let lost = ids.difference(&seen).count();
+    let reordered = rabbit::order_violations(&got);
+    let dead_letters = dead.snapshot().len();
+    eprintln!(
+        "full reject-publish queue: {} events, {} consumed, {lost} lost, {} duplicates, {reordered} out of key order, {dead_letters} dead letters",
+        ids.len(),
+        got.len(),
+        got.len() - seen.len()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(
+        dead_letters, 0,
+        "a full queue is a pause, not a poison event"
+    );
+    assert_eq!(
+        reordered, 0,
+        "a later event of a key was stored before a nacked one"
+    );
+    running.stop().await;
 }

@@ -8,6 +8,7 @@
 //! - [`rabbitmq`]: AMQP publishes to an exchange, confirmed by the broker.
 
 pub mod kafka;
+mod key_gate;
 pub mod nats;
 mod pending;
 pub mod rabbitmq;

@@ -119,11 +119,18 @@ pub struct Collector {
 
 impl Collector {
     pub fn start(url: String, queue: &'static str) -> Self {
+        Self::start_paced(url, queue, None)
+    }
+
+    /// As [`start`](Self::start), taking at most 5 messages at a time and pausing `pace`
+    /// after each: a slow consumer, so that a bounded queue fills and frees space again and
+    /// again.
+    pub fn start_paced(url: String, queue: &'static str, pace: Option<Duration>) -> Self {
         let got = Arc::new(Mutex::new(Vec::new()));
         let into = got.clone();
         let task = tokio::spawn(async move {
             loop {
-                let _ = consume(&url, queue, &into).await;
+                let _ = consume(&url, queue, &into, pace).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
@@ -169,9 +176,19 @@ impl Drop for Collector {
     }
 }
 
-async fn consume(url: &str, queue: &str, into: &Mutex<Vec<Got>>) -> Result<(), lapin::Error> {
+async fn consume(
+    url: &str,
+    queue: &str,
+    into: &Mutex<Vec<Got>>,
+    pace: Option<Duration>,
+) -> Result<(), lapin::Error> {
     let connection = lapin::Connection::connect(url, Default::default()).await?;
     let channel = connection.create_channel().await?;
+    if pace.is_some() {
+        channel
+            .basic_qos(5, lapin::options::BasicQosOptions::default())
+            .await?;
+    }
     let mut consumer = channel
         .basic_consume(
             queue.into(),
@@ -217,6 +234,9 @@ async fn consume(url: &str, queue: &str, into: &Mutex<Vec<Got>>) -> Result<(), l
             }
         }
         d.ack(BasicAckOptions::default()).await?;
+        if let Some(pace) = pace {
+            tokio::time::sleep(pace).await;
+        }
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, Notify};
 
 use super::returns::{take_returns, Return};
+use crate::destination::key_gate::{Admit, KeyGate};
 use crate::destination::pending::Pending;
 use crate::destination::{
     give_back, Class, DestinationError, Outcome, Receipt, Refusal, Returned, BATCH,
@@ -94,12 +95,14 @@ fn outcome(
             partition: 0,
             offset: i64::try_from(id).unwrap_or(i64::MAX),
         }),
+        // A queue full with x-overflow = reject-publish, or one that cannot store now: flow
+        // control, retried like a broker that is down, never a poison event.
         false => Err(Refusal {
-            class: Class::Refused,
+            class: Class::Retriable,
             message: format!(
-                "RabbitMQ nacked the message to exchange {exchange:?} with routing key {routing_key:?}"
+                "RabbitMQ nacked the message to exchange {exchange:?} with routing key {routing_key:?}: a queue refused it for now (full, with x-overflow = reject-publish, or unable to store it); retried"
             ),
-            hint: "; a queue refused it (full, with x-overflow = reject-publish) or the broker could not store it",
+            hint: "",
         }),
     }
 }
@@ -141,6 +144,46 @@ fn failed(e: &lapin::Error) -> Refusal {
     }
 }
 
+/// Why jobs are handed back behind a failed publish of their key.
+const HELD: &str = "held back behind an earlier event of its key that failed; sent after it";
+
+/// Publishes `job` on `channel` as the next publish: its frames are queued now, in order (see
+/// the module comment); its confirm joins `in_flight`.
+async fn start<T>(
+    channel: &Channel,
+    exchange: &ShortString,
+    pending: &mut Pending<T>,
+    in_flight: &mut FuturesUnordered<InFlight>,
+    job: Job<T>,
+) {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let id = pending.next_id();
+    let payload = job.record.payload.clone().unwrap_or_default();
+    let (channel, exchange) = (channel.clone(), exchange.clone());
+    let (routing_key, properties) = (job.routing_key, job.properties);
+    let mut publish: InFlight = Box::pin(async move {
+        let sent = channel
+            .basic_publish(exchange, routing_key, options, &payload, properties)
+            .await;
+        (
+            id,
+            match sent {
+                Ok(confirm) => confirm.await,
+                Err(e) => Err(e),
+            },
+        )
+    });
+    let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+    pending.insert(id, job.ticket, job.record);
+    match first {
+        Poll::Ready(done) => in_flight.push(Box::pin(std::future::ready(done))),
+        Poll::Pending => in_flight.push(publish),
+    }
+}
+
 /// Publishes on `channel` until the job channel closes, at most `max_pending` awaiting their
 /// confirm (jobs are taken only while there is room, as many at once as are queued and fit:
 /// lapin writes whatever frames it has queued in one go, so publishing them back to back keeps
@@ -166,12 +209,12 @@ pub async fn run<T: Send + 'static>(
     // (at most `max_pending`): a return of one of them may still come, harmlessly.
     let mut timed_out: std::collections::VecDeque<(bytes::Bytes, String)> = Default::default();
     let mut batch = Vec::with_capacity(BATCH.min(max_pending));
-    let options = BasicPublishOptions {
-        mandatory: true,
-        immediate: false,
-    };
+    // One publish in flight per key: a nack must not let a later event of its key overtake it.
+    let mut gate: KeyGate<Job<T>> = KeyGate::default();
     loop {
-        let room = max_pending.saturating_sub(pending.len()).min(BATCH);
+        let room = max_pending
+            .saturating_sub(pending.len() + gate.waiting())
+            .min(BATCH);
         tokio::select! {
             taken = jobs.recv_many(&mut batch, room), if room > 0 => {
                 if taken == 0 {
@@ -183,25 +226,15 @@ pub async fn run<T: Send + 'static>(
                         let _ = outcomes.send(Outcome { ticket: job.ticket, result: Err(r.clone()), returned });
                         continue;
                     }
-                    let id = pending.next_id();
-                    let payload = job.record.payload.clone().unwrap_or_default();
-                    let (channel, exchange) = (channel.clone(), exchange.clone());
-                    let mut publish: InFlight = Box::pin(async move {
-                        let sent = channel
-                            .basic_publish(exchange, job.routing_key, options, &payload, job.properties)
-                            .await;
-                        (id, match sent {
-                            Ok(confirm) => confirm.await,
-                            Err(e) => Err(e),
-                        })
-                    });
-                    // Queue the frames now, in order (see the module comment).
-                    let first =
-                        std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
-                    pending.insert(id, job.ticket, job.record);
-                    match first {
-                        Poll::Ready(done) => in_flight.push(Box::pin(std::future::ready(done))),
-                        Poll::Pending => in_flight.push(publish),
+                    let key = job.record.key.clone();
+                    match gate.admit(key.as_ref(), &job.record.event_id.clone(), job) {
+                        Admit::Publish(job) => {
+                            start(&channel, &exchange, &mut pending, &mut in_flight, job).await;
+                        }
+                        Admit::Parked => {}
+                        Admit::HandBack(job) => {
+                            give_back(&outcomes, "RabbitMQ", HELD, [(job.ticket, job.record)]);
+                        }
                     }
                 }
             }
@@ -247,30 +280,47 @@ pub async fn run<T: Send + 'static>(
                     own
                 };
                 let mut own = own.into_iter();
+                let mut next = Vec::new();
                 for (id, p, said) in answers {
                     let ret = own.next().flatten();
                     let Some((ticket, record)) = p else { continue };
                     let result = outcome(id, exchange.as_str(), &record.topic, said, ret);
+                    let parked = match &result {
+                        Err(r) if !r.class.is_final() => gate.failed(record.key.as_ref(), &record.event_id),
+                        _ => {
+                            next.extend(gate.settled(record.key.as_ref()));
+                            Vec::new()
+                        }
+                    };
                     let returned = result.is_err().then(|| Returned::from(record));
                     let _ = outcomes.send(Outcome { ticket, result, returned });
+                    give_back(&outcomes, "RabbitMQ", HELD, parked.into_iter().map(|j| (j.ticket, j.record)));
+                }
+                for job in next {
+                    start(&channel, &exchange, &mut pending, &mut in_flight, job).await;
                 }
             }
             () = pending.tick(), if pending.armed() => {
                 let why = format!("no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)");
                 let expired = pending.expired();
+                let mut parked = Vec::new();
                 for (_, record) in &expired {
+                    parked.extend(gate.failed(record.key.as_ref(), &record.event_id));
                     if timed_out.len() >= max_pending.max(1) {
                         timed_out.pop_front();
                     }
                     timed_out.push_back((record.event_id.clone(), record.topic.clone()));
                 }
+                // The failures first: what the pipeline reports is why, not what waited.
                 give_back(&outcomes, "RabbitMQ", &why, expired);
+                give_back(&outcomes, "RabbitMQ", HELD, parked.into_iter().map(|j| (j.ticket, j.record)));
             }
             _ = purge.notified() => {
                 in_flight = FuturesUnordered::new();
                 returns.clear();
+                let parked = gate.drain().into_iter().map(|j| (j.ticket, j.record));
                 let queued = std::iter::from_fn(|| jobs.try_recv().ok().map(|j| (j.ticket, j.record)));
-                let all = pending.drain().into_iter().chain(queued);
+                let all = pending.drain().into_iter().chain(parked).chain(queued);
                 give_back(&outcomes, "RabbitMQ", "publish abandoned (purged)", all);
             }
         }
