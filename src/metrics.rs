@@ -21,6 +21,8 @@ pub const SLOT_LAG: &str = "pgoutbox_slot_lag_bytes";
 pub const RECONNECTS: &str = "pgoutbox_reconnects_total";
 /// 1 while streaming, 0 otherwise.
 pub const STREAMING: &str = "pgoutbox_streaming";
+/// 1 while the destination refuses publishers (RabbitMQ `connection.blocked`), by `destination`.
+pub const DESTINATION_BLOCKED: &str = "pgoutbox_destination_blocked";
 /// Seconds from the transaction's commit in PostgreSQL to Kafka's ack, per event.
 pub const COMMIT_TO_ACK: &str = "pgoutbox_commit_to_ack_seconds";
 
@@ -73,6 +75,10 @@ pub fn describe() {
         "At-most-once: events confirmed to PostgreSQL but never acknowledged, each also logged by id"
     );
     describe_gauge!(STREAMING, "1 while the replication stream is running");
+    describe_gauge!(
+        DESTINATION_BLOCKED,
+        "1 while the destination refuses publishers (a RabbitMQ memory or disk alarm), by destination"
+    );
     describe_histogram!(
         COMMIT_TO_ACK,
         Unit::Seconds,

@@ -483,3 +483,85 @@ async fn full_queue_with_reject_publish_keeps_each_keys_order() {
     );
     running.stop().await;
 }
+
+/// A memory alarm (`set_vm_memory_high_watermark 0.0001`) blocks publishers for 20 s under
+/// load, longer than the confirm deadline: the relay says so once, `/readyz` answers 503 with
+/// the broker's reason and the metric shows it, no publish times out into a resend, and once
+/// the alarm lifts every event arrives, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_is_a_pause_said_once_and_resends_nothing() {
+    let env = Env::start().await;
+    let node = rabbit::start().await;
+    let events = Collector::start(node.url(), rabbit::EVENTS);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let port = free_port();
+    let mut vars = rabbit::binary_env(&node);
+    vars.push(("PGOUTBOX_METRICS_ADDR", format!("127.0.0.1:{port}")));
+    vars.push(("PGOUTBOX_STATUS_INTERVAL_MS", "200".into()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut child = env.spawn_binary(&log, &vars);
+    env.wait_streaming().await;
+    let txs = workload(0, 730);
+    let ids = ids_of(&txs);
+    let writer = env.spawn_writer(txs, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ctl = |args: &'static [&'static str]| {
+        let node = &node;
+        node.ctl(args).unwrap()
+    };
+    ctl(&["set_vm_memory_high_watermark", "0.0001"]);
+    let mut not_ready = 0;
+    let mut samples = 0;
+    let mut metric_seen = false;
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while tokio::time::Instant::now() < until {
+        samples += 1;
+        if let Some((503, body)) = get(port, "/readyz").await {
+            if body.contains("blocks publishers") {
+                not_ready += 1;
+            }
+        }
+        if let Some((200, m)) = get(port, "/metrics").await {
+            metric_seen |= m.contains("pgoutbox_destination_blocked{destination=\"rabbitmq\"} 1");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    writer.await.unwrap();
+    let got = events.until_all(&ids, Duration::from_secs(90)).await;
+    let end = env.current_lsn().await;
+    env.wait_confirmed(end, Duration::from_secs(30)).await;
+    let seen = distinct(&got);
+    let lost = ids.difference(&seen).count();
+    let twice = got.len() - seen.len();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let said = text.matches("RabbitMQ blocks publishers").count();
+    eprintln!(
+        "RabbitMQ memory alarm 20 s under load: {} events, {lost} lost, {twice} published twice; /readyz 503 in {not_ready} of {samples} samples; said {said} time(s)",
+        ids.len()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(
+        twice, 0,
+        "publishes timed out into resends during the alarm"
+    );
+    assert_eq!(said, 1, "the block is said once: {text}");
+    assert!(!text.contains("no publisher confirm within"), "{text}");
+    assert_eq!(
+        not_ready, samples,
+        "/readyz said ready while the broker blocked publishers"
+    );
+    assert!(
+        metric_seen,
+        "pgoutbox_destination_blocked never showed the block"
+    );
+    assert!(
+        get(port, "/readyz")
+            .await
+            .is_some_and(|(code, _)| code == 200),
+        "ready again after the alarm"
+    );
+    let _ = child.kill().await;
+}

@@ -268,6 +268,12 @@ pub trait Destination<T: Send + 'static>: Sized + Send + Sync + 'static {
         tokio::time::sleep(RETRY_FULL)
     }
 
+    /// Why the broker refuses to take publishes now (RabbitMQ's `connection.blocked`: a memory
+    /// or disk alarm), if it does: publishing pauses, and no publish times out meanwhile.
+    fn blocked(&self) -> Option<String> {
+        None
+    }
+
     /// Gives up on everything not yet acknowledged: each outcome still comes back, as a
     /// retriable refusal, unless the server acknowledged it meanwhile.
     fn purge(&self);

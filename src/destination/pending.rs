@@ -142,6 +142,19 @@ impl<T> Pending<T> {
         gone
     }
 
+    /// Gives every publish awaiting its answer a whole timeout again, from now: after a pause
+    /// the broker announced (an alarm), during which no answer could come.
+    pub fn restart_clocks(&mut self) {
+        let deadline = Instant::now() + self.timeout;
+        for e in self.slots.iter_mut().flatten() {
+            e.deadline = deadline;
+        }
+        if self.len > 0 {
+            self.timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+    }
+
     /// Every publish awaiting its answer (removed), oldest first.
     pub fn drain(&mut self) -> Vec<(T, OutboxRecord)> {
         self.len = 0;

@@ -1,6 +1,7 @@
 //! Liveness and readiness facts the pipeline publishes for the health endpoints.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::Mutex;
 
 const NOT_STANDBY: u8 = 0;
 const STANDBY_OK: u8 = 1;
@@ -14,6 +15,8 @@ pub struct Health {
     lag_bytes: AtomicI64,
     /// HA standby state: not a standby, or waiting with/without a reachable database.
     standby: AtomicU8,
+    /// Why the destination refuses publishes now (an alarm), if it does.
+    blocked: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -22,6 +25,7 @@ impl Default for Health {
             streaming: AtomicBool::new(false),
             lag_bytes: AtomicI64::new(-1),
             standby: AtomicU8::new(NOT_STANDBY),
+            blocked: Mutex::new(None),
         }
     }
 }
@@ -34,6 +38,19 @@ impl Health {
 
     pub fn streaming(&self) -> bool {
         self.streaming.load(Ordering::Relaxed)
+    }
+
+    /// The destination `destination` blocks publishers (`Some(why)`) or takes them again.
+    pub fn set_blocked(&self, destination: &'static str, why: Option<String>) {
+        metrics::gauge!(crate::metrics::DESTINATION_BLOCKED, "destination" => destination)
+            .set(if why.is_some() { 1.0 } else { 0.0 });
+        if let Ok(mut b) = self.blocked.lock() {
+            *b = why;
+        }
+    }
+
+    fn blocked(&self) -> Option<String> {
+        self.blocked.lock().ok().and_then(|b| b.clone())
     }
 
     pub fn set_lag_bytes(&self, lag: i64) {
@@ -66,6 +83,9 @@ impl Health {
                 _ => Err("not streaming".into()),
             };
         }
+        if let Some(why) = self.blocked() {
+            return Err(format!("the destination blocks publishers: {why}"));
+        }
         match self.lag_bytes() {
             Some(lag) if lag > max_lag_bytes => {
                 Err(format!("slot lag {lag} bytes exceeds {max_lag_bytes}"))
@@ -88,6 +108,16 @@ mod tests {
         h.set_lag_bytes(500);
         assert!(h.readiness(100).unwrap_err().contains("500"));
         h.set_lag_bytes(50);
+        assert_eq!(h.readiness(100), Ok("streaming"));
+    }
+
+    #[test]
+    fn a_destination_blocking_publishers_is_not_ready() {
+        let h = Health::default();
+        h.set_streaming(true);
+        h.set_blocked("rabbitmq", Some("low on memory".into()));
+        assert!(h.readiness(100).unwrap_err().contains("low on memory"));
+        h.set_blocked("rabbitmq", None);
         assert_eq!(h.readiness(100), Ok("streaming"));
     }
 

@@ -153,7 +153,9 @@ async fn run_to<D: Destination<Ticket>>(
         catalog.since,
         guard_tx,
     )));
-    let mut session = Session::new(cfg, start, D::NAME, observer, batches, guard);
+    let mut session =
+        Session::new(cfg, start, D::NAME, observer, batches, guard).with_health(health);
+    health.set_blocked(D::NAME, None);
     for (table, oids) in catalog.oids.iter().enumerate() {
         for oid in oids {
             session.learn_oid(*oid, table);

@@ -5,8 +5,10 @@
 //!
 //! - this file: connecting, the record → message mapping, `send` (never waits).
 //! - [`publisher`]: the task that publishes in order and matches each confirm to its record.
+//! - [`alarm`]: the broker blocking publishers (memory or disk alarm).
 //! - [`exchange`]: what `check` and `setup` ask of the exchange.
 
+mod alarm;
 pub mod exchange;
 mod publisher;
 mod returns;
@@ -42,7 +44,10 @@ pub struct RabbitSink<T: Send + 'static> {
     jobs: mpsc::Sender<Job<T>>,
     purge: Arc<Notify>,
     connection: Connection,
+    /// The broker's reason while it blocks publishers.
+    blocked: tokio::sync::watch::Receiver<Option<String>>,
     _publisher: AbortOnDrop,
+    _alarm: AbortOnDrop,
 }
 
 /// Connects to the first node of `cfg.url` (comma-separated: a cluster's nodes) that takes
@@ -256,13 +261,17 @@ impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
         .await??;
         let (jobs, rx) = mpsc::channel(cfg.rabbitmq.max_pending);
         let purge = Arc::new(Notify::new());
+        let (blocked, alarm) = alarm::watch(&connection);
         let task = tokio::spawn(publisher::run(
             channel,
             ShortString::try_new(cfg.rabbitmq.exchange.as_str())
                 .map_err(|e| DestinationError::Config(format!("rabbitmq_exchange: {e}")))?,
             rx,
             outcomes,
-            purge.clone(),
+            publisher::Signals {
+                purge: purge.clone(),
+                blocked: blocked.clone(),
+            },
             cfg.rabbitmq.max_pending,
             cfg.rabbitmq.ack_timeout,
         ));
@@ -270,7 +279,9 @@ impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
             jobs,
             purge,
             connection,
+            blocked,
             _publisher: AbortOnDrop(task),
+            _alarm: AbortOnDrop(alarm),
         })
     }
 
@@ -307,6 +318,10 @@ impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
 
     fn purge(&self) {
         self.purge.notify_one();
+    }
+
+    fn blocked(&self) -> Option<String> {
+        self.blocked.borrow().clone()
     }
 
     async fn close(self) {

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::returns::{take_returns, Return};
 use crate::destination::key_gate::{Admit, KeyGate};
@@ -144,6 +144,16 @@ fn failed(e: &lapin::Error) -> Refusal {
     }
 }
 
+/// What the publisher is told besides its jobs.
+pub struct Signals {
+    /// Give every outstanding ticket back now, as a retriable refusal.
+    pub purge: Arc<Notify>,
+    /// The broker's reason while it blocks publishers: no new publish is started, and no
+    /// confirm deadline runs (each starts again when the block lifts), so a long alarm is a
+    /// pause, not a storm of timeouts and resends.
+    pub blocked: watch::Receiver<Option<String>>,
+}
+
 /// Why jobs are handed back behind a failed publish of their key.
 const HELD: &str = "held back behind an earlier event of its key that failed; sent after it";
 
@@ -188,16 +198,19 @@ async fn start<T>(
 /// confirm (jobs are taken only while there is room, as many at once as are queued and fit:
 /// lapin writes whatever frames it has queued in one go, so publishing them back to back keeps
 /// the writes large). A publish unconfirmed after `ack_timeout` fails as retriable. On
-/// `purge`, every outstanding ticket comes back as a retriable refusal at once.
+/// `purge`, every outstanding ticket comes back as a retriable refusal at once. While the
+/// broker blocks publishers, nothing new goes out and no deadline runs.
 pub async fn run<T: Send + 'static>(
     channel: Channel,
     exchange: ShortString,
     mut jobs: mpsc::Receiver<Job<T>>,
     outcomes: mpsc::UnboundedSender<Outcome<T>>,
-    purge: Arc<Notify>,
+    signals: Signals,
     max_pending: usize,
     ack_timeout: Duration,
 ) {
+    let Signals { purge, mut blocked } = signals;
+    let mut is_blocked = blocked.borrow().is_some();
     let mut pending = Pending::new(ack_timeout);
     // The broker closed the channel refusing this user the exchange: every later publish (a
     // dead letter to the same exchange included) would be refused the same way.
@@ -212,10 +225,20 @@ pub async fn run<T: Send + 'static>(
     // One publish in flight per key: a nack must not let a later event of its key overtake it.
     let mut gate: KeyGate<Job<T>> = KeyGate::default();
     loop {
-        let room = max_pending
-            .saturating_sub(pending.len() + gate.waiting())
-            .min(BATCH);
+        let room = match is_blocked {
+            true => 0,
+            false => max_pending
+                .saturating_sub(pending.len() + gate.waiting())
+                .min(BATCH),
+        };
         tokio::select! {
+            Ok(()) = blocked.changed() => {
+                let now = blocked.borrow_and_update().is_some();
+                if is_blocked && !now {
+                    pending.restart_clocks();
+                }
+                is_blocked = now;
+            }
             taken = jobs.recv_many(&mut batch, room), if room > 0 => {
                 if taken == 0 {
                     break;
@@ -300,7 +323,7 @@ pub async fn run<T: Send + 'static>(
                     start(&channel, &exchange, &mut pending, &mut in_flight, job).await;
                 }
             }
-            () = pending.tick(), if pending.armed() => {
+            () = pending.tick(), if pending.armed() && !is_blocked => {
                 let why = format!("no publisher confirm within {ack_timeout:?} (rabbitmq_ack_timeout_ms)");
                 let expired = pending.expired();
                 let mut parked = Vec::new();

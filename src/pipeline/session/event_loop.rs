@@ -86,6 +86,7 @@ impl Session<'_> {
                     }
                     // Past half the timeout, ask for a reply: a live server answers at once.
                     self.send_status(wal, silent > timeout / 2).await?;
+                    self.watch_destination(dest);
                 }
                 // The watermark moved: confirm it promptly, at most one update per CONFIRM_GAP,
                 // so a crash resends about what was in flight, not a status interval's worth.

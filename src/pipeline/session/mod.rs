@@ -128,6 +128,8 @@ pub struct Session<'a> {
     /// Exactly-once: the open PostgreSQL transaction is in the destination already (a resend).
     skip_tx: bool,
     observer: Option<&'a mpsc::UnboundedSender<AckedEvent>>,
+    /// Where the destination's blocked state is published (readiness, metric).
+    health: Option<&'a crate::pipeline::Health>,
     /// Records for the destination, in order; while any wait (it is full, or a retry is due
     /// later), nothing more is read.
     pending: VecDeque<(OutboxRecord, Ticket)>,
@@ -227,6 +229,7 @@ impl<'a> Session<'a> {
             (mode, _) => mode,
         };
         Session {
+            health: None,
             mode,
             pending: VecDeque::new(),
             retry_at: None,
@@ -250,6 +253,19 @@ impl<'a> Session<'a> {
             delivered: 0,
             ignored: 0,
             meters: Meters::new(destination),
+        }
+    }
+
+    /// Publishes the destination's blocked state to `health` at every status tick.
+    pub fn with_health(mut self, health: &'a crate::pipeline::Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Tells readiness and the metric whether the destination blocks publishers now.
+    pub(super) fn watch_destination<D: crate::destination::Destination<Ticket>>(&self, dest: &D) {
+        if let Some(h) = self.health {
+            h.set_blocked(D::NAME, dest.blocked());
         }
     }
 
