@@ -27,10 +27,8 @@ pub fn watch(
                     tracing::warn!(reason = %why, "RabbitMQ blocks publishers (a memory or disk alarm): publishing pauses until it lifts; nothing is lost");
                     tx.send_replace(Some(why));
                 }
-                Event::ConnectionUnblocked => {
-                    if tx.send_replace(None).is_some() {
-                        tracing::info!("RabbitMQ takes publishes again: publishing resumes");
-                    }
+                Event::ConnectionUnblocked if tx.send_replace(None).is_some() => {
+                    tracing::info!("RabbitMQ takes publishes again: publishing resumes");
                 }
                 _ => {}
             }
