@@ -259,6 +259,21 @@ impl TempRabbit {
         self.port
     }
 
+    /// The Erlang node name (`pgoutbox-PORT@localhost`), as `rabbitmqctl` names nodes.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// Makes this node a member of `seed`'s cluster (`stop_app`, `join_cluster`,
+    /// `start_app`). Nodes on one host share the `rabbitmq` user's Erlang cookie; a member
+    /// killed and restarted rejoins by itself.
+    pub fn join(&self, seed: &TempRabbit) -> Result<(), EmbeddedError> {
+        self.ctl(&["stop_app"])?;
+        self.ctl(&["join_cluster", &seed.node])?;
+        self.ctl(&["start_app"])?;
+        Ok(())
+    }
+
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (guest may log in over loopback).
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
