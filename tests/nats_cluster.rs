@@ -134,6 +134,21 @@ async fn stream_leader_killed_twice_is_a_pause_under_every_poison_policy() {
         .await
         .unwrap()
         .expect("start a 3-node nats-server cluster");
+    // check and setup with the three URLs, each with its own password.
+    let env = Env::start().await;
+    fresh_stream(&cluster).await;
+    let settings = vec![
+        ("PGOUTBOX_POSTGRES_URL", env.pg.url()),
+        ("PGOUTBOX_DESTINATION", "nats".to_owned()),
+        ("PGOUTBOX_NATS_URL", cluster.urls()),
+    ];
+    let (_, text) = common::pki::check(&settings).await;
+    assert!(text.contains("✔ NATS reachable"), "{text}");
+    assert!(text.contains("✔ NATS stream"), "{text}");
+    for (_, pw) in LOGINS {
+        assert!(!text.contains(pw), "check printed a password: {text}");
+    }
+    drop(env);
     let policies = [
         PoisonPolicy::Skip,
         PoisonPolicy::Fail,
