@@ -491,18 +491,7 @@ async fn full_stream_with_discard_new_keeps_each_keys_order() {
                 continue;
             };
             while let Some(Ok(m)) = batch.next().await {
-                let headers = m
-                    .headers
-                    .iter()
-                    .flat_map(|h| h.iter())
-                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
-                    .collect();
-                let s = Stored {
-                    subject: m.subject.to_string(),
-                    seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
-                    headers,
-                    payload: m.payload.clone(),
-                };
+                let s = Stored::of(&m);
                 distinct.insert(s.id());
                 got.push(s);
                 m.ack().await.unwrap();

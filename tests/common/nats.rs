@@ -29,6 +29,22 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// What a JetStream consumer received.
+    pub fn of(m: &async_nats::jetstream::Message) -> Stored {
+        let headers = m
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
+            .collect();
+        Stored {
+            subject: m.subject.to_string(),
+            seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
+            headers,
+            payload: m.payload.clone(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -111,19 +127,7 @@ pub async fn try_read_all(url: &str, quiet: Duration) -> Option<Vec<Stored>> {
     let mut messages = consumer.messages().await.ok()?;
     let mut out = Vec::new();
     while let Ok(Some(Ok(m))) = tokio::time::timeout(quiet, messages.next()).await {
-        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let headers = m
-            .headers
-            .iter()
-            .flat_map(|h| h.iter())
-            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string())))
-            .collect();
-        out.push(Stored {
-            subject: m.subject.to_string(),
-            seq,
-            headers,
-            payload: m.payload.clone(),
-        });
+        out.push(Stored::of(&m));
     }
     Some(out)
 }

@@ -198,16 +198,9 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
             };
             return Err(SendError::Refused(ticket, r, record));
         }
-        let headers = match headers(&record) {
-            Ok(h) => h,
-            Err(r) => return Err(SendError::Refused(ticket, r, record)),
-        };
-        let job = Job {
-            subject: record.topic.clone(),
-            headers,
-            payload: record.payload.clone().unwrap_or_default(),
-            ticket,
-            record,
+        let job = match Job::new(record, ticket) {
+            Ok(job) => job,
+            Err((ticket, r, record)) => return Err(SendError::Refused(ticket, r, record)),
         };
         enqueue(&self.jobs, job, Self::TITLE, |j| (j.ticket, j.record))
     }

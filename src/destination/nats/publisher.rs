@@ -29,6 +29,24 @@ pub struct Job<T> {
     pub record: OutboxRecord,
 }
 
+impl<T> Job<T> {
+    /// The publish of `record`: its subject, headers (refused if NATS cannot carry one) and
+    /// payload.
+    #[allow(clippy::result_large_err)] // the record comes back by value, as from `send`
+    pub fn new(record: OutboxRecord, ticket: T) -> Result<Self, (T, Refusal, OutboxRecord)> {
+        match super::headers(&record) {
+            Ok(headers) => Ok(Job {
+                subject: record.topic.clone(),
+                headers,
+                payload: record.payload.clone().unwrap_or_default(),
+                ticket,
+                record,
+            }),
+            Err(r) => Err((ticket, r, record)),
+        }
+    }
+}
+
 /// JetStream's answer to a publish: the stored sequence, or an API error.
 #[derive(Deserialize)]
 struct PubAck {
@@ -260,18 +278,9 @@ impl<T: Send + 'static> Publisher<T> {
             return;
         };
         for (ticket, record) in again {
-            match super::headers(&record) {
-                Ok(headers) => {
-                    let job = Job {
-                        subject: record.topic.clone(),
-                        headers,
-                        payload: record.payload.clone().unwrap_or_default(),
-                        ticket,
-                        record,
-                    };
-                    self.publish(job, lost).await;
-                }
-                Err(r) => self.refused(ticket, record, r),
+            match Job::new(record, ticket) {
+                Ok(job) => self.publish(job, lost).await,
+                Err((ticket, r, record)) => self.refused(ticket, record, r),
             }
         }
     }
