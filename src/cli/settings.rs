@@ -142,7 +142,7 @@ settings! {
     nats_stream: String = pgoutbox::config::nats::DEFAULT_STREAM.into(), "PGOUTBOX_NATS_STREAM";
     /// Seconds of duplicate removal (Nats-Msg-Id) the stream must keep at least: check fails on a shorter duplicate_window [default: 120]
     nats_duplicate_window_secs: u64 = 120, "PGOUTBOX_NATS_DUPLICATE_WINDOW_SECS";
-    /// Milliseconds to wait for a publish's acknowledgement before it counts as failed [default: 10000]
+    /// Milliseconds the server may answer nothing (no PubAck for any publish) before a publish counts as failed [default: 10000]
     nats_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_NATS_ACK_TIMEOUT_MS";
     /// Publishes awaiting acknowledgement at most [default: 16384]
     nats_max_pending: usize = 16384, "PGOUTBOX_NATS_MAX_PENDING";
@@ -156,7 +156,7 @@ settings! {
     rabbitmq_url: String = pgoutbox::config::rabbitmq::DEFAULT_URL.into(), "PGOUTBOX_RABBITMQ_URL";
     /// Exchange to publish to, the topic being the routing key (check looks it up, setup can declare it) [default: outbox]
     rabbitmq_exchange: String = pgoutbox::config::rabbitmq::DEFAULT_EXCHANGE.into(), "PGOUTBOX_RABBITMQ_EXCHANGE";
-    /// Milliseconds to wait for a publisher confirm before the publish counts as failed [default: 10000]
+    /// Milliseconds the broker may confirm nothing before a publish counts as failed (paused while it blocks publishers) [default: 10000]
     rabbitmq_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_RABBITMQ_ACK_TIMEOUT_MS";
     /// Publishes awaiting their confirm at most [default: 4096]
     rabbitmq_max_pending: usize = 4096, "PGOUTBOX_RABBITMQ_MAX_PENDING";

@@ -24,7 +24,9 @@ pub struct NatsConfig {
     /// stream's `duplicate_window` is shorter. Exactly-once on NATS holds for restarts within
     /// this window. Default 2 minutes (JetStream's default).
     pub duplicate_window: Duration,
-    /// A publish not acknowledged within this long is retried from the slot. Default 10 s.
+    /// A publish fails (and is retried from the slot) once the server has answered nothing for
+    /// this long, since it was sent and since its last answer to any publish: a slow server
+    /// that keeps answering is waited for. Default 10 s.
     pub ack_timeout: Duration,
     /// Publishes awaiting their acknowledgement at most. Default 16,384: JetStream handles
     /// deep pipelines well (fewer, larger reads and writes per message on both sides).

@@ -17,7 +17,9 @@ pub struct RabbitConfig {
     pub url: String,
     /// The exchange every record is published to, with its topic as the routing key.
     pub exchange: String,
-    /// A publish not confirmed within this long is retried from the slot. Default 10 s.
+    /// A publish fails (and is retried from the slot) once the broker has confirmed nothing for
+    /// this long, since it was sent and since its last confirm of any publish; the clock stops
+    /// while the broker blocks publishers. Default 10 s.
     pub ack_timeout: Duration,
     /// Publishes awaiting their confirm at most. Default 4,096.
     pub max_pending: usize,

@@ -2,6 +2,11 @@
 //! (ids grow in publish order), each with its deadline, and one timer for all of them. Used by
 //! the NATS and RabbitMQ publishers alike.
 //!
+//! A publish fails once the server has answered nothing for the timeout: since it was sent, and
+//! since the last answer to any publish. A server that is slow but answering (a backlog behind
+//! a slow disk, a deep pipeline) is waited for instead of timed out into a storm of resends; a
+//! server that went silent is given up on after the timeout, as before.
+//!
 //! The timer is lazy: it is set when the first publish is added to an empty set, and only
 //! moved on when it fires (to the oldest deadline left). The deadlines grow with the ids, so it
 //! never fires later than the oldest one; it may fire for a publish acknowledged meanwhile,
@@ -32,6 +37,8 @@ pub(crate) struct Pending<T> {
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
     armed: bool,
+    /// When the last answer came (to any publish).
+    last_answer: Option<Instant>,
 }
 
 impl<T> Pending<T> {
@@ -45,6 +52,7 @@ impl<T> Pending<T> {
             timeout,
             timer: Box::pin(tokio::time::sleep(timeout)),
             armed: false,
+            last_answer: None,
         }
     }
 
@@ -92,6 +100,7 @@ impl<T> Pending<T> {
         let i = usize::try_from(id.checked_sub(self.first)?).ok()?;
         let e = self.slots.get_mut(i)?.take()?;
         self.len -= 1;
+        self.last_answer = Some(Instant::now());
         while matches!(self.slots.front(), Some(None)) {
             self.slots.pop_front();
             self.first += 1;
@@ -114,13 +123,19 @@ impl<T> Pending<T> {
         self.timer.as_mut().await;
     }
 
-    /// The publishes past their deadline, oldest first (removed); sets the timer to the
-    /// oldest deadline left.
+    /// When the publish with `deadline` fails: at its deadline, or later while answers come.
+    fn due(&self, deadline: Instant) -> Instant {
+        self.last_answer
+            .map_or(deadline, |t| deadline.max(t + self.timeout))
+    }
+
+    /// The publishes past their deadline with no answer from the server for the timeout,
+    /// oldest first (removed); sets the timer to when the oldest one left is due.
     pub fn expired(&mut self) -> Vec<(T, OutboxRecord)> {
         let now = Instant::now();
         let mut gone = Vec::new();
         while let Some(Some(e)) = self.slots.front() {
-            if e.deadline > now {
+            if self.due(e.deadline) > now {
                 break;
             }
             if let Some(Some(e)) = self.slots.pop_front() {
@@ -135,7 +150,7 @@ impl<T> Pending<T> {
         }
         self.armed = false;
         if let Some(Some(e)) = self.slots.front() {
-            let at = e.deadline;
+            let at = self.due(e.deadline);
             self.timer.as_mut().reset(at);
             self.armed = true;
         }
@@ -204,6 +219,35 @@ mod tests {
         assert_eq!(gone, ["b"]);
         assert!(!p.armed());
         assert_eq!(p.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_keeps_answering_is_slow_not_gone() {
+        let start = Instant::now();
+        let mut p = Pending::new(Duration::from_secs(10));
+        let ids: Vec<u64> = (0..3).map(|_| p.next_id()).collect();
+        for (&id, t) in ids.iter().zip(["a", "b", "c"]) {
+            p.insert(id, t, record(0));
+        }
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(p.remove(ids[0]).map(|(t, _)| t), Some("a"));
+        p.tick().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(10), "b's own deadline");
+        assert!(p.expired().is_empty(), "the server answered 2 s ago");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(p.remove(ids[1]).map(|(t, _)| t), Some("b"));
+        // The timer is lazy: it fires when b would have been due, then moves on.
+        p.tick().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(18));
+        assert!(p.expired().is_empty(), "the server answered 2 s ago");
+        p.tick().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(26),
+            "10 s after the last answer"
+        );
+        let gone: Vec<_> = p.expired().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(gone, ["c"], "silent for the timeout: given up");
     }
 
     #[tokio::test(start_paused = true)]
