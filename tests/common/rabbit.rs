@@ -182,7 +182,14 @@ async fn consume(
     into: &Mutex<Vec<Got>>,
     pace: Option<Duration>,
 ) -> Result<(), lapin::Error> {
-    let connection = lapin::Connection::connect(url, Default::default()).await?;
+    // A node still booting may take the TCP connection and not answer yet, and a dead one
+    // may go unnoticed: bound the handshake, and let heartbeats find a silent connection.
+    let url = format!("{url}?heartbeat=2");
+    let connect = lapin::Connection::connect(&url, Default::default());
+    let Ok(connection) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+        return Ok(());
+    };
+    let connection = connection?;
     let channel = connection.create_channel().await?;
     if pace.is_some() {
         channel
