@@ -255,6 +255,16 @@ async fn server_version(pg: &tokio_postgres::Client) -> String {
 }
 
 async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Vec<CheckResult>) {
+    // A standby answers most checks misleadingly (no slot, read-only): one line says it all.
+    let primary = preflight::primary(pg).await;
+    let is_primary = primary.is_ok();
+    out.push(result(
+        "primary",
+        primary.map(|()| "not in recovery".into()),
+    ));
+    if !is_primary {
+        return;
+    }
     if cfg.source == Source::Poll {
         return poll_checks(pg, cfg, out).await;
     }
@@ -268,9 +278,11 @@ async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Ve
             .await
             .map(|(slots, senders)| format!("{slots} slot(s) and {senders} WAL sender(s) free")),
     ));
-    for o in cfg.outboxes() {
+    for (i, o) in cfg.outboxes().into_iter().enumerate() {
         let t = &o.table;
-        let table = preflight::table_exists(pg, t).await;
+        let table = preflight::table_exists(pg, t)
+            .await
+            .map_err(|e| e.for_setting(i));
         let table_ok = table.is_ok();
         out.push(result(
             "outbox table",
@@ -358,9 +370,33 @@ async fn failover(pg: &tokio_postgres::Client, cfg: &Config) -> CheckResult {
             }
         }
     };
+    let risk = match preflight::unsynced_standbys(pg, &cfg.slot, cfg.failover).await {
+        Ok(r) => r,
+        Err(e) => {
+            return CheckResult {
+                name,
+                ok: false,
+                detail: e.to_string(),
+            }
+        }
+    };
     let (version, standby): (i32, bool) = (row.get(0), row.get(1));
     let (slot_failover, synced_to, physical): (Option<bool>, String, i64) =
         (row.get(2), row.get(3), row.get(4));
+    if let Some(e) = risk {
+        return match cfg.allow_unsynchronized_failover {
+            true => CheckResult {
+                name,
+                ok: true,
+                detail: format!("! accepted by allow_unsynchronized_failover = true: {e}"),
+            },
+            false => CheckResult {
+                name,
+                ok: false,
+                detail: e.to_string(),
+            },
+        };
+    }
     let slot = &cfg.slot;
     let (ok, detail) = if (version as u32) < crate::replication::FAILOVER_SINCE {
         (true, format!("! no failover slots before PostgreSQL 17: a promoted standby has no copy of slot {slot}, and pgoutbox then stops rather than create a new one"))
@@ -378,9 +414,7 @@ async fn failover(pg: &tokio_postgres::Client, cfg: &Config) -> CheckResult {
             (_, false) => (true, format!("! failover = false: slot {slot} is not kept by standbys")),
             (Some(false), true) => (false, format!(
                 "slot {slot} is not a failover slot, so standbys keep no copy of it: recreate it while nothing is written (pgoutbox creates failover slots), or set failover = false to accept that")),
-            (Some(true), true) if synced_to.is_empty() && physical > 0 => (false, format!(
-                "slot {slot} is a failover slot, but synchronized_standby_slots is empty: pgoutbox may confirm transactions a standby does not have yet, so after a failover its copy of the slot is behind what was delivered; run `ALTER SYSTEM SET synchronized_standby_slots = '<the standbys'' physical slots>'; SELECT pg_reload_conf();`")),
-            (Some(true), true) if synced_to.is_empty() => (true, format!(
+            (Some(true), true) if synced_to.is_empty() && physical == 0 => (true, format!(
                 "slot {slot} is a failover slot (no physical standby slot yet: name the standbys' slots in synchronized_standby_slots when you add them)")),
             (Some(true), true) => (true, format!(
                 "slot {slot} is a failover slot; synchronized_standby_slots = {synced_to}")),

@@ -23,6 +23,9 @@ pub const RECONNECTS: &str = "pgoutbox_reconnects_total";
 pub const STREAMING: &str = "pgoutbox_streaming";
 /// 1 while the destination refuses publishers (RabbitMQ `connection.blocked`), by `destination`.
 pub const DESTINATION_BLOCKED: &str = "pgoutbox_destination_blocked";
+/// 1 while the slot is a failover slot that some standby's physical slot is not synchronized
+/// with (`allow_unsynchronized_failover = true` lets pgoutbox run so).
+pub const FAILOVER_UNSYNCHRONIZED: &str = "pgoutbox_failover_unsynchronized";
 /// Seconds from the transaction's commit in PostgreSQL to Kafka's ack, per event.
 pub const COMMIT_TO_ACK: &str = "pgoutbox_commit_to_ack_seconds";
 
@@ -75,6 +78,10 @@ pub fn describe() {
         "At-most-once: events confirmed to PostgreSQL but never acknowledged, each also logged by id"
     );
     describe_gauge!(STREAMING, "1 while the replication stream is running");
+    describe_gauge!(
+        FAILOVER_UNSYNCHRONIZED,
+        "1 while a standby's physical slot is missing from synchronized_standby_slots (allow_unsynchronized_failover)"
+    );
     describe_gauge!(
         DESTINATION_BLOCKED,
         "1 while the destination refuses publishers (a RabbitMQ memory or disk alarm), by destination"

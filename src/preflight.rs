@@ -15,6 +15,30 @@ pub enum PreflightError {
     #[error("table {0} does not exist: run `pgoutbox setup` or `psql -f sql/setup.sql`")]
     NoTable(TableName),
     #[error(
+        "table {table} does not exist, but {} does (moved with ALTER TABLE … SET SCHEMA?): set {setting} = \"{}\" (running `pgoutbox setup` would create a second, empty {table} that nothing writes to)",
+        .found.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
+        .found.first().map(ToString::to_string).unwrap_or_default()
+    )]
+    TableMoved {
+        table: TableName,
+        found: Vec<TableName>,
+        /// `table`, or `tables[].table` for a further outbox table.
+        setting: &'static str,
+    },
+    #[error(
+        "this server is a standby (in recovery): pgoutbox streams from the primary; set postgres_url to the primary's address, or list every server with target_session_attrs=read-write (postgres://host1,host2/db?target_session_attrs=read-write) so that whichever is primary is found"
+    )]
+    Standby,
+    #[error(
+        "replication slot {slot:?} is a failover slot, but the standbys' physical slot(s) {unsynced} are not in synchronized_standby_slots ({setting:?}): pgoutbox could deliver events a standby has not received, and after a failover to it those events would exist in no database. Run `ALTER SYSTEM SET synchronized_standby_slots = '{wanted}'; SELECT pg_reload_conf();`, or set allow_unsynchronized_failover = true to accept that risk"
+    )]
+    UnsyncedFailover {
+        slot: String,
+        unsynced: String,
+        setting: String,
+        wanted: String,
+    },
+    #[error(
         "publication {0:?} does not exist: run `pgoutbox setup` or `CREATE PUBLICATION {0} FOR TABLE {1} WITH (publish = 'insert');`"
     )]
     NoPublication(String, TableName),
@@ -107,9 +131,24 @@ impl From<tokio_postgres::Error> for PreflightError {
 }
 
 impl PreflightError {
+    /// Names the setting of outbox table `i` (0 = `table`, then `tables[]`).
+    pub fn for_setting(self, i: usize) -> Self {
+        match self {
+            PreflightError::TableMoved { table, found, .. } if i > 0 => {
+                PreflightError::TableMoved {
+                    table,
+                    found,
+                    setting: "tables[].table",
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Query errors may be transient (connection lost); the rest need an operator.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, PreflightError::Query(_))
+        // A standby may be promoted: retried, saying so every time.
+        !matches!(self, PreflightError::Query(_) | PreflightError::Standby)
     }
 }
 
@@ -127,14 +166,86 @@ pub async fn check(
     publication: &str,
     slot: &str,
 ) -> Result<Option<SlotInfo>, PreflightError> {
+    primary(pg).await?;
     wal_level(pg).await?;
-    for outbox in tables {
-        table_exists(pg, &outbox.table).await?;
+    for (i, outbox) in tables.iter().enumerate() {
+        table_exists(pg, &outbox.table)
+            .await
+            .map_err(|e| e.for_setting(i))?;
         columns(pg, outbox).await?;
         publication_covers(pg, publication, &outbox.table).await?;
     }
     replication_role(pg).await?;
     slot_state(pg, slot).await
+}
+
+/// The server is a primary: a standby can neither keep the state record nor (before
+/// PostgreSQL 16) decode.
+pub async fn primary(pg: &Client) -> Result<(), PreflightError> {
+    let in_recovery: bool = pg
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    match in_recovery {
+        true => Err(PreflightError::Standby),
+        false => Ok(()),
+    }
+}
+
+/// The physical slots (the standbys') that `synchronized_standby_slots` does not name, when
+/// `slot` is (or will be created as) a failover slot on a PostgreSQL 17+ primary: pgoutbox may
+/// then receive, and deliver, what those standbys do not have yet. `None` when it is safe.
+pub async fn unsynced_standbys(
+    pg: &Client,
+    slot: &str,
+    create_as_failover: bool,
+) -> Result<Option<PreflightError>, PreflightError> {
+    let row = pg
+        .query_one(
+            "SELECT current_setting('server_version_num')::int,
+                    (SELECT (to_jsonb(s) ->> 'failover')::bool FROM pg_replication_slots s
+                     WHERE slot_name = $1),
+                    coalesce(current_setting('synchronized_standby_slots', true), ''),
+                    coalesce((SELECT array_agg(slot_name::text ORDER BY slot_name)
+                              FROM pg_replication_slots WHERE slot_type = 'physical'), '{}')",
+            &[&slot],
+        )
+        .await?;
+    let (version, failover): (i32, Option<bool>) = (row.get(0), row.get(1));
+    let (setting, physical): (String, Vec<String>) = (row.get(2), row.get(3));
+    if (version as u32) < crate::replication::FAILOVER_SINCE
+        || !failover.unwrap_or(create_as_failover)
+    {
+        return Ok(None);
+    }
+    let named: Vec<&str> = setting
+        .split(',')
+        .map(|s| s.trim().trim_matches('"'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let unsynced: Vec<&String> = physical
+        .iter()
+        .filter(|p| !named.contains(&p.as_str()))
+        .collect();
+    if unsynced.is_empty() {
+        return Ok(None);
+    }
+    let wanted = named
+        .iter()
+        .copied()
+        .chain(unsynced.iter().map(|s| s.as_str()))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Some(PreflightError::UnsyncedFailover {
+        slot: slot.to_owned(),
+        unsynced: unsynced
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        setting: setting.clone(),
+        wanted,
+    }))
 }
 
 /// `wal_level` must be `logical`.
@@ -159,7 +270,30 @@ pub async fn table_exists(pg: &Client, table: &TableName) -> Result<(), Prefligh
         .await?
         .get::<_, bool>(0);
     if !exists {
-        return Err(PreflightError::NoTable(table.clone()));
+        // A table of that name elsewhere is the same table moved, far likelier than a new one.
+        let found = pg
+            .query(
+                "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') AND n.nspname <> $2
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                 ORDER BY 1",
+                &[&table.name, &table.schema],
+            )
+            .await?;
+        if found.is_empty() {
+            return Err(PreflightError::NoTable(table.clone()));
+        }
+        return Err(PreflightError::TableMoved {
+            table: table.clone(),
+            found: found
+                .iter()
+                .map(|r| TableName {
+                    schema: r.get(0),
+                    name: table.name.clone(),
+                })
+                .collect(),
+            setting: "table",
+        });
     }
     Ok(())
 }

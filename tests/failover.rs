@@ -222,7 +222,7 @@ async fn primary_failover_under_load_loses_nothing() {
     let line = check(primary.url(), brokers.clone()).await;
     assert!(
         line.starts_with(
-            "✘ failover: slot pgoutbox is a failover slot, but synchronized_standby_slots is empty"
+            "✘ failover: replication slot \"pgoutbox\" is a failover slot, but the standbys' physical slot(s) standby are not in synchronized_standby_slots"
         ),
         "{line}"
     );
@@ -354,4 +354,92 @@ async fn failover_without_failover_slots_stops_instead_of_starting_over() {
         .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'")
         .unwrap();
     assert_eq!(slots, "0", "no new slot on the promoted standby");
+}
+
+/// A failover slot while a standby's physical slot is missing from
+/// `synchronized_standby_slots`: pgoutbox could deliver what that standby lacks, which a
+/// failover then erases from the database. `run` and `check` refuse it; with
+/// `allow_unsynchronized_failover = true` it streams, and says so at the start, in `/readyz`
+/// and in `pgoutbox_failover_unsynchronized`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsynchronized_standby_is_refused_unless_allowed() {
+    let Some(primary) = failover_capable() else {
+        return;
+    };
+    let kafka = pgoutbox::embedded::TempKafka::start(1).unwrap();
+    let db = connect(&primary.url()).await;
+    db.batch_execute(SETUP_SQL).await.unwrap();
+    // A standby's slot (no standby needs to run for the rule to apply).
+    db.batch_execute("SELECT pg_create_physical_replication_slot('lagging')")
+        .await
+        .unwrap();
+    let cfg = pgoutbox::Config::new(primary.url(), kafka.bootstrap_servers());
+    let e = tokio::time::timeout(Duration::from_secs(30), spawn_streamer(cfg).task)
+        .await
+        .expect("stops by itself")
+        .unwrap()
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(e.is_fatal(), "{text}");
+    assert!(
+        text.contains("physical slot(s) lagging are not in synchronized_standby_slots")
+            && text.contains("synchronized_standby_slots = 'lagging'")
+            && text.contains("allow_unsynchronized_failover"),
+        "{text}"
+    );
+    let binary = |extra: &[(&'static str, String)]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"));
+        c.env("PGOUTBOX_POSTGRES_URL", primary.url())
+            .env("PGOUTBOX_KAFKA_BROKERS", kafka.bootstrap_servers())
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .kill_on_drop(true);
+        c
+    };
+    let out = binary(&[]).arg("check").output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("✘ failover: replication slot"), "{stdout}");
+
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let _child = binary(&[
+        ("PGOUTBOX_ALLOW_UNSYNCHRONIZED_FAILOVER", "true".into()),
+        ("PGOUTBOX_METRICS_ADDR", format!("127.0.0.1:{port}")),
+    ])
+    .arg("run")
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    wait_active(&primary).await;
+    wait_for(
+        "/readyz with the warning",
+        Duration::from_secs(20),
+        || async {
+            get(port, "/readyz").await.is_some_and(|(code, body)| {
+                code == 200 && body.contains("warning: failover slot not synchronized")
+            })
+        },
+    )
+    .await;
+    let metrics = get(port, "/metrics").await.unwrap().1;
+    assert!(
+        metrics.contains("pgoutbox_failover_unsynchronized 1"),
+        "{metrics}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("allow_unsynchronized_failover = true: replication slot"),
+        "{text}"
+    );
+    let out = binary(&[("PGOUTBOX_ALLOW_UNSYNCHRONIZED_FAILOVER", "true".into())])
+        .arg("check")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("! accepted by allow_unsynchronized_failover"),
+        "{stdout}"
+    );
 }

@@ -18,9 +18,7 @@ async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
 
 pub async fn setup(cfg: Config, nats_stream: bool, rabbitmq_exchange: bool) -> anyhow::Result<()> {
     let pg = connect(&cfg).await?;
-    let report = setup::apply(&pg, &cfg.slot, cfg.failover)
-        .await
-        .context("applying sql/setup.sql")?;
+    let report = interruptible_apply(&cfg, &pg).await?;
     println!("✔ applied sql/setup.sql: table public.outbox, publication pgoutbox_pub (insert), role pgoutbox");
     match report.created_slot_at {
         Some(lsn) => println!(
@@ -64,6 +62,55 @@ pub async fn setup(cfg: Config, nats_stream: bool, rabbitmq_exchange: bool) -> a
     }
     println!("  next: give the role a password (ALTER ROLE pgoutbox PASSWORD '…') and run `pgoutbox check`");
     Ok(())
+}
+
+/// `setup::apply`, which may wait long for open transactions before the slot exists. SIGTERM
+/// or SIGINT meanwhile cancels it, and what it left is undone: the DDL is one implicit
+/// transaction, and a slot this run created without its state record is dropped.
+async fn interruptible_apply(
+    cfg: &Config,
+    pg: &tokio_postgres::Client,
+) -> anyhow::Result<setup::SetupReport> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let pid: i32 = pg.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let existed = status::slot_status(pg, &cfg.slot).await?.exists;
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    let apply = setup::apply(pg, &cfg.slot, cfg.failover);
+    tokio::pin!(apply);
+    let signalled = tokio::select! {
+        r = &mut apply => return r.context("applying sql/setup.sql"),
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    eprintln!("{signalled}: cancelling setup");
+    let other = connect(cfg).await?;
+    other
+        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .await?;
+    let finished = apply.await;
+    if finished.is_ok() {
+        bail!("{signalled}: setup had finished all the same; run `pgoutbox check`");
+    }
+    let left = !existed && status::slot_status(&other, &cfg.slot).await?.exists;
+    let recorded = pgoutbox::state::read(&other, &cfg.slot).await?.is_some();
+    if left && !recorded {
+        other
+            .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
+            .await?;
+    }
+    bail!(
+        "{signalled}: setup interrupted, nothing half-made: replication slot {} {}; the table, publication and role are made in one transaction. Run `pgoutbox setup` again",
+        cfg.slot,
+        match (left, recorded) {
+            (true, true) => "was created and recorded",
+            (true, false) => "was created without its state record, and dropped again",
+            (false, _) if existed => "existed before and is untouched",
+            (false, _) => "was not created",
+        }
+    )
 }
 
 pub async fn check(cfg: Config) -> anyhow::Result<()> {
@@ -153,6 +200,12 @@ pub async fn slot_skip(cfg: Config, to: &str) -> anyhow::Result<()> {
     .map_err(|_| {
         anyhow::anyhow!("--to {to:?} is neither a WAL position (like 0/1A2B3C4D) nor `now`")
     })?;
+    let end: Lsn = s.current_wal_lsn.parse().unwrap_or(Lsn::ZERO);
+    if target > end {
+        bail!(
+            "--to {target} is past the end of WAL ({end}): nothing moved; `--to now` skips everything written so far"
+        );
+    }
     let from: Option<Lsn> = s
         .confirmed_flush_lsn
         .as_deref()
@@ -184,6 +237,23 @@ pub async fn slot_skip(cfg: Config, to: &str) -> anyhow::Result<()> {
 /// `slot forget`: deletes the slot's state record.
 pub async fn slot_forget(cfg: Config) -> anyhow::Result<()> {
     let pg = connect(&cfg).await?;
+    // A running relay writes the record while it streams: forgetting it then is undone.
+    let s = status::slot_status(&pg, &cfg.slot).await?;
+    if let Some(pid) = s.active_pid {
+        bail!(
+            "replication slot {:?} is streamed by PID {pid}, which keeps its state record up to date: nothing forgotten; stop pgoutbox first",
+            cfg.slot
+        );
+    }
+    let leader = pgoutbox::streamer::lock_holder(&pg, &cfg.slot)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))?;
+    if let Some(pid) = leader {
+        bail!(
+            "an HA instance leads slot {:?} (its lock session is PID {pid}): nothing forgotten; stop pgoutbox first",
+            cfg.slot
+        );
+    }
     let forgot = pgoutbox::state::forget(&pg, &cfg.slot)
         .await
         .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))

@@ -71,7 +71,10 @@ async fn render(State(app): State<App>) -> String {
 
 async fn ready(State(app): State<App>) -> (StatusCode, String) {
     match app.health.readiness(app.max_lag_bytes) {
-        Ok(role) => (StatusCode::OK, format!("ready ({role})\n")),
+        Ok(role) => match app.health.warning() {
+            Some(w) => (StatusCode::OK, format!("ready ({role}); warning: {w}\n")),
+            None => (StatusCode::OK, format!("ready ({role})\n")),
+        },
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

@@ -1,9 +1,9 @@
 //! `pgoutbox run`: stream until a signal or a fatal error.
 //!
-//! SIGTERM/SIGINT stop gracefully (a second one exits at once). SIGHUP reloads: a graceful
-//! stop (everything acked is confirmed, so nothing is sent twice), then the configuration is
-//! read again and streaming starts over; a configuration that no longer loads is reported
-//! and the previous one kept.
+//! SIGTERM/SIGINT stop gracefully (a second one exits at once). SIGHUP reloads: the
+//! configuration is read again and, if it loads and keeps the slot's position meaningful
+//! (`config::reload`), a graceful stop (everything acked is confirmed, so nothing is sent
+//! twice) and a start with it. Otherwise the refusal is logged and streaming goes on untouched.
 
 use std::sync::Arc;
 
@@ -41,11 +41,12 @@ pub async fn main(args: SettingArgs, mut settings: Settings) -> anyhow::Result<(
         let cfg = settings.config(true)?;
         // One line with the effective configuration; Config's Debug redacts every secret.
         info!(config = ?cfg, "pgoutbox starting");
-        let streamer = Streamer::new(cfg)?.with_health(health.clone());
+        let streamer = Streamer::new(cfg.clone())?.with_health(health.clone());
         let shutdown = CancellationToken::new();
         let run = streamer.run(shutdown.clone());
         tokio::pin!(run);
         let mut asked: Option<Signal> = None;
+        let mut next: Option<Settings> = None;
         let result = loop {
             tokio::select! {
                 r = &mut run => break r,
@@ -56,7 +57,16 @@ pub async fn main(args: SettingArgs, mut settings: Settings) -> anyhow::Result<(
                     }
                     match signal {
                         Signal::Stop => info!("signal received: finishing in-flight events (again to exit now)"),
-                        Signal::Reload => info!("SIGHUP: finishing in-flight events, then reloading the configuration (a second signal exits at once)"),
+                        Signal::Reload => match reloaded(&args, &cfg) {
+                            Ok(s) => {
+                                next = Some(s);
+                                info!("SIGHUP: finishing in-flight events, then streaming with the reloaded configuration (a second signal exits at once)");
+                            }
+                            Err(e) => {
+                                error!("{e}");
+                                continue;
+                            }
+                        },
                     }
                     asked = Some(signal);
                     shutdown.cancel();
@@ -67,21 +77,31 @@ pub async fn main(args: SettingArgs, mut settings: Settings) -> anyhow::Result<(
         if asked != Some(Signal::Reload) {
             return Ok(());
         }
-        match Settings::load(args.clone()).and_then(|s| s.config(true).map(|_| s)) {
-            Ok(s) => {
-                super::log::hide(s.secrets());
-                if s.metrics_addr != settings.metrics_addr {
-                    warn!(
-                        "metrics_addr changed: the HTTP listener keeps its address until a restart"
-                    );
-                }
-                settings = s;
-                info!("configuration reloaded");
+        if let Some(s) = next {
+            super::log::hide(s.secrets());
+            if s.metrics_addr != settings.metrics_addr {
+                warn!("metrics_addr changed: the HTTP listener keeps its address until a restart");
             }
-            Err(e) => error!(error = %format!("{e:#}"),
-                "reloading the configuration failed: keeping the previous one"),
+            settings = s;
+            info!("configuration reloaded");
         }
     }
+}
+
+/// The settings a SIGHUP asks for, if they load and may replace `running` without a gap;
+/// otherwise why not (the running configuration then stays, and keeps streaming).
+fn reloaded(args: &SettingArgs, running: &pgoutbox::Config) -> anyhow::Result<Settings> {
+    let s = Settings::load(args.clone())
+        .and_then(|s| s.config(true).map(|c| (s, c)))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "SIGHUP: the configuration does not load, still streaming with the running one: {e:#}"
+            )
+        })?;
+    if let Some(why) = pgoutbox::config::reload::refusal(running, &s.1) {
+        anyhow::bail!("{why}");
+    }
+    Ok(s.0)
 }
 
 /// Forwards SIGTERM and SIGINT (stop) and SIGHUP (reload).

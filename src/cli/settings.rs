@@ -230,6 +230,8 @@ settings! {
     create_slot: bool = true, "PGOUTBOX_CREATE_SLOT";
     /// Create the slot as a failover slot, kept by standbys with sync_replication_slots (PostgreSQL 17+; true/false) [default: true]
     failover: bool = true, "PGOUTBOX_FAILOVER";
+    /// Stream from a failover slot although a standby's physical slot is not in synchronized_standby_slots; delivered events may then be missing from the database after a failover (true/false) [default: false]
+    allow_unsynchronized_failover: bool = false, "PGOUTBOX_ALLOW_UNSYNCHRONIZED_FAILOVER";
     /// Seconds between heartbeat messages (pg_logical_emit_message) so an idle database's slot advances; 0 = off [default: 0]
     heartbeat_interval_secs: u64 = 0, "PGOUTBOX_HEARTBEAT_INTERVAL_SECS";
     /// Hot standby: stream only while holding the slot's HA lock (true/false) [default: false]
@@ -329,6 +331,7 @@ impl Settings {
         cfg.replication_timeout = Duration::from_secs(self.replication_timeout_secs);
         cfg.create_slot = self.create_slot;
         cfg.failover = self.failover;
+        cfg.allow_unsynchronized_failover = self.allow_unsynchronized_failover;
         cfg.ha = self.ha;
         cfg.heartbeat_interval = (self.heartbeat_interval_secs > 0)
             .then(|| Duration::from_secs(self.heartbeat_interval_secs));

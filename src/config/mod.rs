@@ -8,6 +8,7 @@ mod kinds;
 pub mod nats;
 pub mod poll;
 pub mod rabbitmq;
+pub mod reload;
 pub mod urls;
 mod validate;
 
@@ -85,6 +86,10 @@ pub struct Config {
     /// Create the slot as a failover slot (PostgreSQL 17+), which standbys with
     /// `sync_replication_slots` keep a copy of. Default true.
     pub failover: bool,
+    /// Stream from a failover slot although some standby's physical slot is missing from
+    /// `synchronized_standby_slots` (events may be delivered that a failover then loses from
+    /// the database). Default false: refused.
+    pub allow_unsynchronized_failover: bool,
     /// Emit `pg_logical_emit_message(false, 'pgoutbox.heartbeat', '')` this often, so the slot
     /// advances even on a database that writes nothing. Default off.
     pub heartbeat_interval: Option<Duration>,
@@ -144,6 +149,10 @@ impl std::fmt::Debug for Config {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("create_slot", &self.create_slot)
             .field("failover", &self.failover)
+            .field(
+                "allow_unsynchronized_failover",
+                &self.allow_unsynchronized_failover,
+            )
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("ha", &self.ha)
             .field("replication_timeout", &self.replication_timeout)
@@ -235,6 +244,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(10),
             create_slot: true,
             failover: true,
+            allow_unsynchronized_failover: false,
             heartbeat_interval: None,
             ha: false,
             replication_timeout: Duration::from_secs(60),

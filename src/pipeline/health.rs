@@ -17,6 +17,8 @@ pub struct Health {
     standby: AtomicU8,
     /// Why the destination refuses publishes now (an alarm), if it does.
     blocked: Mutex<Option<String>>,
+    /// A risk the operator accepted, said in `/readyz` without making it fail.
+    warning: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -26,6 +28,7 @@ impl Default for Health {
             lag_bytes: AtomicI64::new(-1),
             standby: AtomicU8::new(NOT_STANDBY),
             blocked: Mutex::new(None),
+            warning: Mutex::new(None),
         }
     }
 }
@@ -51,6 +54,18 @@ impl Health {
 
     fn blocked(&self) -> Option<String> {
         self.blocked.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// A risk accepted by a setting (`Some(what)`), or none.
+    pub fn set_warning(&self, what: Option<String>) {
+        if let Ok(mut w) = self.warning.lock() {
+            *w = what;
+        }
+    }
+
+    /// What `/readyz` adds to a ready answer.
+    pub fn warning(&self) -> Option<String> {
+        self.warning.lock().ok().and_then(|w| w.clone())
     }
 
     pub fn set_lag_bytes(&self, lag: i64) {

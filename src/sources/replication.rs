@@ -55,6 +55,8 @@ async fn run_to<D: Destination<Ticket>>(
         let (client, conn) = crate::pg::connect(cfg).await?;
         let checked = within(limit, "the setup checks", async {
             let slot = preflight::check(&client, &outboxes, &cfg.publication, &cfg.slot).await?;
+            let risk = preflight::unsynced_standbys(&client, &cfg.slot, cfg.failover).await?;
+            failover_risk(cfg, risk, health)?;
             Ok((slot, Catalog::read(&client, cfg, &outboxes).await?))
         })
         .await;
@@ -250,6 +252,34 @@ impl Catalog {
             since,
             record,
         })
+    }
+}
+
+/// A failover slot that standbys may lag behind: refused, unless the operator accepted the
+/// risk (`allow_unsynchronized_failover`), which is then said at every start and shown in
+/// `/readyz` and a metric for as long as it lasts.
+fn failover_risk(
+    cfg: &Config,
+    risk: Option<PreflightError>,
+    health: &Health,
+) -> Result<(), StreamError> {
+    let gauge = metrics::gauge!(crate::metrics::FAILOVER_UNSYNCHRONIZED);
+    match risk {
+        None => {
+            gauge.set(0.0);
+            health.set_warning(None);
+            Ok(())
+        }
+        Some(e) if !cfg.allow_unsynchronized_failover => Err(e.into()),
+        Some(e) => {
+            gauge.set(1.0);
+            warn!("allow_unsynchronized_failover = true: {e}");
+            health.set_warning(Some(
+                "failover slot not synchronized to every standby (allow_unsynchronized_failover)"
+                    .into(),
+            ));
+            Ok(())
+        }
     }
 }
 

@@ -82,6 +82,20 @@ pub async fn acquire(
     }
 }
 
+/// The backend holding the HA lock of `slot` (an HA instance, leading), if any.
+pub async fn lock_holder(pg: &Client, slot: &str) -> Result<Option<i32>, tokio_postgres::Error> {
+    let row = pg
+        .query_opt(
+            "SELECT pid FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND objsubid = 2
+               AND classid = $1::int::oid AND objid = hashtext($2)::oid
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&LOCK_CLASS, &slot],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 async fn try_lock(cfg: &Config) -> Result<Option<Leadership>, crate::pg::ConnectError> {
     let (client, conn) = crate::pg::connect(cfg).await?;
     debug!("contending for the HA lock");

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use backoff::Backoff;
+pub use ha::lock_holder;
 
 use crate::config::{Config, ConfigError, Source};
 use crate::pipeline::{AbortOnDrop, AckedEvent, Health, Progress, StreamError};

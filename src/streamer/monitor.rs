@@ -26,11 +26,14 @@ pub async fn run(cfg: Config, health: Arc<Health>) {
         tick.tick().await;
         match pg.with(async |c| slot_status(c, &slot).await).await {
             Ok(s) => {
-                // The state record follows the slot (sql/setup.sql's table, where it exists).
+                // The state record follows the slot (sql/setup.sql's table, where it exists)
+                // while this process streams it: so `slot forget`, which refuses an active
+                // slot, is not undone behind its back.
                 if let Some(lsn) = s
                     .confirmed_flush_lsn
                     .as_deref()
                     .and_then(|l| l.parse().ok())
+                    .filter(|_| health.streaming())
                 {
                     let written = pg
                         .with(async |c| match crate::state::available(c).await? {
