@@ -1,5 +1,6 @@
 //! High availability: two instances with `ha = true`; only one streams. Killing the leader
-//! with SIGKILL under load makes the standby stream within 10 s, and no event is lost.
+//! with SIGKILL under load makes the standby stream within 10 s, and no event is lost; a
+//! leader frozen with SIGSTOP is replaced within its lease and steps down when it wakes.
 
 mod common;
 
@@ -12,6 +13,10 @@ use tokio::process::{Child, Command};
 
 /// Instances tell themselves apart by application_name, visible in pg_stat_replication.
 fn instance(env: &Env, name: &str, port: u16) -> Child {
+    instance_with(env, name, port, &[], Stdio::null())
+}
+
+fn instance_with(env: &Env, name: &str, port: u16, extra: &[(&str, &str)], stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
         .env(
             "PGOUTBOX_POSTGRES_URL",
@@ -21,8 +26,9 @@ fn instance(env: &Env, name: &str, port: u16) -> Child {
         .env("PGOUTBOX_HA", "true")
         .env("PGOUTBOX_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap()
@@ -100,4 +106,85 @@ async fn standby_takes_over_after_leader_is_killed() {
     );
     assert_eq!(order_violations(&got), 0);
     checker.finish().await;
+}
+
+/// A leader frozen (SIGSTOP) for 30 s under load keeps its lock session and walsender open,
+/// so it holds the slot without making progress. It renews no lease meanwhile: the standby
+/// terminates its sessions and streams within the lease (4 s here) plus a few seconds; the
+/// old leader wakes (SIGCONT), steps down, and never streams again while the other does.
+/// Nothing is lost. (Before the lease, the standby never took over.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_within_its_lease() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_a = dir.path().join("a.log");
+    let lease = [("PGOUTBOX_HA_LEASE_SECS", "4")];
+    let a = instance_with(
+        &env,
+        "instance_a",
+        free_port(),
+        &lease,
+        std::fs::File::create(&log_a).unwrap().into(),
+    );
+    env.wait_streaming().await;
+    let _b = instance_with(&env, "instance_b", free_port(), &lease, Stdio::null());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(streaming_instances(&env).await, ["instance_a"]);
+
+    let txs = workload(0, 2500);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let checker = env.lsn_checker();
+    let writer = env.spawn_writer(txs, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pid = a.id().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let frozen = Instant::now();
+    wait_for("the standby streaming", Duration::from_secs(15), || async {
+        streaming_instances(&env).await == ["instance_b"]
+    })
+    .await;
+    let takeover = frozen.elapsed();
+    eprintln!(
+        "HA takeover from a frozen leader: {:.1} s",
+        takeover.as_secs_f64()
+    );
+    assert!(takeover < Duration::from_secs(10), "{takeover:?}");
+    // Frozen for 30 s in all; from the takeover on, only b streams.
+    while frozen.elapsed() < Duration::from_secs(30) {
+        assert_eq!(streaming_instances(&env).await, ["instance_b"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for("a steps down", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&log_a)
+            .unwrap_or_default()
+            .contains("lost the HA lock session: stepping down")
+    })
+    .await;
+    let woke = Instant::now();
+    while woke.elapsed() < Duration::from_secs(5) {
+        assert_eq!(streaming_instances(&env).await, ["instance_b"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    writer.await.unwrap();
+    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(90)).await;
+    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
+    assert_eq!(
+        ids.difference(&seen).count(),
+        0,
+        "events lost across the takeover"
+    );
+    assert_eq!(order_violations(&got), 0);
+    checker.finish().await;
+    let locks: i64 = env
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 1, "one lock holder after the old leader woke");
 }

@@ -236,6 +236,8 @@ settings! {
     heartbeat_interval_secs: u64 = 0, "PGOUTBOX_HEARTBEAT_INTERVAL_SECS";
     /// Hot standby: stream only while holding the slot's HA lock (true/false) [default: false]
     ha: bool = false, "PGOUTBOX_HA";
+    /// HA: seconds a leader may renew nothing (frozen, cut off) before a standby terminates its lock session and walsender and takes over; at least 3 [default: 10]
+    ha_lease_secs: u64 = 10, "PGOUTBOX_HA_LEASE_SECS";
     /// Address of the HTTP listener for /metrics, /healthz, /readyz; empty = off [default: 127.0.0.1:9187]
     metrics_addr: String = "127.0.0.1:9187".into(), "PGOUTBOX_METRICS_ADDR";
     /// /readyz fails while the slot's unconfirmed lag exceeds this many bytes [default: 268435456]
@@ -333,6 +335,7 @@ impl Settings {
         cfg.failover = self.failover;
         cfg.allow_unsynchronized_failover = self.allow_unsynchronized_failover;
         cfg.ha = self.ha;
+        cfg.ha_lease = Duration::from_secs(self.ha_lease_secs);
         cfg.heartbeat_interval = (self.heartbeat_interval_secs > 0)
             .then(|| Duration::from_secs(self.heartbeat_interval_secs));
         cfg.validate()?;

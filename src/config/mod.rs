@@ -95,6 +95,10 @@ pub struct Config {
     pub heartbeat_interval: Option<Duration>,
     /// Hot standby: stream only while holding the HA advisory lock for the slot. Default off.
     pub ha: bool,
+    /// HA: a leader whose lock session has renewed nothing for this long (frozen, or cut off
+    /// from the database) is replaced: a standby terminates its lock session and walsender.
+    /// Default 10 s; at least 3 s.
+    pub ha_lease: Duration,
     /// A replication connection that delivers nothing for this long (while pgoutbox is waiting
     /// on it, and although it asked the server for a reply) is dead: reconnect. Default 60 s.
     pub replication_timeout: Duration,
@@ -155,6 +159,7 @@ impl std::fmt::Debug for Config {
             )
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("ha", &self.ha)
+            .field("ha_lease", &self.ha_lease)
             .field("replication_timeout", &self.replication_timeout)
             .field(
                 "tls",
@@ -177,6 +182,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("ha_lease_secs must be at least 3: the leader renews its lease every second")]
+    HaLease,
     #[error("replication_timeout must be more than twice the status interval")]
     ReplicationTimeout,
     #[error("outbox table {0} is configured twice")]
@@ -247,6 +254,7 @@ impl Config {
             allow_unsynchronized_failover: false,
             heartbeat_interval: None,
             ha: false,
+            ha_lease: Duration::from_secs(10),
             replication_timeout: Duration::from_secs(60),
         }
     }
@@ -361,9 +369,13 @@ impl Config {
         if self.status_interval.is_zero() {
             return Err(ConfigError::Zero("status_interval"));
         }
+        if self.ha_lease < Duration::from_secs(3) {
+            return Err(ConfigError::HaLease);
+        }
         let durations = [
             ("status_interval_ms", self.status_interval),
             ("replication_timeout_secs", self.replication_timeout),
+            ("ha_lease_secs", self.ha_lease),
             ("shutdown_timeout_secs", self.shutdown_timeout),
             ("transaction_interval_ms", self.transaction_interval),
             ("poll_interval_ms", self.poll.interval),

@@ -2,6 +2,13 @@
 //! the holder streams. The lock lives as long as its session, so a leader that dies (or loses
 //! its connection) releases it and a standby takes over, resuming from the slot's confirmed LSN.
 //! The slot itself admits one streamer at a time, so even a split second of overlap is safe.
+//!
+//! A leader that is alive to PostgreSQL but makes no progress (a frozen process keeps its
+//! sessions open) must not hold the slot for good: the leader renews a lease by running a
+//! query on its lock session every second, which PostgreSQL records as the session's
+//! `state_change`. A standby that finds the lock holder's session unchanged for longer than
+//! `ha_lease` terminates that session and the slot's walsender, and takes the lock. The old
+//! leader, if it wakes, finds its lock session gone and steps down.
 
 use std::time::Duration;
 
@@ -16,7 +23,7 @@ use crate::config::Config;
 /// recognisable in `pg_locks` (classid) and cannot collide with an application's one-key locks.
 pub const LOCK_CLASS: i32 = 0x7067_6F62;
 
-/// How often a standby tries the lock, and the leader checks its lock session.
+/// How often a standby tries the lock, and the leader renews its lease on its lock session.
 const POLL: Duration = Duration::from_secs(1);
 
 /// A held lock: the session that holds it.
@@ -31,7 +38,7 @@ impl Leadership {
         loop {
             tokio::select! {
                 _ = &mut self.conn => return,
-                _ = tokio::time::sleep(POLL * 2) => {
+                _ = tokio::time::sleep(POLL) => {
                     let ping = tokio::time::timeout(POLL * 5, self.client.simple_query("SELECT 1"));
                     if !matches!(ping.await, Ok(Ok(_))) {
                         return;
@@ -59,11 +66,16 @@ pub async fn acquire(
     let mut announced = false;
     loop {
         match try_lock(cfg).await {
-            Ok(Some(l)) => {
+            Ok(Attempt::Leader(l)) => {
                 health.set_standby(None);
                 return Ok(Some(l));
             }
-            Ok(None) => {
+            Ok(Attempt::Replaced) => {
+                health.set_standby(Some(true));
+                // Straight back for the lock, now free.
+                continue;
+            }
+            Ok(Attempt::Held) => {
                 health.set_standby(Some(true));
                 if !announced {
                     info!(slot = %cfg.slot, "standby: another instance holds the HA lock");
@@ -96,7 +108,16 @@ pub async fn lock_holder(pg: &Client, slot: &str) -> Result<Option<i32>, tokio_p
     Ok(row.map(|r| r.get(0)))
 }
 
-async fn try_lock(cfg: &Config) -> Result<Option<Leadership>, crate::pg::ConnectError> {
+/// What one try for the lock came to.
+enum Attempt {
+    Leader(Leadership),
+    /// Another instance holds it and renews its lease.
+    Held,
+    /// Another instance held it with an expired lease, and was terminated.
+    Replaced,
+}
+
+async fn try_lock(cfg: &Config) -> Result<Attempt, crate::pg::ConnectError> {
     let (client, conn) = crate::pg::connect(cfg).await?;
     debug!("contending for the HA lock");
     let got: bool = client
@@ -107,9 +128,45 @@ async fn try_lock(cfg: &Config) -> Result<Option<Leadership>, crate::pg::Connect
         .await?
         .get(0);
     if got {
-        Ok(Some(Leadership { client, conn }))
-    } else {
-        conn.abort();
-        Ok(None)
+        return Ok(Attempt::Leader(Leadership { client, conn }));
     }
+    let replaced = replace_if_expired(&client, cfg).await;
+    conn.abort();
+    Ok(match replaced? {
+        true => Attempt::Replaced,
+        false => Attempt::Held,
+    })
+}
+
+/// Terminates the lock holder's session and the slot's walsender when the holder renewed
+/// nothing for longer than the lease; whether it did.
+async fn replace_if_expired(client: &Client, cfg: &Config) -> Result<bool, tokio_postgres::Error> {
+    let Some(pid) = lock_holder(client, &cfg.slot).await? else {
+        return Ok(false);
+    };
+    let idle: Option<f64> = client
+        .query_opt(
+            "SELECT extract(epoch FROM now() - coalesce(state_change, backend_start))::float8
+             FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await?
+        .and_then(|r| r.get(0));
+    let Some(idle) = idle.filter(|s| *s > cfg.ha_lease.as_secs_f64()) else {
+        return Ok(false);
+    };
+    warn!(slot = %cfg.slot, pid, idle_secs = idle.round(),
+        lease_secs = cfg.ha_lease.as_secs(),
+        "the HA leader renewed nothing for longer than its lease (frozen, or cut off): terminating its lock session and walsender to take over");
+    client
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&cfg.slot],
+        )
+        .await?;
+    client
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await?;
+    Ok(true)
 }
