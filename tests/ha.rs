@@ -188,3 +188,83 @@ async fn a_frozen_leader_is_replaced_within_its_lease() {
         .get(0);
     assert_eq!(locks, 1, "one lock holder after the old leader woke");
 }
+
+/// A leader cut off from the broker (its NATS link stalls: connections stay open, nothing
+/// moves) but not from PostgreSQL: it acks nothing, so it stops renewing its lease once the
+/// stall outlasts the lease, and the standby, which reaches the broker, takes over and
+/// delivers. The old leader steps down when its link flows again. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_broker_is_replaced() {
+    use common::nats as js;
+    let env = Env::start().await;
+    let nats = js::start(Duration::from_secs(120)).await;
+    let proxy = common::proxy::Proxy::start(nats.port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_a = dir.path().join("a.log");
+    let url_a = format!("nats://127.0.0.1:{}", proxy.port);
+    let url_b = nats.url();
+    let via = |url: &'static str| {
+        [
+            ("PGOUTBOX_HA_LEASE_SECS", "4"),
+            ("PGOUTBOX_DESTINATION", "nats"),
+            ("PGOUTBOX_NATS_URL", url),
+        ]
+    };
+    let (url_a, url_b): (&'static str, &'static str) = (
+        Box::leak(url_a.into_boxed_str()),
+        Box::leak(url_b.into_boxed_str()),
+    );
+    let _a = instance_with(
+        &env,
+        "instance_a",
+        free_port(),
+        &via(url_a),
+        std::fs::File::create(&log_a).unwrap().into(),
+    );
+    env.wait_streaming().await;
+    let _b = instance_with(&env, "instance_b", free_port(), &via(url_b), Stdio::null());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(streaming_instances(&env).await, ["instance_a"]);
+
+    let txs = workload(0, 1500);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let writer = env.spawn_writer(txs, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.stall();
+    let cut = Instant::now();
+    wait_for("the standby streaming", Duration::from_secs(30), || async {
+        streaming_instances(&env).await == ["instance_b"]
+    })
+    .await;
+    let takeover = cut.elapsed();
+    eprintln!(
+        "HA takeover from a leader cut off from NATS: {:.1} s",
+        takeover.as_secs_f64()
+    );
+    // The stall must outlast the lease (4 s), then the lease must expire (4 s), polled.
+    assert!(takeover < Duration::from_secs(20), "{takeover:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.pass();
+    wait_for("a steps down", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&log_a)
+            .unwrap_or_default()
+            .contains("lost the HA lock session: stepping down")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log_a).unwrap();
+    assert!(text.contains("no longer renewing the lease"), "{text}");
+    let woke = Instant::now();
+    while woke.elapsed() < Duration::from_secs(3) {
+        assert_eq!(streaming_instances(&env).await, ["instance_b"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    writer.await.unwrap();
+    let got = js::read_until_all(&nats.url(), &ids, Duration::from_secs(90)).await;
+    let seen: HashSet<String> = got.iter().map(|m| m.id()).collect();
+    assert_eq!(
+        ids.difference(&seen).count(),
+        0,
+        "events lost across the takeover"
+    );
+    assert_eq!(js::order_violations(&got), 0);
+}

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 const NOT_STANDBY: u8 = 0;
 const STANDBY_OK: u8 = 1;
@@ -19,6 +20,10 @@ pub struct Health {
     blocked: Mutex<Option<String>>,
     /// A risk the operator accepted, said in `/readyz` without making it fail.
     warning: Mutex<Option<String>>,
+    /// Since when nothing moved although there was work (events waiting or in flight, no
+    /// ack), or no session could stream; `None` while making progress. The HA leader stops
+    /// renewing its lease past `ha_lease` of it.
+    stalled_since: Mutex<Option<Instant>>,
 }
 
 impl Default for Health {
@@ -29,6 +34,7 @@ impl Default for Health {
             standby: AtomicU8::new(NOT_STANDBY),
             blocked: Mutex::new(None),
             warning: Mutex::new(None),
+            stalled_since: Mutex::new(None),
         }
     }
 }
@@ -66,6 +72,26 @@ impl Health {
     /// What `/readyz` adds to a ready answer.
     pub fn warning(&self) -> Option<String> {
         self.warning.lock().ok().and_then(|w| w.clone())
+    }
+
+    /// A session that moved (or had nothing to do) says `true`; one that had work and
+    /// moved nothing, or failed, says `false`: the stall runs from the first such word.
+    pub fn note_progress(&self, moved: bool) {
+        if let Ok(mut s) = self.stalled_since.lock() {
+            match moved {
+                true => *s = None,
+                false => *s = Some(s.unwrap_or_else(Instant::now)),
+            }
+        }
+    }
+
+    /// How long nothing has moved; zero while making progress.
+    pub fn stalled_for(&self) -> Duration {
+        self.stalled_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|t| t.elapsed()))
+            .unwrap_or_default()
     }
 
     pub fn set_lag_bytes(&self, lag: i64) {
@@ -134,6 +160,21 @@ mod tests {
         assert!(h.readiness(100).unwrap_err().contains("low on memory"));
         h.set_blocked("rabbitmq", None);
         assert_eq!(h.readiness(100), Ok("streaming"));
+    }
+
+    #[test]
+    fn a_stall_runs_from_the_first_word_of_it_until_progress() {
+        let h = Health::default();
+        assert_eq!(h.stalled_for(), Duration::ZERO);
+        h.note_progress(false);
+        std::thread::sleep(Duration::from_millis(20));
+        h.note_progress(false);
+        assert!(
+            h.stalled_for() >= Duration::from_millis(20),
+            "not restarted"
+        );
+        h.note_progress(true);
+        assert_eq!(h.stalled_for(), Duration::ZERO);
     }
 
     #[test]

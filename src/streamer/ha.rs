@@ -34,11 +34,25 @@ pub struct Leadership {
 
 impl Leadership {
     /// Resolves when the lock session is gone or stops answering: leadership is lost.
-    pub async fn lost(&mut self) {
+    /// Renews the lease every second while `health` shows progress; stalled for longer than
+    /// `lease` (the destination takes nothing, or no session streams), it stops renewing so
+    /// that a standby takes over, and goes on when things move again.
+    pub async fn lost(&mut self, health: &Health, lease: Duration) {
+        let mut said = false;
         loop {
             tokio::select! {
                 _ = &mut self.conn => return,
                 _ = tokio::time::sleep(POLL) => {
+                    let stalled = health.stalled_for();
+                    if stalled > lease {
+                        if !said {
+                            warn!(stalled_secs = stalled.as_secs(),
+                                "no progress for longer than the HA lease (the destination takes nothing, or no session streams): no longer renewing the lease, so that a standby takes over");
+                            said = true;
+                        }
+                        continue;
+                    }
+                    said = false;
                     let ping = tokio::time::timeout(POLL * 5, self.client.simple_query("SELECT 1"));
                     if !matches!(ping.await, Ok(Ok(_))) {
                         return;
@@ -68,6 +82,8 @@ pub async fn acquire(
         match try_lock(cfg).await {
             Ok(Attempt::Leader(l)) => {
                 health.set_standby(None);
+                // A new term starts with a clean slate.
+                health.note_progress(true);
                 return Ok(Some(l));
             }
             Ok(Attempt::Replaced) => {

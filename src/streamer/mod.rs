@@ -71,7 +71,7 @@ impl Streamer {
             tokio::pin!(stream);
             let result = tokio::select! {
                 r = &mut stream => r,
-                _ = leadership.lost() => {
+                _ = leadership.lost(&self.health, self.cfg.ha_lease) => {
                     warn!("lost the HA lock session: stepping down");
                     term.cancel();
                     stream.await
@@ -125,6 +125,9 @@ impl Streamer {
                     return Err(e);
                 }
                 Err(e) => {
+                    // Failing to stream is no progress (HA: past the lease, a standby takes
+                    // over); a session that streams says so at its status ticks.
+                    self.health.note_progress(false);
                     // A session that streamed a while, or that confirmed events (a broker that
                     // keeps refusing some, a full stream draining), was no failure to back off
                     // from: the next one starts at the shortest wait.

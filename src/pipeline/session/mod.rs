@@ -146,6 +146,8 @@ pub struct Session<'a> {
     /// Looks up relations the mapper does not know (a partition created since the start).
     catalog: crate::pg::LazyClient,
     delivered: u64,
+    /// `delivered` at the last status tick.
+    delivered_at_tick: u64,
     ignored: u64,
     meters: Meters,
 }
@@ -251,6 +253,7 @@ impl<'a> Session<'a> {
             skip_tx: false,
             observer,
             delivered: 0,
+            delivered_at_tick: 0,
             ignored: 0,
             meters: Meters::new(destination),
         }
@@ -262,10 +265,19 @@ impl<'a> Session<'a> {
         self
     }
 
-    /// Tells readiness and the metric whether the destination blocks publishers now.
-    pub(super) fn watch_destination<D: crate::destination::Destination<Ticket>>(&self, dest: &D) {
+    /// Tells readiness and the metric whether the destination blocks publishers now, and
+    /// whether anything moved since the last tick: an ack, or nothing to do. A blocked
+    /// destination (an alarm: every instance is paused alike) counts as moving.
+    pub(super) fn watch_destination<D: crate::destination::Destination<Ticket>>(
+        &mut self,
+        dest: &D,
+    ) {
         if let Some(h) = self.health {
-            h.set_blocked(D::NAME, dest.blocked());
+            let blocked = dest.blocked();
+            let idle = self.budget.events() == 0 && self.pending.is_empty();
+            h.note_progress(idle || blocked.is_some() || self.delivered != self.delivered_at_tick);
+            self.delivered_at_tick = self.delivered;
+            h.set_blocked(D::NAME, blocked);
         }
     }
 
