@@ -2,7 +2,7 @@
 //!
 //! SIGTERM/SIGINT stop gracefully (a second one exits at once). SIGHUP reloads: the
 //! configuration is read again and, if it loads and keeps the slot's position meaningful
-//! (`config::reload`), a graceful stop (everything acked is confirmed, so nothing is sent
+//! (`config::reload`: same server, database, slot, publication and source), a graceful stop (everything acked is confirmed, so nothing is sent
 //! twice) and a start with it. Otherwise the refusal is logged and streaming goes on untouched.
 
 use std::sync::Arc;

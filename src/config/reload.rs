@@ -1,6 +1,7 @@
 //! What a reload (SIGHUP) may change while running. A reload stops gracefully and starts
 //! again from the slot's confirmed position, which is gap-free only while that position still
-//! means the same thing: same server, same database, same slot, same source. Pure: no I/O.
+//! means the same thing: same server, same database, same slot, same publication, same source.
+//! Pure: no I/O.
 
 use super::Config;
 
@@ -23,6 +24,14 @@ pub fn refusal(old: &Config, new: &Config) -> Option<String> {
              '{}');` (the copy starts at the old slot's confirmed position), then start it with \
              the new slot and drop the old one",
             old.slot, new.slot, old.slot, old.slot, new.slot
+        ));
+    }
+    if old.publication != new.publication {
+        why.push(format!(
+            "publication changes from {:?} to {:?}: the slot decodes the WAL past its confirmed \
+             position with the publication as it was then, and one created since does not exist \
+             there yet (PostgreSQL stops on that, or skips those changes)",
+            old.publication, new.publication
         ));
     }
     if old.source != new.source {
@@ -67,7 +76,7 @@ mod tests {
         let old = cfg("postgres://u:one@db:5432/app");
         let mut new = cfg("postgres://u:two@db:5432/app?connect_timeout=3");
         new.max_in_flight_events = 5;
-        new.publication = "other_pub".into();
+        new.on_poison = crate::outbox::PoisonPolicy::Skip;
         assert_eq!(refusal(&old, &new), None);
     }
 
@@ -87,6 +96,14 @@ mod tests {
         assert!(refusal(&old, &cfg("postgres://db/other")).is_some());
         assert!(refusal(&old, &cfg("postgres://db2/app")).is_some());
         assert!(refusal(&old, &cfg("postgres://db:5433/app")).is_some());
+    }
+
+    #[test]
+    fn another_publication_is_refused() {
+        let old = cfg("postgres://db/app");
+        let mut new = old.clone();
+        new.publication = "other_pub".into();
+        assert!(refusal(&old, &new).unwrap().contains("publication"));
     }
 
     #[test]
