@@ -2,19 +2,21 @@
 //! a real PostgreSQL cluster with `wal_level=logical` on its own port and data dir, and
 //! librdkafka's mock cluster, a real Kafka-protocol broker on loopback; and a real NATS
 //! server with JetStream (Debian's `nats-server`); a real RabbitMQ node (Debian's
-//! `rabbitmq-server`).
+//! `rabbitmq-server`); tansu, a second Kafka-protocol broker with durable storage.
 
 pub mod kafka;
 pub mod nats;
 pub mod nats_cluster;
 pub mod postgres;
 pub mod rabbitmq;
+pub mod tansu;
 
 pub use kafka::{ConsumedRecord, TempKafka, TopicReader};
 pub use nats::TempNats;
 pub use nats_cluster::TempNatsCluster;
 pub use postgres::{PostgresOptions, TempPostgres};
 pub use rabbitmq::TempRabbit;
+pub use tansu::TempTansu;
 
 /// The TLS a throwaway server offers: its certificate and key (PEM), and for mutual TLS the
 /// CA (PEM) that must have signed every client's certificate.
@@ -40,6 +42,8 @@ pub enum EmbeddedError {
         "rabbitmq-server not found: run `apt-get install -y rabbitmq-server` (Debian; it is not started on install)"
     )]
     NoRabbit,
+    #[error("tansu not found: run scripts/tansu-fetch.sh (it builds and caches tansu 0.6.0) or set PGOUTBOX_TANSU to the binary")]
+    NoTansu,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("{0}")]

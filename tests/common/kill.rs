@@ -60,7 +60,13 @@ pub async fn kill_loop(
         if streaming_first {
             env.wait_streaming().await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
+        // A real broker takes a while to connect a new producer (tansu: about a second);
+        // killed sooner, an at-most-once instance would confirm what it read and deliver none.
+        let life = match env.kafka.is_tansu() {
+            true => 1000..2500,
+            false => 50..500,
+        };
+        tokio::time::sleep(Duration::from_millis(rng.random_range(life))).await;
         child.start_kill().unwrap();
         child.wait().await.unwrap();
         if env.confirmed_flush().await.unwrap() < env.current_lsn().await {

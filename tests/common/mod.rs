@@ -3,6 +3,7 @@
 //! to read what a consumer and `pg_replication_slots` actually say.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod checker;
 pub mod graceful;
 pub mod kill;
@@ -14,7 +15,7 @@ pub mod rabbit;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pgoutbox::embedded::{ConsumedRecord, TempKafka, TempPostgres, TopicReader};
+use pgoutbox::embedded::{ConsumedRecord, TempPostgres, TopicReader};
 use pgoutbox::{Config, Lsn, Streamer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -45,13 +46,18 @@ pub struct Env {
     /// Transactions committed by `spawn_writer`, with their LSN bounds (for the LSN checker).
     pub committed: checker::Committed,
     pub db: Client,
-    pub kafka: TempKafka,
+    pub kafka: broker::Broker,
     pub pg: TempPostgres,
 }
 
 impl Env {
     /// Starts both, applies sql/setup.sql and creates one topic per aggregate type.
     pub async fn start() -> Env {
+        Env::start_on(broker::Broker::start(3)).await
+    }
+
+    /// Like [`Env::start`], on `kafka`.
+    pub async fn start_on(kafka: broker::Broker) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -63,7 +69,6 @@ impl Env {
             .await
             .unwrap()
             .expect("start postgres");
-        let kafka = TempKafka::start(3).expect("start kafka mock");
         for t in AGGREGATE_TYPES {
             kafka.create_topic(&topic(t), PARTITIONS).unwrap();
         }

@@ -1,0 +1,77 @@
+//! Kafka on tansu 0.6, a second, independent Kafka-protocol broker with durable (SQLite)
+//! storage: what librdkafka's mock cluster cannot show. The broker SIGKILLed and restarted
+//! with its data under load, and a route to a topic that does not exist (tansu creates no
+//! topic by itself). scripts/matrix.sh runs them with `PGOUTBOX_KAFKA_BROKER=tansu` and the
+//! binary of scripts/tansu-fetch.sh; otherwise they say they did not run.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::broker::Broker;
+use common::*;
+
+/// tansu's environment, or `None` (said) when the binary is not there.
+async fn tansu_env() -> Option<Env> {
+    if std::env::var("PGOUTBOX_KAFKA_BROKER").as_deref() != Ok("tansu") {
+        eprintln!("not run: PGOUTBOX_KAFKA_BROKER=tansu PGOUTBOX_TANSU=$(scripts/tansu-fetch.sh) runs it (scripts/matrix.sh does)");
+        return None;
+    }
+    Some(Env::start_on(Broker::tansu()).await)
+}
+
+/// The broker SIGKILLed twice under load and started again with its data: every event
+/// arrives, in key order; nothing confirmed was lost with the broker's unflushed state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_and_restarted_under_load_loses_nothing_and_keeps_order() {
+    let Some(env) = tansu_env().await else {
+        return;
+    };
+    let running = env.spawn_streamer(env.config());
+    env.wait_streaming().await;
+    let txs = workload(0, 600);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    let checker = env.lsn_checker();
+    let writer = env.spawn_writer(txs, Duration::from_millis(5));
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        env.kafka.set_brokers_up(false).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        env.kafka.set_brokers_up(true).unwrap();
+    }
+    writer.await.unwrap();
+    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(120)).await;
+    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
+    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
+    assert_eq!(order_violations(&got), 0);
+    checker.finish().await;
+    running.stop().await;
+}
+
+/// A route to a topic that does not exist on a broker that creates none: with the default
+/// `on_poison = fail` the relay stops naming the topic and what to do, and the slot stays
+/// before the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_stops_with_the_fix() {
+    let Some(env) = tansu_env().await else {
+        return;
+    };
+    let running = env.spawn_streamer(env.config());
+    env.wait_streaming().await;
+    let before = env.current_lsn().await;
+    env.commit(&[vec![Event::new(1, "nowhere", "k")]]).await;
+    let err = tokio::time::timeout(Duration::from_secs(90), running.task)
+        .await
+        .expect("the relay stops")
+        .unwrap()
+        .unwrap_err();
+    let e = err.to_string();
+    assert!(e.contains("outbox.event.nowhere"), "{e}");
+    assert!(e.contains("create the topic"), "{e}");
+    let confirmed = env.confirmed_flush().await.unwrap();
+    assert!(
+        confirmed <= before,
+        "the slot passed the undeliverable event"
+    );
+}
