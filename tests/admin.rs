@@ -3,22 +3,9 @@
 mod common;
 
 use pgoutbox::embedded::{TempKafka, TempPostgres};
-use tokio::process::Command;
 
 async fn pgoutbox(args: &[&str], url: &str, brokers: &str) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
-        .args(args)
-        .env("PGOUTBOX_POSTGRES_URL", url)
-        .env("PGOUTBOX_KAFKA_BROKERS", brokers)
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::cli(args, url, brokers).await
 }
 
 fn line<'a>(out: &'a str, name: &str) -> &'a str {

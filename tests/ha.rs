@@ -97,15 +97,41 @@ async fn standby_takes_over_after_leader_is_killed() {
     assert!(takeover < Duration::from_secs(10));
 
     writer.await.unwrap();
-    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(60)).await;
-    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
-    assert_eq!(
-        ids.difference(&seen).count(),
-        0,
-        "events lost across the takeover"
-    );
-    assert_eq!(order_violations(&got), 0);
+    assert_all_arrive(&env, &ids).await;
     checker.finish().await;
+}
+
+/// Waits (up to `within`) until only `instance_b` streams; how long since `since`.
+async fn b_takes_over(env: &Env, since: Instant, within: Duration, what: &str) -> Duration {
+    wait_for("the standby streaming", within, || async {
+        streaming_instances(env).await == ["instance_b"]
+    })
+    .await;
+    let took = since.elapsed();
+    eprintln!("HA takeover from {what}: {:.1} s", took.as_secs_f64());
+    took
+}
+
+/// Samples pg_stat_replication every 200 ms until `until`: only `instance_b` streams.
+async fn only_b_streams_until(env: &Env, until: Instant) {
+    while Instant::now() < until {
+        assert_eq!(streaming_instances(env).await, ["instance_b"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the instance logging to `log` says it stepped down.
+async fn steps_down(log: &std::path::Path) {
+    wait_for(
+        "the old leader steps down",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains("lost the HA lock session: stepping down")
+        },
+    )
+    .await;
 }
 
 /// A leader frozen (SIGSTOP) for 30 s under load keeps its lock session and walsender open,
@@ -140,42 +166,15 @@ async fn a_frozen_leader_is_replaced_within_its_lease() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let frozen = Instant::now();
-    wait_for("the standby streaming", Duration::from_secs(15), || async {
-        streaming_instances(&env).await == ["instance_b"]
-    })
-    .await;
-    let takeover = frozen.elapsed();
-    eprintln!(
-        "HA takeover from a frozen leader: {:.1} s",
-        takeover.as_secs_f64()
-    );
+    let takeover = b_takes_over(&env, frozen, Duration::from_secs(15), "a frozen leader").await;
     assert!(takeover < Duration::from_secs(10), "{takeover:?}");
     // Frozen for 30 s in all; from the takeover on, only b streams.
-    while frozen.elapsed() < Duration::from_secs(30) {
-        assert_eq!(streaming_instances(&env).await, ["instance_b"]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    only_b_streams_until(&env, frozen + Duration::from_secs(30)).await;
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    wait_for("a steps down", Duration::from_secs(20), || async {
-        std::fs::read_to_string(&log_a)
-            .unwrap_or_default()
-            .contains("lost the HA lock session: stepping down")
-    })
-    .await;
-    let woke = Instant::now();
-    while woke.elapsed() < Duration::from_secs(5) {
-        assert_eq!(streaming_instances(&env).await, ["instance_b"]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    steps_down(&log_a).await;
+    only_b_streams_until(&env, Instant::now() + Duration::from_secs(5)).await;
     writer.await.unwrap();
-    let got = read_until_all(&env.reader(), &ids, Duration::from_secs(90)).await;
-    let seen: HashSet<String> = got.iter().map(|r| header_str(r, "id")).collect();
-    assert_eq!(
-        ids.difference(&seen).count(),
-        0,
-        "events lost across the takeover"
-    );
-    assert_eq!(order_violations(&got), 0);
+    assert_all_arrive(&env, &ids).await;
     checker.finish().await;
     let locks: i64 = env
         .db
@@ -232,32 +231,21 @@ async fn a_leader_cut_off_from_the_broker_is_replaced() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     proxy.stall();
     let cut = Instant::now();
-    wait_for("the standby streaming", Duration::from_secs(30), || async {
-        streaming_instances(&env).await == ["instance_b"]
-    })
+    let took = b_takes_over(
+        &env,
+        cut,
+        Duration::from_secs(30),
+        "a leader cut off from NATS",
+    )
     .await;
-    let takeover = cut.elapsed();
-    eprintln!(
-        "HA takeover from a leader cut off from NATS: {:.1} s",
-        takeover.as_secs_f64()
-    );
     // The stall must outlast the lease (4 s), then the lease must expire (4 s), polled.
-    assert!(takeover < Duration::from_secs(20), "{takeover:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.pass();
-    wait_for("a steps down", Duration::from_secs(30), || async {
-        std::fs::read_to_string(&log_a)
-            .unwrap_or_default()
-            .contains("lost the HA lock session: stepping down")
-    })
-    .await;
+    steps_down(&log_a).await;
     let text = std::fs::read_to_string(&log_a).unwrap();
     assert!(text.contains("no longer renewing the lease"), "{text}");
-    let woke = Instant::now();
-    while woke.elapsed() < Duration::from_secs(3) {
-        assert_eq!(streaming_instances(&env).await, ["instance_b"]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    only_b_streams_until(&env, Instant::now() + Duration::from_secs(3)).await;
     writer.await.unwrap();
     let got = js::read_until_all(&nats.url(), &ids, Duration::from_secs(90)).await;
     let seen: HashSet<String> = got.iter().map(|m| m.id()).collect();

@@ -9,20 +9,9 @@ use std::time::Duration;
 
 use common::*;
 
-/// Runs the binary with `args` against `url`; (success, stdout, stderr).
+/// Runs the binary with `args` against `url` (no broker needed).
 async fn pgoutbox(url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
-        .args(args)
-        .env("PGOUTBOX_POSTGRES_URL", url)
-        .env("PGOUTBOX_KAFKA_BROKERS", "127.0.0.1:9")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cli(args, url, "127.0.0.1:9").await
 }
 
 fn signal(child: &tokio::process::Child, sig: i32) {

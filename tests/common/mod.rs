@@ -520,3 +520,20 @@ pub fn txns_logged(log: &str, what: &str) -> std::collections::HashSet<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// Runs the binary with `args` against `url` and `brokers`; (success, stdout, stderr).
+pub async fn cli(args: &[&str], url: &str, brokers: &str) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+        .args(args)
+        .env("PGOUTBOX_POSTGRES_URL", url)
+        .env("PGOUTBOX_KAFKA_BROKERS", brokers)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
