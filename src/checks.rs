@@ -89,6 +89,20 @@ async fn kafka_checks(cfg: &Config, out: &mut Vec<CheckResult>) {
             ),
         },
     });
+    if delivery == crate::config::DeliveryMode::ExactlyOnce {
+        use kafka::transactions::{refusal, support, Support};
+        let (ok, detail) = match support(&cfg.kafka, Duration::from_secs(5)).await {
+            Ok(Support::Offered) => (true, "the brokers offer InitProducerId, AddPartitionsToTxn and EndTxn".into()),
+            Ok(Support::NotAsked) => (true, "! not asked over TLS: a broker without transactions stops pgoutbox at its first commit".into()),
+            Ok(Support::Lacking { broker, missing }) => (false, refusal(&broker, &missing)),
+            Err(e) => (false, e),
+        };
+        out.push(CheckResult {
+            name: "Kafka transactions",
+            ok,
+            detail,
+        });
+    }
 }
 
 /// The server (reachable, credentials, JetStream), the stream, the subjects it stores and

@@ -75,3 +75,44 @@ async fn a_missing_topic_stops_with_the_fix() {
         "the slot passed the undeliverable event"
     );
 }
+
+/// Exactly-once on a broker without Kafka transactions (tansu 0.6 has no EndTxn): `run` stops
+/// at once naming what is missing and the alternative, and `check` fails the same way. (It
+/// used to go on, every commit failing, and on restart trust offsets records of transactions
+/// that never committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_transactions_is_refused_for_that_mode() {
+    let Some(env) = tansu_env().await else {
+        return;
+    };
+    env.kafka.create_topic("pgoutbox.offsets", 1).unwrap();
+    let mut cfg = env.config();
+    cfg.delivery = pgoutbox::delivery::DeliveryMode::ExactlyOnce;
+    let err = tokio::time::timeout(Duration::from_secs(30), env.spawn_streamer(cfg).task)
+        .await
+        .expect("stops by itself")
+        .unwrap()
+        .unwrap_err();
+    let e = err.to_string();
+    assert!(err.is_fatal(), "{e}");
+    assert!(
+        e.contains("needs Kafka transactions")
+            && e.contains("EndTxn")
+            && e.contains("at-least-once"),
+        "{e}"
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+        .arg("check")
+        .env("PGOUTBOX_POSTGRES_URL", env.pg.url())
+        .env("PGOUTBOX_KAFKA_BROKERS", env.kafka.bootstrap_servers())
+        .env("PGOUTBOX_DELIVERY", "exactly-once")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("✘ Kafka transactions: delivery = exactly-once needs Kafka transactions"),
+        "{stdout}"
+    );
+}

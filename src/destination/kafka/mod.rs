@@ -5,11 +5,14 @@
 //! - [`producer`]: the send call, the delivery callback, the transaction calls.
 //! - [`error`]: which Kafka errors are backpressure, and the class of a refusal.
 //! - [`offsets`]: the exactly-once offsets topic, `(slot, end_lsn)` per Kafka transaction.
+//! - [`api_versions`], [`transactions`]: whether the brokers offer Kafka transactions.
 
+pub mod api_versions;
 pub mod config;
 pub mod error;
 pub mod offsets;
 pub mod producer;
+pub mod transactions;
 
 pub use config::{KafkaConfig, KafkaConfigError, Librdkafka};
 pub use producer::{probe, KafkaSink, SinkError};

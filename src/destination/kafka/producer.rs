@@ -142,7 +142,8 @@ impl From<OffsetsError> for DestinationError {
 fn txn_error(e: KafkaError) -> DestinationError {
     match &e {
         KafkaError::Transaction(t) => DestinationError::Transaction {
-            fatal: t.is_fatal(),
+            // A broker without the API (EndTxn) refuses every retry alike.
+            fatal: t.is_fatal() || t.code() == rdkafka::types::RDKafkaErrorCode::UnsupportedFeature,
             abortable: t.txn_requires_abort(),
             message: format!("Kafka transaction: {t}"),
         },
@@ -318,6 +319,14 @@ impl<T: Send + Sync + 'static> Destination<T> for KafkaSink<T> {
     /// its open transaction); then the offsets topic, read committed, says which PostgreSQL
     /// transactions are in Kafka already.
     async fn resume(&self, limit: Duration) -> Result<Lsn, DestinationError> {
+        use super::transactions::{refusal, support, Support};
+        match support(&self.settings, limit).await {
+            Ok(Support::Lacking { broker, missing }) => {
+                return Err(DestinationError::Config(refusal(&broker, &missing)))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(DestinationError::Unavailable(e)),
+        }
         let t = Instant::now();
         self.blocking(move |p| p.init_transactions(limit)).await?;
         debug!(took = ?t.elapsed(), "init_transactions");
