@@ -89,6 +89,37 @@ async fn kafka_checks(cfg: &Config, out: &mut Vec<CheckResult>) {
             ),
         },
     });
+    let required = kafka::topics::required(cfg);
+    if !required.is_empty() {
+        let kcfg = cfg.producer();
+        let names = required.clone();
+        let missing = tokio::task::spawn_blocking(move || {
+            kafka::topics::missing(&kcfg, &names, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        out.push(match missing {
+            Ok(m) if m.is_empty() => CheckResult {
+                name: "Kafka topics",
+                ok: true,
+                detail: format!("{} exist", required.join(", ")),
+            },
+            Ok(m) => CheckResult {
+                name: "Kafka topics",
+                ok: false,
+                detail: format!(
+                    "{} missing (pgoutbox writes there before any event): run `pgoutbox setup --create-kafka-topics`",
+                    m.join(", ")
+                ),
+            },
+            Err(e) => CheckResult {
+                name: "Kafka topics",
+                ok: false,
+                detail: e,
+            },
+        });
+    }
     if delivery == crate::config::DeliveryMode::ExactlyOnce {
         use kafka::transactions::{refusal, support, Support};
         let (ok, detail) = match support(&cfg.kafka, Duration::from_secs(5)).await {

@@ -116,3 +116,57 @@ async fn a_broker_without_transactions_is_refused_for_that_mode() {
         "{stdout}"
     );
 }
+
+/// A broker that creates no topics: `check` names the topics pgoutbox writes to before any
+/// event (dead letters here) and the command; `setup --create-kafka-topics` makes them, the
+/// offsets topic compacted, and the topics of the route values in the table; run again, it
+/// leaves them as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_creates_the_kafka_topics_and_check_names_the_missing() {
+    let Some(env) = tansu_env().await else {
+        return;
+    };
+    let run = |args: &'static [&'static str]| {
+        let (url, brokers) = (env.pg.url(), env.kafka.bootstrap_servers().to_owned());
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+                .args(args)
+                .env("PGOUTBOX_POSTGRES_URL", url)
+                .env("PGOUTBOX_KAFKA_BROKERS", brokers)
+                .env("PGOUTBOX_ON_POISON", "dead-letter")
+                .env_remove("RUST_LOG")
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    env.commit(&[vec![Event::new(1, "shipment", "k")]]).await;
+    let (ok, out) = run(&["check"]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("✘ Kafka topics: pgoutbox.dead-letter missing")
+            && out.contains("pgoutbox setup --create-kafka-topics"),
+        "{out}"
+    );
+    let (ok, out) = run(&["setup", "--create-kafka-topics"]).await;
+    assert!(ok, "{out}");
+    for line in [
+        "✔ Kafka topic pgoutbox.offsets (exactly-once offsets, 1 partition(s), cleanup.policy=compact): created",
+        "✔ Kafka topic pgoutbox.dead-letter (dead letters, 1 partition(s)): created",
+        "✔ Kafka topic outbox.event.shipment (events, 3 partition(s)): created",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+    let (ok, out) = run(&["setup", "--create-kafka-topics"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("exists, left as it is").count(), 3, "{out}");
+    let (_, out) = run(&["check"]).await;
+    assert!(
+        out.contains("✔ Kafka topics: pgoutbox.dead-letter exist"),
+        "{out}"
+    );
+}

@@ -16,7 +16,12 @@ async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-pub async fn setup(cfg: Config, nats_stream: bool, rabbitmq_exchange: bool) -> anyhow::Result<()> {
+pub async fn setup(
+    cfg: Config,
+    nats_stream: bool,
+    rabbitmq_exchange: bool,
+    kafka_topics: bool,
+) -> anyhow::Result<()> {
     let pg = connect(&cfg).await?;
     let report = interruptible_apply(&cfg, &pg).await?;
     println!("✔ applied sql/setup.sql: table public.outbox, publication pgoutbox_pub (insert), role pgoutbox");
@@ -40,6 +45,39 @@ pub async fn setup(cfg: Config, nats_stream: bool, rabbitmq_exchange: bool) -> a
             cfg.outbox.table, cfg.publication
         );
     }
+    if kafka_topics {
+        let routes = known_routes(&pg, &cfg).await?;
+        let specs = pgoutbox::destination::kafka::topics::wanted(&cfg, &routes);
+        let done = pgoutbox::destination::kafka::topics::create(
+            &cfg.producer(),
+            &specs,
+            std::time::Duration::from_secs(15),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        for (name, how) in done {
+            let spec = specs.iter().find(|s| s.name == name);
+            println!(
+                "✔ Kafka topic {name} ({}, {} partition(s){}): {}",
+                spec.map_or("", |s| s.role),
+                spec.map_or(0, |s| s.partitions),
+                spec.filter(|s| !s.config.is_empty())
+                    .map_or(String::new(), |s| format!(
+                        ", {}",
+                        s.config
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                match how {
+                    pgoutbox::destination::kafka::topics::Created::Created => "created",
+                    pgoutbox::destination::kafka::topics::Created::Existed =>
+                        "exists, left as it is",
+                }
+            );
+        }
+    }
     if rabbitmq_exchange {
         let connection = rabbitmq::connect(&cfg.rabbitmq).await?;
         rabbitmq::exchange::declare(&connection, &cfg.rabbitmq).await?;
@@ -62,6 +100,31 @@ pub async fn setup(cfg: Config, nats_stream: bool, rabbitmq_exchange: bool) -> a
     }
     println!("  next: give the role a password (ALTER ROLE pgoutbox PASSWORD '…') and run `pgoutbox check`");
     Ok(())
+}
+
+/// The route values in the outbox tables now (at most 1,000 per table): the topics they name
+/// are known before any event.
+async fn known_routes(pg: &tokio_postgres::Client, cfg: &Config) -> anyhow::Result<Vec<String>> {
+    let mut routes = Vec::new();
+    for o in cfg.outboxes() {
+        let sql = format!(
+            "SELECT DISTINCT {}::text FROM {} WHERE {} IS NOT NULL LIMIT 1000",
+            quote_ident(&o.route_column),
+            o.table,
+            quote_ident(&o.route_column)
+        );
+        let rows = pg
+            .query(&sql, &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))
+            .context("reading the route values of the outbox")?;
+        routes.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    Ok(routes)
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// `setup::apply`, which may wait long for open transactions before the slot exists. SIGTERM

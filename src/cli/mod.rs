@@ -58,6 +58,10 @@ struct SetupArgs {
     /// Also declare the RabbitMQ exchange (rabbitmq_exchange): durable, of type topic.
     #[arg(long)]
     create_rabbitmq_exchange: bool,
+    /// Also create the Kafka topics: offsets (compacted), dead letters, and the topics of the
+    /// route values in the outbox table now; topics that exist are left alone.
+    #[arg(long)]
+    create_kafka_topics: bool,
     #[command(flatten)]
     settings: Box<SettingArgs>,
 }
@@ -181,6 +185,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 admin(a.settings)?,
                 a.create_nats_stream,
                 a.create_rabbitmq_exchange,
+                a.create_kafka_topics,
             )
             .await
         }

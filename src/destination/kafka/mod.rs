@@ -6,12 +6,14 @@
 //! - [`error`]: which Kafka errors are backpressure, and the class of a refusal.
 //! - [`offsets`]: the exactly-once offsets topic, `(slot, end_lsn)` per Kafka transaction.
 //! - [`api_versions`], [`transactions`]: whether the brokers offer Kafka transactions.
+//! - [`topics`]: the topics pgoutbox writes to, which are missing, creating them.
 
 pub mod api_versions;
 pub mod config;
 pub mod error;
 pub mod offsets;
 pub mod producer;
+pub mod topics;
 pub mod transactions;
 
 pub use config::{KafkaConfig, KafkaConfigError, Librdkafka};
