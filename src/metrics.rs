@@ -26,6 +26,9 @@ pub const DESTINATION_BLOCKED: &str = "pgoutbox_destination_blocked";
 /// 1 while the slot is a failover slot that some standby's physical slot is not synchronized
 /// with (`allow_unsynchronized_failover = true` lets pgoutbox run so).
 pub const FAILOVER_UNSYNCHRONIZED: &str = "pgoutbox_failover_unsynchronized";
+/// Seconds for which events have waited with no ack from the destination, by `destination`
+/// (0 while it moves); past 10 s `/readyz` answers 503.
+pub const STALLED: &str = "pgoutbox_destination_stalled_seconds";
 /// Seconds from the transaction's commit in PostgreSQL to Kafka's ack, per event.
 pub const COMMIT_TO_ACK: &str = "pgoutbox_commit_to_ack_seconds";
 
@@ -78,6 +81,10 @@ pub fn describe() {
         "At-most-once: events confirmed to PostgreSQL but never acknowledged, each also logged by id"
     );
     describe_gauge!(STREAMING, "1 while the replication stream is running");
+    describe_gauge!(
+        STALLED,
+        "Seconds events have waited with no ack from the destination (0 while it moves)"
+    );
     describe_gauge!(
         FAILOVER_UNSYNCHRONIZED,
         "1 while a standby's physical slot is missing from synchronized_standby_slots (allow_unsynchronized_failover)"

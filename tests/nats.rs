@@ -522,3 +522,69 @@ async fn full_stream_with_discard_new_keeps_each_keys_order() {
     );
     running.stop().await;
 }
+
+/// A server that takes the connection but answers nothing (its link stalls: bytes held both
+/// ways): the relay pauses, says so once, `/readyz` answers 503 naming the stall and
+/// `pgoutbox_destination_stalled_seconds` counts it; when the link flows again everything
+/// arrives and `/readyz` is 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_acknowledges_nothing_is_said_and_not_ready() {
+    let env = Env::start().await;
+    let nats = js::start(Duration::from_secs(120)).await;
+    let proxy = common::proxy::Proxy::start(nats.port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let port = free_port();
+    let (url, metrics) = (
+        format!("nats://127.0.0.1:{}", proxy.port),
+        format!("127.0.0.1:{port}"),
+    );
+    let _child = env.spawn_binary(
+        &log,
+        &[
+            ("PGOUTBOX_DESTINATION", "nats"),
+            ("PGOUTBOX_NATS_URL", url.as_str()),
+            ("PGOUTBOX_NATS_ACK_TIMEOUT_MS", "60000"),
+            ("PGOUTBOX_METRICS_ADDR", metrics.as_str()),
+        ],
+    );
+    env.wait_streaming().await;
+    let txs = workload(0, 300);
+    let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
+    proxy.stall();
+    let writer = env.spawn_writer(txs, Duration::from_millis(5));
+    wait_for(
+        "/readyz 503 naming the stall",
+        Duration::from_secs(30),
+        || async {
+            get(port, "/readyz")
+                .await
+                .is_some_and(|(c, b)| c == 503 && b.contains("no progress for"))
+        },
+    )
+    .await;
+    let m = get(port, "/metrics").await.unwrap().1;
+    let stalled: f64 = m
+        .lines()
+        .find(|l| l.starts_with("pgoutbox_destination_stalled_seconds{destination=\"nats\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no stall gauge in:\n{m}"));
+    assert!(stalled > 10.0, "{stalled}");
+    proxy.pass();
+    writer.await.unwrap();
+    let got = js::read_until_all(&nats.url(), &ids, Duration::from_secs(60)).await;
+    let seen: HashSet<String> = got.iter().map(|m| m.id()).collect();
+    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
+    wait_for("/readyz 200 again", Duration::from_secs(20), || async {
+        get(port, "/readyz").await.is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("the destination acknowledges nothing while events wait")
+            .count(),
+        1,
+        "{text}"
+    );
+}

@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Events waiting and none acknowledged for this long: not ready, said once in the log.
+pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+
 const NOT_STANDBY: u8 = 0;
 const STANDBY_OK: u8 = 1;
 const STANDBY_UNREACHABLE: u8 = 2;
@@ -127,6 +130,13 @@ impl Health {
         if let Some(why) = self.blocked() {
             return Err(format!("the destination blocks publishers: {why}"));
         }
+        let stalled = self.stalled_for();
+        if stalled > STALLED_AFTER {
+            return Err(format!(
+                "no progress for {} s: events wait and the destination acknowledges none (backpressure, or a broker cut off)",
+                stalled.as_secs()
+            ));
+        }
         match self.lag_bytes() {
             Some(lag) if lag > max_lag_bytes => {
                 Err(format!("slot lag {lag} bytes exceeds {max_lag_bytes}"))
@@ -175,6 +185,27 @@ mod tests {
         );
         h.note_progress(true);
         assert_eq!(h.stalled_for(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_long_stall_is_not_ready() {
+        let h = Health::default();
+        h.set_streaming(true);
+        h.note_progress(false);
+        assert_eq!(
+            h.readiness(100),
+            Ok("streaming"),
+            "a short stall is a pause"
+        );
+        if let Ok(mut s) = h.stalled_since.lock() {
+            *s = Instant::now().checked_sub(STALLED_AFTER * 2);
+        }
+        assert!(h
+            .readiness(100)
+            .unwrap_err()
+            .contains("no progress for 20 s"));
+        h.note_progress(true);
+        assert_eq!(h.readiness(100), Ok("streaming"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod batches;
 mod budget;
-mod health;
+pub mod health;
 mod held;
 pub(crate) mod poison;
 pub mod session;

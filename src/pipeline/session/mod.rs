@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::trace;
+use tracing::{info, trace, warn};
 
 mod at_most_once;
 mod decode;
@@ -148,6 +148,8 @@ pub struct Session<'a> {
     delivered: u64,
     /// `delivered` at the last status tick.
     delivered_at_tick: u64,
+    /// A stall was logged and has not ended yet.
+    said_stalled: bool,
     ignored: u64,
     meters: Meters,
 }
@@ -162,6 +164,7 @@ struct Meters {
     received_lsn: metrics::Gauge,
     confirmed_lsn: metrics::Gauge,
     commit_to_ack: metrics::Histogram,
+    stalled: metrics::Gauge,
 }
 
 impl Meters {
@@ -175,6 +178,7 @@ impl Meters {
             received_lsn: metrics::gauge!(m::RECEIVED_LSN),
             confirmed_lsn: metrics::gauge!(m::CONFIRMED_LSN),
             commit_to_ack: metrics::histogram!(m::COMMIT_TO_ACK, "destination" => destination),
+            stalled: metrics::gauge!(m::STALLED, "destination" => destination),
         }
     }
 
@@ -254,6 +258,7 @@ impl<'a> Session<'a> {
             observer,
             delivered: 0,
             delivered_at_tick: 0,
+            said_stalled: false,
             ignored: 0,
             meters: Meters::new(destination),
         }
@@ -278,6 +283,24 @@ impl<'a> Session<'a> {
             h.note_progress(idle || blocked.is_some() || self.delivered != self.delivered_at_tick);
             self.delivered_at_tick = self.delivered;
             h.set_blocked(D::NAME, blocked);
+            let stalled = h.stalled_for();
+            self.meters.stalled.set(stalled.as_secs_f64());
+            match (
+                stalled > crate::pipeline::health::STALLED_AFTER,
+                self.said_stalled,
+            ) {
+                (true, false) => {
+                    warn!(destination = D::NAME, stalled_secs = stalled.as_secs(),
+                        in_flight = self.budget.events(), waiting = self.pending.len(),
+                        "the destination acknowledges nothing while events wait: paused (backpressure, or a broker cut off); /readyz says so until it moves");
+                    self.said_stalled = true;
+                }
+                (false, true) => {
+                    info!(destination = D::NAME, "the destination acknowledges again");
+                    self.said_stalled = false;
+                }
+                _ => {}
+            }
         }
     }
 
