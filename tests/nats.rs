@@ -563,14 +563,21 @@ async fn a_server_that_acknowledges_nothing_is_said_and_not_ready() {
         },
     )
     .await;
-    let m = get(port, "/metrics").await.unwrap().1;
-    let stalled: f64 = m
-        .lines()
-        .find(|l| l.starts_with("pgoutbox_destination_stalled_seconds{destination=\"nats\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no stall gauge in:\n{m}"));
-    assert!(stalled > 10.0, "{stalled}");
+    // The gauge follows at each status tick (every second).
+    let stalled = || async {
+        let m = get(port, "/metrics").await.map(|r| r.1).unwrap_or_default();
+        m.lines()
+            .find(|l| l.starts_with("pgoutbox_destination_stalled_seconds{destination=\"nats\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "the stall gauge past 10 s",
+        Duration::from_secs(10),
+        || async { stalled().await > 10.0 },
+    )
+    .await;
     proxy.pass();
     writer.await.unwrap();
     let got = js::read_until_all(&nats.url(), &ids, Duration::from_secs(60)).await;
