@@ -52,7 +52,12 @@ pub async fn kill_loop(
     // Continuous load sized to the kills: transactions of 1–10 events, a few ms apart.
     let txs = workload(0, cycles * 60);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
-    let writer = env.spawn_writer(txs, Duration::from_millis(4));
+    // Spread over the kills, which come slower on a real broker (below).
+    let pause = match env.kafka.is_tansu() {
+        true => 30,
+        false => 4,
+    };
+    let writer = env.spawn_writer(txs, Duration::from_millis(pause));
 
     let mut rng = rand::rng();
     let mut kills_with_unconfirmed_wal = 0;
