@@ -54,15 +54,7 @@ async fn standby_takes_over_after_leader_is_killed() {
     // b starts, finds the lock taken and waits: only a streams.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(streaming_instances(&env).await, ["instance_a"]);
-    let locks: i64 = env
-        .db
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let locks = held_locks(&env).await;
     assert_eq!(locks, 1, "exactly one instance holds the HA lock");
     // Both are ready, each in its role, so a rolling update of the pair can proceed.
     assert_eq!(
@@ -99,6 +91,18 @@ async fn standby_takes_over_after_leader_is_killed() {
     writer.await.unwrap();
     assert_all_arrive(&env, &ids).await;
     checker.finish().await;
+}
+
+/// How many advisory locks are held (the HA lock is the only one).
+async fn held_locks(env: &Env) -> i64 {
+    env.db
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Waits (up to `within`) until only `instance_b` streams; how long since `since`.
@@ -176,15 +180,7 @@ async fn a_frozen_leader_is_replaced_within_its_lease() {
     writer.await.unwrap();
     assert_all_arrive(&env, &ids).await;
     checker.finish().await;
-    let locks: i64 = env
-        .db
-        .query_one(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let locks = held_locks(&env).await;
     assert_eq!(locks, 1, "one lock holder after the old leader woke");
 }
 

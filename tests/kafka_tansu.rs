@@ -126,22 +126,18 @@ async fn setup_creates_the_kafka_topics_and_check_names_the_missing() {
     let Some(env) = tansu_env().await else {
         return;
     };
+    let (url, brokers) = (env.pg.url(), env.kafka.bootstrap_servers().to_owned());
     let run = |args: &'static [&'static str]| {
-        let (url, brokers) = (env.pg.url(), env.kafka.bootstrap_servers().to_owned());
+        let (url, brokers) = (url.clone(), brokers.clone());
         async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
-                .args(args)
-                .env("PGOUTBOX_POSTGRES_URL", url)
-                .env("PGOUTBOX_KAFKA_BROKERS", brokers)
-                .env("PGOUTBOX_ON_POISON", "dead-letter")
-                .env_remove("RUST_LOG")
-                .output()
-                .await
-                .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
+            let (ok, out, _) = cli_with(
+                args,
+                &url,
+                &brokers,
+                &[("PGOUTBOX_ON_POISON", "dead-letter")],
             )
+            .await;
+            (ok, out)
         }
     };
     env.commit(&[vec![Event::new(1, "shipment", "k")]]).await;

@@ -523,10 +523,21 @@ pub fn txns_logged(log: &str, what: &str) -> std::collections::HashSet<String> {
 
 /// Runs the binary with `args` against `url` and `brokers`; (success, stdout, stderr).
 pub async fn cli(args: &[&str], url: &str, brokers: &str) -> (bool, String, String) {
+    cli_with(args, url, brokers, &[]).await
+}
+
+/// [`cli`] with further settings in the environment.
+pub async fn cli_with(
+    args: &[&str],
+    url: &str,
+    brokers: &str,
+    extra: &[(&str, &str)],
+) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
         .args(args)
         .env("PGOUTBOX_POSTGRES_URL", url)
         .env("PGOUTBOX_KAFKA_BROKERS", brokers)
+        .envs(extra.iter().copied())
         .env_remove("RUST_LOG")
         .output()
         .await
