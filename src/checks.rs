@@ -121,18 +121,37 @@ async fn kafka_checks(cfg: &Config, out: &mut Vec<CheckResult>) {
         });
     }
     if delivery == crate::config::DeliveryMode::ExactlyOnce {
-        use kafka::transactions::{refusal, support, Support};
-        let (ok, detail) = match support(&cfg.kafka, Duration::from_secs(5)).await {
+        use kafka::topics::{offsets_topic, OffsetsTopic};
+        use kafka::transactions::{offered, refusal, Support};
+        let wait = Duration::from_secs(5);
+        let offered = offered(&cfg.kafka, wait).await;
+        let (ok, detail) = match offered.as_ref().map(|o| o.transactions()) {
             Ok(Support::Offered) => (true, "the brokers offer InitProducerId, AddPartitionsToTxn and EndTxn".into()),
             Ok(Support::NotAsked) => (true, "! not asked over TLS: a broker without transactions stops pgoutbox at its first commit".into()),
             Ok(Support::Lacking { broker, missing }) => (false, refusal(&broker, &missing)),
-            Err(e) => (false, e),
+            Err(e) => (false, e.clone()),
         };
         out.push(CheckResult {
             name: "Kafka transactions",
             ok,
             detail,
         });
+        let topic = &cfg.offsets_topic;
+        let describe = offered.as_ref().is_ok_and(|o| o.describe_configs());
+        let line = match offsets_topic(&cfg.producer(), topic, describe, wait).await {
+            Ok(OffsetsTopic::Missing) => None, // named by "Kafka topics"
+            Ok(OffsetsTopic::Ready) => Some((true, format!("{topic} is compacted"))),
+            Ok(OffsetsTopic::Unverified) => Some((true, format!("! {topic}: the brokers do not describe topic configs, so its cleanup.policy is not verified"))),
+            Ok(other) => other.problem(topic).map(|p| (false, p)),
+            Err(e) => Some((false, e)),
+        };
+        if let Some((ok, detail)) = line {
+            out.push(CheckResult {
+                name: "Kafka offsets topic",
+                ok,
+                detail,
+            });
+        }
     }
 }
 

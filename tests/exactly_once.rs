@@ -210,3 +210,53 @@ async fn a_graceful_stop_commits_the_open_transaction() {
     );
     running.stop().await;
 }
+
+/// The resume rule's broker check, against a broker that fails it: librdkafka's mock shows
+/// aborted transactions to read_committed readers, so an offsets record read there proves no
+/// commit. Exactly-once stops at start naming why (the abort probe was read back) and
+/// delivers nothing; the slot does not move. Without the probe it would resume after
+/// whatever it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_shows_aborted_transactions_is_refused() {
+    let env = Env::start().await;
+    env.kafka.create_topic("pgoutbox.offsets", 1).unwrap();
+    let mut cfg = env.config();
+    cfg.delivery = DeliveryMode::ExactlyOnce;
+    cfg.kafka.trust_read_committed = false;
+    let running = env.spawn_streamer(cfg);
+    let err = tokio::time::timeout(Duration::from_secs(60), running.task)
+        .await
+        .expect("exactly-once stops")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("aborted probe record was read back from pgoutbox.offsets"),
+        "{err}"
+    );
+    assert!(err.contains("delivery = at-least-once"), "{err}");
+}
+
+/// Exactly-once needs its offsets topic before the first event: missing, it stops at start
+/// with the command that creates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_offsets_topic_is_named_at_start() {
+    let env = Env::start().await;
+    let mut cfg = env.config();
+    cfg.delivery = DeliveryMode::ExactlyOnce;
+    let running = env.spawn_streamer(cfg);
+    let err = tokio::time::timeout(Duration::from_secs(60), running.task)
+        .await
+        .expect("exactly-once stops")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("offsets topic pgoutbox.offsets does not exist"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pgoutbox setup --create-kafka-topics"),
+        "{err}"
+    );
+}

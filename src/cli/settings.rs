@@ -210,6 +210,8 @@ settings! {
     poll_cleanup: String = "mark".into(), "PGOUTBOX_POLL_CLEANUP";
     /// Exactly-once: the producer's transactional.id, stable across restarts [default: pgoutbox-<slot>]
     transactional_id: String = String::new(), "PGOUTBOX_TRANSACTIONAL_ID";
+    /// Exactly-once: skip the start-up check that the brokers hide aborted transactions from read_committed readers, and take every offsets record read as committed; only for librdkafka's mock cluster in tests, which does not hide them (true/false) [default: false]
+    kafka_trust_read_committed: bool = false, "PGOUTBOX_KAFKA_TRUST_READ_COMMITTED";
     /// Exactly-once: compacted topic recording (slot, end_lsn) per Kafka transaction [default: pgoutbox.offsets]
     offsets_topic: String = pgoutbox::config::DEFAULT_OFFSETS_TOPIC.into(), "PGOUTBOX_OFFSETS_TOPIC";
     /// Exactly-once: milliseconds between Kafka transaction commits [default: 100]
@@ -311,6 +313,7 @@ impl Settings {
             tls_key_file: path(&self.rabbitmq_tls_key_file),
         };
         cfg.kafka.transactional_id = Some(self.transactional_id.clone()).filter(|t| !t.is_empty());
+        cfg.kafka.trust_read_committed = self.kafka_trust_read_committed;
         cfg.offsets_topic = self.offsets_topic.clone();
         cfg.source = self.source.parse().map_err(anyhow::Error::msg)?;
         cfg.poll = pgoutbox::poll::PollConfig {

@@ -12,6 +12,11 @@ pub struct KafkaConfig {
     /// Exactly-once: the producer's `transactional.id`, stable across restarts so a newer
     /// instance fences an older one.
     pub transactional_id: Option<String>,
+    /// Exactly-once: skip the start-up abort probe and take every offsets record a
+    /// read_committed reader sees as committed. For librdkafka's mock cluster in tests only:
+    /// it does not hide aborted transactions, so its tests count committed ones themselves.
+    /// Default false.
+    pub trust_read_committed: bool,
 }
 
 /// A `key=value` property that is not one.

@@ -28,6 +28,14 @@ impl Broker {
         Broker::Tansu { server, bootstrap }
     }
 
+    /// librdkafka's mock cluster shows aborted transactions to read_committed readers, so
+    /// pgoutbox's exactly-once abort probe refuses it: its exactly-once tests tell pgoutbox
+    /// to trust what it reads (`kafka_trust_read_committed`) and count committed Kafka
+    /// transactions themselves.
+    pub fn shows_aborted_transactions(&self) -> bool {
+        matches!(self, Broker::Mock(_))
+    }
+
     pub fn is_tansu(&self) -> bool {
         matches!(self, Broker::Tansu { .. })
     }

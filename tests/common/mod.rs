@@ -86,6 +86,7 @@ impl Env {
     pub fn config(&self) -> Config {
         let mut c = Config::new(self.pg.url(), self.kafka.bootstrap_servers());
         c.status_interval = Duration::from_millis(200);
+        c.kafka.trust_read_committed = self.kafka.shows_aborted_transactions();
         c
     }
 
@@ -112,6 +113,10 @@ impl Env {
             .env("PGOUTBOX_KAFKA_BROKERS", self.kafka.bootstrap_servers())
             .env("PGOUTBOX_METRICS_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
+            .env(
+                "PGOUTBOX_KAFKA_TRUST_READ_COMMITTED",
+                self.kafka.shows_aborted_transactions().to_string(),
+            )
             .envs(extra.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)

@@ -14,6 +14,10 @@ pub const TRANSACTIONS: [(i16, &str); 3] = [
     (26, "EndTxn"),
 ];
 
+/// How topic settings are read (`cleanup.policy` of the offsets topic). librdkafka's mock
+/// cluster lacks it, and does not answer it either.
+pub const DESCRIBE_CONFIGS: (i16, &str) = (32, "DescribeConfigs");
+
 /// One API a broker offers, with the versions it speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiRange {

@@ -198,6 +198,7 @@ mod tests {
             brokers: "b".into(),
             properties: vec![("acks".into(), "1".into())],
             transactional_id: None,
+            trust_read_committed: false,
         };
         let c = cfg.producer_config(DeliveryMode::AtMostOnce).unwrap();
         assert_eq!(c.get("acks"), Some("1"));

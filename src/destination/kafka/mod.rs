@@ -5,6 +5,7 @@
 //! - [`producer`]: the send call, the delivery callback, the transaction calls.
 //! - [`error`]: which Kafka errors are backpressure, and the class of a refusal.
 //! - [`offsets`]: the exactly-once offsets topic, `(slot, end_lsn)` per Kafka transaction.
+//! - [`resume`]: which offsets record exactly-once resumes after (pure).
 //! - [`api_versions`], [`transactions`]: whether the brokers offer Kafka transactions.
 //! - [`topics`]: the topics pgoutbox writes to, which are missing, creating them.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod offsets;
 pub mod producer;
+pub mod resume;
 pub mod topics;
 pub mod transactions;
 

@@ -1,6 +1,7 @@
 //! The exactly-once offsets topic: each Kafka transaction also writes, keyed by slot, the
 //! `end_lsn` of the last PostgreSQL transaction it carries. Read back with read_committed at
-//! start, it says which resent PostgreSQL transactions are already in Kafka.
+//! start, it says which resent PostgreSQL transactions are already in Kafka (`resume.rs`
+//! decides; this file does the reading).
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::config::{KafkaConfig, Librdkafka};
+use super::resume::Read;
 use crate::lsn::Lsn;
 
 /// One offsets record (JSON value; the key is the slot name).
@@ -30,6 +32,24 @@ impl OffsetRecord {
     /// `None` for a value that is not an offsets record (ignored, never fatal).
     pub fn decode(bytes: &[u8]) -> Option<OffsetRecord> {
         serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The abort probe's record: written in a transaction that is aborted before the read, under
+/// its own key so that it never stands for the slot in the compacted topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    pub probe: String,
+}
+
+impl ProbeRecord {
+    /// The key of `slot`'s probe records.
+    pub fn key(slot: &str) -> String {
+        format!("{slot}/abort-probe")
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
@@ -62,14 +82,14 @@ impl ClientContext for ReaderContext {
 
 impl ConsumerContext for ReaderContext {}
 
-/// The newest offsets record of `slot` that a read_committed consumer sees, if any.
-/// Blocking (librdkafka): call it from a blocking thread.
-pub fn read_last(
+/// The offsets and probe records of `slot` that a read_committed consumer sees, in
+/// partition order. Blocking (librdkafka): call it from a blocking thread.
+pub fn read(
     cfg: &KafkaConfig,
     topic: &str,
     slot: &str,
     timeout: Duration,
-) -> Result<Option<OffsetRecord>, OffsetsError> {
+) -> Result<Vec<Read>, OffsetsError> {
     let err = |error| OffsetsError::Kafka {
         topic: topic.to_owned(),
         error,
@@ -91,7 +111,7 @@ pub fn read_last(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
@@ -101,8 +121,9 @@ pub fn read_last(
     consumer.assign(&tpl).map_err(err)?;
     let deadline = Instant::now() + timeout;
     let mut at_end = std::collections::HashSet::new();
-    // Per partition the last record for our key; the slot's key always hashes to one.
-    let mut last: Option<(i32, i64, OffsetRecord)> = None;
+    let probe_key = ProbeRecord::key(slot);
+    // The slot's keys always hash to one partition each: offsets of one partition ascend.
+    let mut out = Vec::new();
     while at_end.len() < partitions.len() {
         if Instant::now() >= deadline {
             return Err(OffsetsError::Timeout {
@@ -117,21 +138,17 @@ pub fn read_last(
             }
             Some(Err(e)) => return Err(err(e)),
             Some(Ok(m)) => {
-                if m.key() != Some(slot.as_bytes()) {
-                    continue;
-                }
-                if let Some(rec) = m.payload().and_then(OffsetRecord::decode) {
-                    let newer = last
-                        .as_ref()
-                        .is_none_or(|(p, o, _)| *p != m.partition() || *o < m.offset());
-                    if newer {
-                        last = Some((m.partition(), m.offset(), rec));
-                    }
+                let payload = m.payload().unwrap_or_default();
+                if m.key() == Some(slot.as_bytes()) {
+                    out.extend(OffsetRecord::decode(payload).map(Read::Offsets));
+                } else if m.key() == Some(probe_key.as_bytes()) {
+                    let probe = serde_json::from_slice::<ProbeRecord>(payload).ok();
+                    out.extend(probe.map(|p| Read::Probe(p.probe)));
                 }
             }
         }
     }
-    Ok(last.map(|(_, _, r)| r))
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -12,11 +12,11 @@ use rdkafka::producer::{
 };
 use rdkafka::{ClientContext, Message};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::config::{KafkaConfig, KafkaConfigError, Librdkafka};
 use super::error::{is_backpressure, refusal};
-use super::offsets::{self, OffsetRecord, OffsetsError};
+use super::offsets::{self, OffsetRecord, OffsetsError, ProbeRecord};
 use crate::config::{Config, DeliveryMode};
 use crate::destination::{
     Class, Destination, DestinationError, Outcome, Receipt, Refusal, Returned, SendError,
@@ -225,14 +225,27 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
             end_lsn: end,
             txn: String::from_utf8_lossy(tag).into_owned(),
         };
+        self.write_control(self.slot.clone(), offset.encode(), end, tag.clone())
+            .await
+    }
+
+    /// Writes one record of pgoutbox's own to the offsets topic in the open transaction,
+    /// and waits for its ack.
+    async fn write_control(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        lsn: Lsn,
+        tag: Bytes,
+    ) -> Result<(), DestinationError> {
         let rec = OutboxRecord {
             topic: self.offsets_topic.clone(),
-            key: Some(Bytes::from(self.slot.clone())),
+            key: Some(Bytes::from(key)),
             partition: None,
-            headers: vec![(TXN_HEADER.to_owned(), tag.clone())],
-            payload: Some(Bytes::from(offset.encode())),
+            headers: vec![(TXN_HEADER.to_owned(), tag)],
+            payload: Some(Bytes::from(value)),
             event_id: Bytes::from_static(b"offsets"),
-            lsn: end,
+            lsn,
         };
         let (done, acked) = oneshot::channel();
         let mut opaque = Opaque::Control(done);
@@ -251,6 +264,33 @@ impl<T: Send + Sync + 'static> KafkaSink<T> {
             Ok(Err(r)) => Err(abortable(format!("offsets record: {r}"))),
             Err(_) => Err(abortable("offsets record: no delivery report".into())),
         }
+    }
+}
+
+impl<T: Send + Sync + 'static> KafkaSink<T> {
+    /// One transaction holding only a probe record (`nonce`), acked, then aborted: a broker
+    /// that hides aborted transactions never shows it to the read that follows.
+    async fn abort_probe(&self, nonce: &str) -> Result<(), DestinationError> {
+        let key = ProbeRecord::key(&self.slot);
+        let value = ProbeRecord {
+            probe: nonce.to_owned(),
+        };
+        self.begin()?;
+        let written = self
+            .write_control(
+                key,
+                value.encode(),
+                Lsn::ZERO,
+                Bytes::from_static(b"abort-probe"),
+            )
+            .await;
+        self.abort().await;
+        written.map_err(|e| match e {
+            DestinationError::Transaction { message, .. } => {
+                DestinationError::Unavailable(format!("exactly-once abort probe: {message}"))
+            }
+            other => other,
+        })
     }
 }
 
@@ -315,38 +355,60 @@ impl<T: Send + Sync + 'static> Destination<T> for KafkaSink<T> {
         self.transactional
     }
 
-    /// `init_transactions` fences any older instance with our `transactional.id` (and aborts
-    /// its open transaction); then the offsets topic, read committed, says which PostgreSQL
-    /// transactions are in Kafka already.
+    /// Refuses a broker without transactions and an offsets topic that is missing or not
+    /// compacted; `init_transactions` then fences any older instance with our
+    /// `transactional.id` (and aborts its open transaction); an aborted probe transaction
+    /// shows whether the brokers hide aborted records; and the offsets topic, read
+    /// committed, says which PostgreSQL transactions are in Kafka already (`resume.rs`).
     async fn resume(&self, limit: Duration) -> Result<Lsn, DestinationError> {
-        use super::transactions::{refusal, support, Support};
-        match support(&self.settings, limit).await {
-            Ok(Support::Lacking { broker, missing }) => {
-                return Err(DestinationError::Config(refusal(&broker, &missing)))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(DestinationError::Unavailable(e)),
+        use super::resume::{resume_after, Probe};
+        use super::topics::{offsets_topic, OffsetsTopic};
+        use super::transactions::{offered, refusal, Support};
+        let offered = offered(&self.settings, limit)
+            .await
+            .map_err(DestinationError::Unavailable)?;
+        if let Support::Lacking { broker, missing } = offered.transactions() {
+            return Err(DestinationError::Config(refusal(&broker, &missing)));
         }
+        let topic = self.offsets_topic.clone();
+        debug!("exactly-once: transactions offered; checking the offsets topic");
+        let state = offsets_topic(&self.settings, &topic, offered.describe_configs(), limit)
+            .await
+            .map_err(DestinationError::Unavailable)?;
+        if let Some(problem) = state.problem(&topic) {
+            return Err(DestinationError::Config(problem));
+        }
+        if state == OffsetsTopic::Unverified {
+            warn!(%topic, "the brokers do not describe topic configs: whether the exactly-once offsets topic is compacted is not verified");
+        }
+        debug!(?state, "exactly-once: offsets topic");
         let t = Instant::now();
         self.blocking(move |p| p.init_transactions(limit)).await?;
         debug!(took = ?t.elapsed(), "init_transactions");
-        let (kafka, topic, slot) = (
-            self.settings.clone(),
-            self.offsets_topic.clone(),
-            self.slot.clone(),
-        );
-        let last =
-            tokio::task::spawn_blocking(move || offsets::read_last(&kafka, &topic, &slot, limit))
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let probe = match self.settings.trust_read_committed {
+            true => Probe::Trusted,
+            false => {
+                self.abort_probe(&nonce).await?;
+                Probe::Aborted { nonce: &nonce }
+            }
+        };
+        let (kafka, slot) = (self.settings.clone(), self.slot.clone());
+        let read_topic = topic.clone();
+        let reads =
+            tokio::task::spawn_blocking(move || offsets::read(&kafka, &read_topic, &slot, limit))
                 .await
                 .map_err(|e| DestinationError::Unavailable(format!("offsets reader: {e}")))??;
+        let last = resume_after(&reads, probe, &topic)
+            .map_err(|e| DestinationError::Config(e.to_string()))?;
         Ok(match last {
             Some(r) => {
-                info!(txn = %r.txn, end_lsn = %r.end_lsn, topic = %self.offsets_topic,
+                info!(txn = %r.txn, end_lsn = %r.end_lsn, %topic,
                     "exactly-once: resuming after Kafka transaction");
                 r.end_lsn
             }
             None => {
-                info!(topic = %self.offsets_topic, "exactly-once: no committed offset yet");
+                info!(%topic, "exactly-once: no committed offset yet");
                 Lsn::ZERO
             }
         })

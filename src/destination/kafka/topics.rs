@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::{KafkaConfig, Librdkafka};
@@ -157,4 +158,117 @@ pub fn missing(
         })
         .cloned()
         .collect())
+}
+
+/// What exactly-once finds of its offsets topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetsTopic {
+    /// It exists and is compacted.
+    Ready,
+    /// The cluster does not have it.
+    Missing,
+    /// Its `cleanup.policy` is not `compact`: retention would delete the record a restart
+    /// resumes after, and the start-up read would grow with every transaction.
+    NotCompacted(String),
+    /// It exists; the brokers do not describe topic configs (librdkafka's mock cluster).
+    Unverified,
+}
+
+impl OffsetsTopic {
+    /// From a `cleanup.policy` value (`compact`, `delete`, `compact,delete`).
+    pub fn from_policy(policy: &str) -> OffsetsTopic {
+        let parts: Vec<&str> = policy.split(',').map(str::trim).collect();
+        match parts.as_slice() {
+            ["compact"] => OffsetsTopic::Ready,
+            _ => OffsetsTopic::NotCompacted(policy.to_owned()),
+        }
+    }
+
+    /// One line naming the problem and its fix; `None` when there is none.
+    pub fn problem(&self, topic: &str) -> Option<String> {
+        match self {
+            OffsetsTopic::Ready | OffsetsTopic::Unverified => None,
+            OffsetsTopic::Missing => Some(format!(
+                "the exactly-once offsets topic {topic} does not exist: run `pgoutbox setup --create-kafka-topics` (it is created compacted, 1 partition)"
+            )),
+            OffsetsTopic::NotCompacted(p) => Some(format!(
+                "the exactly-once offsets topic {topic} has cleanup.policy={p}, not compact: retention would delete the record a restart resumes after. Set it with `kafka-configs --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact`"
+            )),
+        }
+    }
+}
+
+/// Whether the offsets topic `name` exists and is compacted; `describe`: the brokers offer
+/// DescribeConfigs (librdkafka's mock does not, and never answers it).
+pub async fn offsets_topic(
+    cfg: &KafkaConfig,
+    name: &str,
+    describe: bool,
+    timeout: Duration,
+) -> Result<OffsetsTopic, String> {
+    let (kcfg, names) = (cfg.clone(), vec![name.to_owned()]);
+    let absent = tokio::task::spawn_blocking(move || missing(&kcfg, &names, timeout))
+        .await
+        .map_err(|e| e.to_string())??;
+    if !absent.is_empty() {
+        return Ok(OffsetsTopic::Missing);
+    }
+    if !describe {
+        return Ok(OffsetsTopic::Unverified);
+    }
+    let admin: AdminClient<DefaultClientContext> = cfg
+        .client_config()
+        .map_err(|e| e.to_string())?
+        .create()
+        .map_err(|e| e.to_string())?;
+    let described = admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(name)],
+            &AdminOptions::new().request_timeout(Some(timeout)),
+        )
+        .await;
+    let resource = match described {
+        Err(KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature))
+        | Err(KafkaError::AdminOp(RDKafkaErrorCode::InvalidRequest)) => {
+            return Ok(OffsetsTopic::Unverified)
+        }
+        Err(e) => return Err(format!("describing Kafka topic {name}: {e}")),
+        Ok(mut r) => match r.pop() {
+            Some(Ok(resource)) => resource,
+            Some(Err(RDKafkaErrorCode::UnsupportedFeature)) | None => {
+                return Ok(OffsetsTopic::Unverified)
+            }
+            Some(Err(code)) => return Err(format!("describing Kafka topic {name}: {code}")),
+        },
+    };
+    Ok(
+        match resource
+            .get("cleanup.policy")
+            .and_then(|e| e.value.as_deref())
+        {
+            Some(policy) => OffsetsTopic::from_policy(policy),
+            None => OffsetsTopic::Unverified,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_compact_policy_keeps_the_offsets_record() {
+        assert_eq!(OffsetsTopic::from_policy("compact"), OffsetsTopic::Ready);
+        assert_eq!(OffsetsTopic::from_policy(" compact "), OffsetsTopic::Ready);
+        for p in ["delete", "compact,delete", "delete, compact", ""] {
+            let t = OffsetsTopic::from_policy(p);
+            assert_eq!(t, OffsetsTopic::NotCompacted(p.to_owned()));
+            assert!(t.problem("o").unwrap().contains("cleanup.policy=compact"));
+        }
+        assert_eq!(OffsetsTopic::Unverified.problem("o"), None);
+        assert!(OffsetsTopic::Missing
+            .problem("o")
+            .unwrap()
+            .contains("pgoutbox setup --create-kafka-topics"));
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::api_versions::{self, TRANSACTIONS};
+use super::api_versions::{self, DESCRIBE_CONFIGS, TRANSACTIONS};
 use super::config::KafkaConfig;
 
 /// The largest ApiVersions answer read (a real one is well under a kilobyte).
@@ -29,8 +29,48 @@ pub enum Support {
     NotAsked,
 }
 
+/// What the first bootstrap broker that answered offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offered {
+    Apis {
+        broker: String,
+        apis: Vec<api_versions::ApiRange>,
+    },
+    /// Not asked over TLS (see [`Support::NotAsked`]).
+    NotAsked,
+}
+
+impl Offered {
+    /// Whether the brokers offer Kafka transactions.
+    pub fn transactions(&self) -> Support {
+        match self {
+            Offered::NotAsked => Support::NotAsked,
+            Offered::Apis { broker, apis } => {
+                let missing = api_versions::missing(apis, &TRANSACTIONS);
+                match missing.is_empty() {
+                    true => Support::Offered,
+                    false => Support::Lacking {
+                        broker: broker.clone(),
+                        missing,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Whether the brokers describe topic configs (assumed over TLS).
+    pub fn describe_configs(&self) -> bool {
+        match self {
+            Offered::NotAsked => true,
+            Offered::Apis { apis, .. } => {
+                api_versions::missing(apis, &[DESCRIBE_CONFIGS]).is_empty()
+            }
+        }
+    }
+}
+
 /// Asks the bootstrap brokers in turn; `Err` when none answers within `timeout` each.
-pub async fn support(cfg: &KafkaConfig, timeout: Duration) -> Result<Support, String> {
+pub async fn offered(cfg: &KafkaConfig, timeout: Duration) -> Result<Offered, String> {
     let protocol = cfg
         .properties
         .iter()
@@ -39,7 +79,7 @@ pub async fn support(cfg: &KafkaConfig, timeout: Duration) -> Result<Support, St
         .map(|(_, v)| v.to_ascii_lowercase())
         .unwrap_or_default();
     if protocol.contains("ssl") {
-        return Ok(Support::NotAsked);
+        return Ok(Offered::NotAsked);
     }
     let mut errors = Vec::new();
     for broker in cfg
@@ -53,14 +93,10 @@ pub async fn support(cfg: &KafkaConfig, timeout: Duration) -> Result<Support, St
             .trim_start_matches("SASL_PLAINTEXT://");
         match tokio::time::timeout(timeout, ask(broker)).await {
             Ok(Ok(apis)) => {
-                let missing = api_versions::missing(&apis, &TRANSACTIONS);
-                return Ok(match missing.is_empty() {
-                    true => Support::Offered,
-                    false => Support::Lacking {
-                        broker: broker.to_owned(),
-                        missing,
-                    },
-                });
+                return Ok(Offered::Apis {
+                    broker: broker.to_owned(),
+                    apis,
+                })
             }
             Ok(Err(e)) => errors.push(format!("{broker}: {e}")),
             Err(_) => errors.push(format!("{broker}: no answer within {timeout:?}")),
