@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use common::nats::{self as js, Stored};
-use common::{workload, Env, Event};
+use common::{pause, workload, Env, Event};
 use pgoutbox::embedded::TempNatsCluster;
 use pgoutbox::outbox::PoisonPolicy;
 
@@ -91,6 +91,7 @@ async fn leader_killed_twice(cluster: &mut TempNatsCluster, policy: PoisonPolicy
     let txs = workload(first, 1000);
     let ids = ids_of(&txs);
     let writer = env.spawn_writer(txs, Duration::from_millis(5));
+    let watch = pause::PauseWatch::start(&env.pg.url()).await;
     let mut killed = Vec::new();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -101,6 +102,7 @@ async fn leader_killed_twice(cluster: &mut TempNatsCluster, policy: PoisonPolicy
         cluster.restart(l).unwrap();
     }
     writer.await.unwrap();
+    let paused = watch.longest().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(120)).await;
     assert!(
@@ -117,7 +119,7 @@ async fn leader_killed_twice(cluster: &mut TempNatsCluster, policy: PoisonPolicy
         .count();
     let reordered = js::order_violations(&got);
     eprintln!(
-        "NATS R3 stream, leader SIGKILLed twice (nodes {killed:?}) under load, on_poison = {policy:?}: {} events, {} stored, {lost} lost, {} duplicates, {dead} dead-lettered, {reordered} out of key order",
+        "NATS R3 stream, leader SIGKILLed twice (nodes {killed:?}) under load, on_poison = {policy:?}: {} events, {} stored, {lost} lost, {} duplicates, {dead} dead-lettered, {reordered} out of key order, longest pause {paused:.1?}",
         ids.len(),
         got.len(),
         got.len() - seen.len()

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::rabbit::{self, Collector};
-use common::{workload, Env};
+use common::{pause, workload, Env};
 use lapin::types::{AMQPValue, FieldTable};
 use pgoutbox::embedded::TempRabbit;
 
@@ -65,6 +65,7 @@ async fn queue_leader_node_killed_twice_loses_nothing_and_keeps_order() {
     let txs = workload(0, 600);
     let ids: HashSet<String> = txs.iter().flatten().map(|e| e.id.clone()).collect();
     let writer = env.spawn_writer(txs, Duration::from_millis(5));
+    let watch = pause::PauseWatch::start(&env.pg.url()).await;
     let mut killed = Vec::new();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -76,6 +77,7 @@ async fn queue_leader_node_killed_twice_loses_nothing_and_keeps_order() {
         tokio::task::block_in_place(|| node.restart()).unwrap();
     }
     writer.await.unwrap();
+    let paused = watch.longest().await;
     let end = env.current_lsn().await;
     env.wait_confirmed(end, Duration::from_secs(120)).await;
     assert!(!running.task.is_finished(), "the relay stopped");
@@ -84,7 +86,7 @@ async fn queue_leader_node_killed_twice_loses_nothing_and_keeps_order() {
     let lost = ids.difference(&seen).count();
     let reordered = rabbit::order_violations(&got);
     eprintln!(
-        "RabbitMQ 3-node cluster, quorum queue leader's node SIGKILLed twice (nodes {killed:?}) under load: {} events, {} delivered, {lost} lost, {} duplicates, {reordered} out of key order",
+        "RabbitMQ 3-node cluster, quorum queue leader's node SIGKILLed twice (nodes {killed:?}) under load: {} events, {} delivered, {lost} lost, {} duplicates, {reordered} out of key order, longest pause {paused:.1?}",
         ids.len(),
         got.len(),
         got.len() - seen.len()

@@ -130,6 +130,16 @@ impl StreamError {
             StreamError::SlotBusy { .. } => false,
         }
     }
+
+    /// A destination that cannot take events now but may in a moment (a leader election, a
+    /// node restarting, a broker unreachable): the reconnect is retried quickly at first.
+    pub fn is_destination_pause(&self) -> bool {
+        match self {
+            StreamError::Destination(DestinationError::Unavailable(_)) => true,
+            StreamError::Refused { cause, .. } => !cause.class.is_final(),
+            _ => false,
+        }
+    }
 }
 
 /// Aborts a spawned task when dropped.

@@ -36,6 +36,22 @@ impl Backoff {
     }
 }
 
+/// The longest reconnect wait while a destination has paused for less than [`FAST_RETRY_FOR`].
+pub const FAST_RETRY: Duration = Duration::from_secs(1);
+/// How long a destination's pause is retried at [`FAST_RETRY`] before the backoff grows.
+pub const FAST_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The wait before the next reconnect: `backoff`'s, or, while a destination has been pausing
+/// (`pausing_for`: a leader election, a node restarting) for less than [`FAST_RETRY_FOR`], at
+/// most [`FAST_RETRY`]: such a cluster is back within seconds, and a grown backoff would only
+/// lengthen the pause.
+pub fn reconnect_wait(backoff: Duration, pausing_for: Option<Duration>) -> Duration {
+    match pausing_for {
+        Some(d) if d < FAST_RETRY_FOR => backoff.min(FAST_RETRY),
+        _ => backoff,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +67,23 @@ mod tests {
         assert!(b.next_delay() >= Duration::from_millis(500));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_short_destination_pause_is_retried_within_a_second() {
+        let grown = Duration::from_secs(16);
+        assert_eq!(
+            reconnect_wait(grown, Some(Duration::from_secs(5))),
+            FAST_RETRY
+        );
+        let short = Duration::from_millis(300);
+        assert_eq!(reconnect_wait(short, Some(Duration::ZERO)), short);
+    }
+
+    #[test]
+    fn a_long_pause_and_other_failures_back_off() {
+        let grown = Duration::from_secs(16);
+        assert_eq!(reconnect_wait(grown, Some(FAST_RETRY_FOR)), grown);
+        assert_eq!(reconnect_wait(grown, None), grown);
     }
 }

@@ -86,8 +86,13 @@ impl Streamer {
     }
 
     /// Streams with reconnects until `shutdown` or a fatal error.
+    ///
+    /// Reconnects back off exponentially (0.5 s doubling to 30 s); a destination's short pause
+    /// is retried sooner ([`backoff::reconnect_wait`]).
     async fn stream(&self, shutdown: CancellationToken) -> Result<(), StreamError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        // When the current run of failed sessions began (reset by progress).
+        let mut failing_since: Option<Instant> = None;
         let mut slot_known = false;
         // The slot's position after the last session: a session that moved it made progress.
         let mut last_confirmed = crate::lsn::Lsn::ZERO;
@@ -139,8 +144,11 @@ impl Streamer {
                             .is_some_and(|t| t.elapsed() > Duration::from_secs(30))
                     {
                         backoff.reset();
+                        failing_since = None;
                     }
-                    let wait = backoff.next_delay();
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let pausing_for = e.is_destination_pause().then(|| since.elapsed());
+                    let wait = backoff::reconnect_wait(backoff.next_delay(), pausing_for);
                     if progress.streaming_since.is_some() {
                         warn!(error = %e, retry_in = ?wait, confirmed = %progress.confirmed,
                             "stream stopped; reconnecting and resuming from the slot");

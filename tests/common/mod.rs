@@ -8,6 +8,7 @@ pub mod checker;
 pub mod graceful;
 pub mod kill;
 pub mod nats;
+pub mod pause;
 pub mod pki;
 pub mod proxy;
 pub mod rabbit;
