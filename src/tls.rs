@@ -1,5 +1,5 @@
 //! TLS to PostgreSQL with libpq's `sslmode` semantics, on rustls (ring provider); and the
-//! rustls helpers the destinations share (CA files, the process's provider).
+//! rustls helpers the destinations share (CA files).
 //!
 //! | sslmode | TLS | certificate checked |
 //! |---|---|---|
@@ -343,16 +343,6 @@ fn any_rustls_error(e: &(dyn std::error::Error + 'static), pred: impl Fn(&Error)
         cur = err.source();
     }
     false
-}
-
-/// Makes ring the process's rustls provider unless one is set. Clients that build their TLS
-/// configuration from the process default (async-nats) otherwise panic: the dependency graph
-/// enables both ring and aws-lc-rs, so rustls cannot pick one by itself.
-pub fn ensure_default_provider() {
-    if CryptoProvider::get_default().is_none() {
-        // Err: another thread installed one first, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 /// Whether `e` (or any error it wraps) is a rejected server certificate: a setup problem that

@@ -36,7 +36,6 @@ async fn with_stream(
     verify_clients: bool,
 ) -> (TempNats, String, jetstream::Context) {
     let url = server.tls_url().unwrap();
-    pgoutbox::tls::ensure_default_provider();
     let mut opts = async_nats::ConnectOptions::new()
         .add_root_certificates(pki.ca_file.clone())
         .require_tls(true);

@@ -11,7 +11,6 @@ use crate::destination::DestinationError;
 pub(super) async fn options(
     cfg: &NatsConfig,
 ) -> Result<async_nats::ConnectOptions, DestinationError> {
-    crate::tls::ensure_default_provider();
     let mut opts = async_nats::ConnectOptions::new()
         .name("pgoutbox")
         // `send` checks every subject itself (a bad one is refused as `invalid-topic`).
