@@ -5,7 +5,7 @@
 # Debian's nats-server (2.9.10, scripts/prereqs.sh) stays the one the tests use; this one is
 # for scripts/bench.sh (2.9.10's file store stalls publishes: see README "Performance") and for
 # running the NATS tests against a current server:
-#   PGOUTBOX_NATS_SERVER=$(scripts/nats-fetch.sh) cargo nextest run --test nats
+#   PGOUTBOX_NATS_SERVER=$(scripts/nats-fetch.sh) cargo nextest run -E "test(/^nats::/)"
 set -euo pipefail
 
 version=${1:-2.15.1}

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/prereqs.sh
 PGOUTBOX_KILL_CYCLES="${PGOUTBOX_KILL_CYCLES:-200}" \
-    cargo test --release --test crash_restart -- --nocapture
+    cargo test --release --test it -- --nocapture crash_restart::
 # Then failover: PGOUTBOX_FAILOVERS primaries killed and standbys promoted (CI runs 3).
 PGOUTBOX_FAILOVERS="${PGOUTBOX_FAILOVERS:-10}" PGOUTBOX_PG_BIN="$(scripts/pg-fetch.sh 18-full)" \
-    cargo test --release --test failover -- --nocapture primary_failover
+    cargo test --release --test it -- --nocapture failover::primary_failover

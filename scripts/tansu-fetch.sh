@@ -5,7 +5,7 @@
 # Cached outside the repository in $PGOUTBOX_TANSU_CACHE (default /var/cache/pgoutbox/tansu);
 # the first build takes about ten minutes on two cores. tansu is a second, independent
 # Kafka-protocol broker for the Kafka tests, next to librdkafka's mock cluster:
-#   PGOUTBOX_TANSU=$(scripts/tansu-fetch.sh) cargo nextest run --test kafka_broker
+#   PGOUTBOX_TANSU=$(scripts/tansu-fetch.sh) cargo nextest run -E 'test(/^kafka_tansu::/)'
 set -euo pipefail
 
 version=${1:-0.6.0}

@@ -18,7 +18,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// By default mimalloc keeps freed pages for a second and commits its arenas eagerly: a burst
 /// (a large transaction's records in flight) then stays resident, which took the at-most-once
-/// 160 MiB transaction's peak RSS from 71 to 100 MiB (tests/big.rs). Returning freed memory
+/// 160 MiB transaction's peak RSS from 71 to 100 MiB (tests/it/big.rs). Returning freed memory
 /// at once and committing on demand keeps it at glibc's level for about the same CPU. The
 /// `MIMALLOC_PURGE_DELAY` and `MIMALLOC_ARENA_EAGER_COMMIT` environment variables, when set,
 /// win.
