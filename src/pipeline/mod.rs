@@ -142,15 +142,6 @@ impl StreamError {
     }
 }
 
-/// Aborts a spawned task when dropped.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl From<tokio_postgres::Error> for StreamError {
     fn from(e: tokio_postgres::Error) -> Self {
         StreamError::Postgres(e)

@@ -42,7 +42,7 @@ async fn run_to<D: Destination<usize>>(
     shutdown: &CancellationToken,
 ) -> Result<(), StreamError> {
     let (mut client, conn) = crate::pg::connect(cfg).await?;
-    let _conn = crate::pipeline::AbortOnDrop(conn);
+    let _conn = tokio_util::task::AbortOnDropHandle::new(conn);
     let table = &cfg.outbox.table;
     let quoted = format!("{}.{}", quote(&table.schema), quote(&table.name));
     // The table's columns (names and types), as a Relation message would give them.

@@ -12,9 +12,10 @@ use crate::config::{Config, DeliveryMode};
 use crate::destination::Destination;
 use crate::lsn::Lsn;
 use crate::pipeline::session::{Session, Ticket};
-use crate::pipeline::{AbortOnDrop, AckedEvent, Batches, Health, Progress, StreamError};
+use crate::pipeline::{AckedEvent, Batches, Health, Progress, StreamError};
 use crate::preflight::{self, PreflightError};
 use crate::replication::{ConnectConfig, ReplicationClient, ReplicationError};
+use tokio_util::task::AbortOnDropHandle;
 
 /// SQLSTATE undefined_object: START_REPLICATION on a slot that is gone.
 const UNDEFINED_OBJECT: &str = "42704";
@@ -143,13 +144,13 @@ async fn run_to<D: Destination<Ticket>>(
     // Aborted when the session ends, whichever way.
     let _heartbeat = cfg
         .heartbeat_interval
-        .map(|every| AbortOnDrop(tokio::spawn(heartbeat(cfg.clone(), every))));
+        .map(|every| AbortOnDropHandle::new(tokio::spawn(heartbeat(cfg.clone(), every))));
     progress.streaming_since = Some(Instant::now());
     progress.confirmed = start;
 
     // The guard reports a publication change that silences the outbox; aborted with us.
     let (guard_tx, guard) = mpsc::channel(1);
-    let _guard = AbortOnDrop(tokio::spawn(super::guard::run(
+    let _guard = AbortOnDropHandle::new(tokio::spawn(super::guard::run(
         cfg.clone(),
         catalog.baseline.clone(),
         catalog.since,

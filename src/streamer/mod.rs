@@ -16,7 +16,8 @@ pub use backoff::Backoff;
 pub use ha::lock_holder;
 
 use crate::config::{Config, ConfigError, Source};
-use crate::pipeline::{AbortOnDrop, AckedEvent, Health, Progress, StreamError};
+use crate::pipeline::{AckedEvent, Health, Progress, StreamError};
+use tokio_util::task::AbortOnDropHandle;
 
 /// Runs the pipeline until shutdown or a fatal error.
 pub struct Streamer {
@@ -99,7 +100,7 @@ impl Streamer {
         let polling = self.cfg.source == Source::Poll;
         // Polls the slot's retained WAL and lag for metrics and readiness; stops with us.
         let _stop_monitor = (!polling).then(|| {
-            AbortOnDrop(tokio::spawn(monitor::run(
+            AbortOnDropHandle::new(tokio::spawn(monitor::run(
                 self.cfg.clone(),
                 self.health.clone(),
             )))

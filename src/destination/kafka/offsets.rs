@@ -11,7 +11,6 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::config::{KafkaConfig, Librdkafka};
-use super::resume::Read;
 use crate::lsn::Lsn;
 
 /// One offsets record (JSON value; the key is the slot name).
@@ -33,6 +32,15 @@ impl OffsetRecord {
     pub fn decode(bytes: &[u8]) -> Option<OffsetRecord> {
         serde_json::from_slice(bytes).ok()
     }
+}
+
+/// One record of the offsets topic, as read in partition order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// An offsets record of the slot.
+    Offsets(OffsetRecord),
+    /// An abort probe: the nonce its (aborted) transaction wrote.
+    Probe(String),
 }
 
 /// The abort probe's record: written in a transaction that is aborted before the read, under

@@ -11,16 +11,7 @@
 //!   PostgreSQL transaction an earlier one did.
 //! - Records of other slots, and values that are not offsets records, are ignored.
 
-use super::offsets::OffsetRecord;
-
-/// One record of the offsets topic, as read in partition order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Read {
-    /// An offsets record of the slot.
-    Offsets(OffsetRecord),
-    /// An abort probe: the nonce its (aborted) transaction wrote.
-    Probe(String),
-}
+use super::offsets::{OffsetRecord, Read};
 
 /// The broker showed this start's aborted probe to a read_committed reader.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -31,8 +31,8 @@ use crate::destination::{
     enqueue, room, Class, Destination, DestinationError, Outcome, Refusal, SendError,
 };
 use crate::outbox::OutboxRecord;
-use crate::pipeline::AbortOnDrop;
 use publisher::Job;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The header carrying the record's key (NATS messages have none of their own).
 pub const KEY_HEADER: &str = "key";
@@ -43,7 +43,7 @@ pub struct NatsSink<T: Send + 'static> {
     purge: Arc<Notify>,
     max_payload: usize,
     client: async_nats::Client,
-    _publisher: AbortOnDrop,
+    _publisher: AbortOnDropHandle<()>,
     /// Last: dropping it ends the client's tasks (after the publisher's abort).
     _thread: client::ClientThread,
 }
@@ -173,7 +173,7 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
             purge,
             max_payload,
             client,
-            _publisher: AbortOnDrop(task),
+            _publisher: AbortOnDropHandle::new(task),
             _thread: thread,
         })
     }

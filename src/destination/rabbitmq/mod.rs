@@ -26,8 +26,8 @@ use crate::destination::{
     enqueue, room, Class, Destination, DestinationError, Outcome, Refusal, SendError,
 };
 use crate::outbox::OutboxRecord;
-use crate::pipeline::AbortOnDrop;
 use publisher::Job;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The header carrying the record's key (the routing key is the topic).
 pub const KEY_HEADER: &str = "key";
@@ -46,8 +46,8 @@ pub struct RabbitSink<T: Send + 'static> {
     connection: Connection,
     /// The broker's reason while it blocks publishers.
     blocked: tokio::sync::watch::Receiver<Option<String>>,
-    _publisher: AbortOnDrop,
-    _alarm: AbortOnDrop,
+    _publisher: AbortOnDropHandle<()>,
+    _alarm: AbortOnDropHandle<()>,
 }
 
 /// Connects to the first node of `cfg.url` (comma-separated: a cluster's nodes) that takes
@@ -280,8 +280,8 @@ impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
             purge,
             connection,
             blocked,
-            _publisher: AbortOnDrop(task),
-            _alarm: AbortOnDrop(alarm),
+            _publisher: AbortOnDropHandle::new(task),
+            _alarm: AbortOnDropHandle::new(alarm),
         })
     }
 
