@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
 use pgoutbox::embedded::{TempKafka, TempNats, TempPostgres, TempRabbit};
-use pgoutbox::setup::{POLL_SQL, SETUP_SQL};
+use pgoutbox::postgres::setup::{POLL_SQL, SETUP_SQL};
 
 #[path = "e2e/destinations.rs"]
 mod destinations;
@@ -347,7 +347,7 @@ async fn drop_slot(db: &Client, slot: &str) {
             .is_ok()
         {
             // Dropped on purpose: the next run may create it afresh.
-            let _ = pgoutbox::state::forget(db, slot).await;
+            let _ = pgoutbox::postgres::state::forget(db, slot).await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::{Config, DestinationKind, Source};
 use crate::destination::{kafka, nats};
-use crate::preflight::{self, PreflightError};
+use crate::postgres::preflight::{self, PreflightError};
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -40,7 +40,9 @@ fn result(name: &'static str, r: Result<String, PreflightError>) -> CheckResult 
 /// Runs every check; PostgreSQL checks are skipped (and fail) if the server is unreachable.
 pub async fn run(cfg: &Config) -> Vec<CheckResult> {
     let mut out = Vec::new();
-    let pg = crate::pg::connect(cfg).await.map_err(|e| e.to_string());
+    let pg = crate::postgres::connection::connect(cfg)
+        .await
+        .map_err(|e| e.to_string());
     match pg {
         Err(e) => out.push(CheckResult {
             name: "PostgreSQL reachable",
@@ -377,7 +379,10 @@ async fn postgres_checks(pg: &tokio_postgres::Client, cfg: &Config, out: &mut Ve
             .await
             .map(|()| "the role may replicate".into()),
     ));
-    let record = crate::state::read(pg, &cfg.slot).await.ok().flatten();
+    let record = crate::postgres::state::read(pg, &cfg.slot)
+        .await
+        .ok()
+        .flatten();
     out.push(result(
         "replication slot",
         preflight::slot_state(pg, &cfg.slot)
@@ -430,7 +435,7 @@ async fn failover(pg: &tokio_postgres::Client, cfg: &Config) -> CheckResult {
             return CheckResult {
                 name,
                 ok: false,
-                detail: crate::pg::describe(&e),
+                detail: crate::postgres::connection::describe(&e),
             }
         }
     };
@@ -499,7 +504,7 @@ async fn tableless(pg: &tokio_postgres::Client, cfg: &Config) -> CheckResult {
             return CheckResult {
                 name,
                 ok: false,
-                detail: crate::pg::describe(&e),
+                detail: crate::postgres::connection::describe(&e),
             }
         }
     };

@@ -1,14 +1,14 @@
 //! pgoutbox: streams the transactional outbox from PostgreSQL logical replication to a
-//! message broker (Kafka, NATS JetStream), confirming WAL to the slot only past transactions
+//! message broker (Kafka, NATS JetStream, RabbitMQ), confirming WAL to the slot only past transactions
 //! whose every event the broker acknowledged.
 //!
 //! The modules follow the data flow (README "Layout"):
 //! [`sources`] ([`replication`] wire protocol → [`pgoutput`] decoder, or polling) →
-//! [`outbox`] (mapping) → [`pipeline`] (the guarantees: [`watermark`], delivery modes, poison
-//! policy) → [`destination`] (I/O only) → outcomes back into the pipeline.
-//! [`streamer`] runs it all with reconnects; [`config`] is at the bottom of the graph.
+//! [`outbox`] (mapping) → [`pipeline`] (the guarantees: [`pipeline::watermark`], delivery
+//! modes, poison policy) → [`destination`] (I/O only) → outcomes back into the pipeline.
+//! [`streamer`] runs it all with reconnects; [`postgres`] holds what pgoutbox asks PostgreSQL
+//! on normal connections; [`config`] is at the bottom of the graph.
 
-pub mod catalog;
 pub mod checks;
 pub mod config;
 pub mod destination;
@@ -16,19 +16,14 @@ pub mod embedded;
 pub mod lsn;
 pub mod metrics;
 pub mod outbox;
-pub mod pg;
 pub mod pgoutput;
 pub mod pgtime;
 pub mod pipeline;
-pub mod preflight;
+pub mod postgres;
 pub mod replication;
-pub mod setup;
 pub mod sources;
-pub mod state;
-pub mod status;
 pub mod streamer;
 pub mod tls;
-pub mod watermark;
 
 pub use config::delivery;
 pub use config::Config;

@@ -2,15 +2,16 @@
 
 use anyhow::{bail, Context};
 
+use pgoutbox::checks;
 use pgoutbox::config::Config;
 use pgoutbox::destination::{nats, rabbitmq};
 use pgoutbox::outbox::TableName;
+use pgoutbox::postgres::{setup, status};
 use pgoutbox::Lsn;
-use pgoutbox::{checks, setup, status};
 
 /// A normal connection for admin commands.
 async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, _conn) = pgoutbox::pg::connect(cfg)
+    let (client, _conn) = pgoutbox::postgres::connection::connect(cfg)
         .await
         .context("connecting to PostgreSQL")?;
     Ok(client)
@@ -32,7 +33,7 @@ pub async fn setup(
         ),
         None => {
             // A slot of that name may be another database's or another plugin's.
-            pgoutbox::preflight::slot_state(&pg, &cfg.slot).await?;
+            pgoutbox::postgres::preflight::slot_state(&pg, &cfg.slot).await?;
             println!("✔ replication slot {} already exists", cfg.slot)
         }
     }
@@ -116,7 +117,7 @@ async fn known_routes(pg: &tokio_postgres::Client, cfg: &Config) -> anyhow::Resu
         let rows = pg
             .query(&sql, &[])
             .await
-            .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))
+            .map_err(|e| anyhow::anyhow!("{}", pgoutbox::postgres::connection::describe(&e)))
             .context("reading the route values of the outbox")?;
         routes.extend(rows.iter().map(|r| r.get::<_, String>(0)));
     }
@@ -158,7 +159,9 @@ async fn interruptible_apply(
         bail!("{signalled}: setup had finished all the same; run `pgoutbox check`");
     }
     let left = !existed && status::slot_status(&other, &cfg.slot).await?.exists;
-    let recorded = pgoutbox::state::read(&other, &cfg.slot).await?.is_some();
+    let recorded = pgoutbox::postgres::state::read(&other, &cfg.slot)
+        .await?
+        .is_some();
     if left && !recorded {
         other
             .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
@@ -286,7 +289,7 @@ pub async fn slot_skip(cfg: Config, to: &str) -> anyhow::Result<()> {
             &[&cfg.slot, &target.to_string()],
         )
         .await
-        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))
+        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::postgres::connection::describe(&e)))
         .context("moving the slot")?
         .get(0);
     println!(
@@ -310,16 +313,16 @@ pub async fn slot_forget(cfg: Config) -> anyhow::Result<()> {
     }
     let leader = pgoutbox::streamer::lock_holder(&pg, &cfg.slot)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::postgres::connection::describe(&e)))?;
     if let Some(pid) = leader {
         bail!(
             "an HA instance leads slot {:?} (its lock session is PID {pid}): nothing forgotten; stop pgoutbox first",
             cfg.slot
         );
     }
-    let forgot = pgoutbox::state::forget(&pg, &cfg.slot)
+    let forgot = pgoutbox::postgres::state::forget(&pg, &cfg.slot)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::pg::describe(&e)))
+        .map_err(|e| anyhow::anyhow!("{}", pgoutbox::postgres::connection::describe(&e)))
         .context("deleting the state record")?;
     match forgot {
         true => println!(

@@ -20,7 +20,7 @@ use pgoutbox::embedded::{TempKafka, TempNats, TempPostgres, TempRabbit, TopicRea
 use pgoutbox::pipeline::AckedEvent;
 use pgoutbox::{Config, Streamer};
 
-use pgoutbox::setup::SETUP_SQL;
+use pgoutbox::postgres::setup::SETUP_SQL;
 
 const TOPICS: [&str; 2] = ["outbox.event.order", "outbox.event.customer"];
 const PARTITIONS: i32 = 3;

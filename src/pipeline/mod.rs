@@ -8,6 +8,7 @@ pub mod health;
 mod held;
 pub(crate) mod poison;
 pub mod session;
+pub mod watermark;
 
 use std::time::{Instant, SystemTime};
 
@@ -22,9 +23,9 @@ use crate::destination::{DestinationError, Refusal};
 use crate::lsn::Lsn;
 use crate::outbox::MapError;
 use crate::pgoutput::DecodeError;
-use crate::preflight::PreflightError;
+use crate::pipeline::watermark::WatermarkError;
+use crate::postgres::preflight::PreflightError;
 use crate::replication::ReplicationError;
-use crate::watermark::WatermarkError;
 
 /// Why a session ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum StreamError {
     Preflight(#[from] PreflightError),
     // Display renders the cause (pg::describe), so it is not also a `source()`: the CLI prints
     // the chain, and the server's message would appear twice.
-    #[error("PostgreSQL: {}{}", crate::pg::describe(.0), crate::pg::hint(.0))]
+    #[error("PostgreSQL: {}{}", crate::postgres::connection::describe(.0), crate::postgres::connection::hint(.0))]
     Postgres(tokio_postgres::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -82,7 +83,7 @@ pub enum StreamError {
         fix = .drift.fix()
     )]
     Drift {
-        drift: crate::catalog::Drift,
+        drift: crate::postgres::catalog::Drift,
         /// A WAL position at which the publication still sent the outbox.
         since: Lsn,
         /// The WAL position when the change was seen.
@@ -118,12 +119,14 @@ impl StreamError {
             | StreamError::NoMessages(_) => true,
             StreamError::Catalog { .. } | StreamError::Hold(_) => false,
             StreamError::Preflight(e) => e.is_fatal(),
-            StreamError::Postgres(e) => crate::pg::is_fatal(e),
+            StreamError::Postgres(e) => crate::postgres::connection::is_fatal(e),
             StreamError::Replication(e) => {
                 matches!(
                     e,
                     ReplicationError::Auth(_) | ReplicationError::Certificate(_)
-                ) || e.sqlstate().is_some_and(crate::pg::is_fatal_sqlstate)
+                ) || e
+                    .sqlstate()
+                    .is_some_and(crate::postgres::connection::is_fatal_sqlstate)
             }
             StreamError::Destination(e) => e.is_fatal(),
             StreamError::Refused { cause, .. } => cause.class.is_final(),
@@ -151,12 +154,12 @@ impl From<tokio_postgres::Error> for StreamError {
 /// How to get past an event that cannot be mapped, under `on_poison = fail`.
 const POISON_HINT: &str = "; on_poison = fail stops here, and a restart meets the same event: set on_poison = dead-letter to set such events aside (or skip: logged and counted), or move the slot past its transaction with `pgoutbox slot skip --to LSN` (a WAL position after that transaction's commit: its other events are skipped too)";
 
-impl From<crate::pg::ConnectError> for StreamError {
-    fn from(e: crate::pg::ConnectError) -> Self {
+impl From<crate::postgres::connection::ConnectError> for StreamError {
+    fn from(e: crate::postgres::connection::ConnectError) -> Self {
         match e {
-            crate::pg::ConnectError::Config(e) => StreamError::Config(e),
-            crate::pg::ConnectError::Tls(e) => StreamError::Tls(e),
-            crate::pg::ConnectError::Postgres(e) => StreamError::Postgres(e),
+            crate::postgres::connection::ConnectError::Config(e) => StreamError::Config(e),
+            crate::postgres::connection::ConnectError::Tls(e) => StreamError::Tls(e),
+            crate::postgres::connection::ConnectError::Postgres(e) => StreamError::Postgres(e),
         }
     }
 }

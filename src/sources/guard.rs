@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::catalog::{self, Baseline};
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::pipeline::StreamError;
+use crate::postgres::catalog::{self, Baseline};
 
 /// How often the catalog is compared with the baseline.
 pub const INTERVAL: Duration = Duration::from_secs(2);
@@ -20,7 +20,7 @@ pub const INTERVAL: Duration = Duration::from_secs(2);
 /// a WAL position at which the baseline still held. Failed queries are retried: the stream
 /// itself reports a lost database loudly.
 pub async fn run(cfg: Config, base: Baseline, since: Lsn, found: mpsc::Sender<StreamError>) {
-    let mut pg = crate::pg::LazyClient::new(cfg);
+    let mut pg = crate::postgres::connection::LazyClient::new(cfg);
     let mut tick = tokio::time::interval(INTERVAL);
     tick.tick().await;
     let mut good = since;

@@ -41,7 +41,7 @@ async fn run_to<D: Destination<usize>>(
     cfg: &Config,
     shutdown: &CancellationToken,
 ) -> Result<(), StreamError> {
-    let (mut client, conn) = crate::pg::connect(cfg).await?;
+    let (mut client, conn) = crate::postgres::connection::connect(cfg).await?;
     let _conn = tokio_util::task::AbortOnDropHandle::new(conn);
     let table = &cfg.outbox.table;
     let quoted = format!("{}.{}", quote(&table.schema), quote(&table.name));

@@ -13,7 +13,7 @@ use crate::destination::Destination;
 use crate::lsn::Lsn;
 use crate::pipeline::session::{Session, Ticket};
 use crate::pipeline::{AckedEvent, Batches, Health, Progress, StreamError};
-use crate::preflight::{self, PreflightError};
+use crate::postgres::preflight::{self, PreflightError};
 use crate::replication::{ConnectConfig, ReplicationClient, ReplicationError};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -53,7 +53,7 @@ async fn run_to<D: Destination<Ticket>>(
     let limit = cfg.replication_timeout;
     let outboxes = cfg.outboxes();
     let (slot, catalog) = {
-        let (client, conn) = crate::pg::connect(cfg).await?;
+        let (client, conn) = crate::postgres::connection::connect(cfg).await?;
         let checked = within(limit, "the setup checks", async {
             let slot = preflight::check(&client, &outboxes, &cfg.publication, &cfg.slot).await?;
             let risk = preflight::unsynced_standbys(&client, &cfg.slot, cfg.failover).await?;
@@ -217,13 +217,13 @@ async fn exactly_once_start<D: Destination<Ticket>>(
 
 /// What the catalog said of the outbox tables when the session started.
 struct Catalog {
-    baseline: crate::catalog::Baseline,
+    baseline: crate::postgres::catalog::Baseline,
     /// Per configured table, its OID and its partitions' OIDs.
     oids: Vec<Vec<u32>>,
     /// The WAL position when the baseline was read.
     since: Lsn,
     /// The state record of the slot, if one was written.
-    record: Option<crate::state::Record>,
+    record: Option<crate::postgres::state::Record>,
 }
 
 impl Catalog {
@@ -233,12 +233,13 @@ impl Catalog {
         outboxes: &[crate::outbox::OutboxConfig],
     ) -> Result<Catalog, StreamError> {
         let names: Vec<_> = outboxes.iter().map(|o| o.table.clone()).collect();
-        let baseline = crate::catalog::Baseline::read(pg, &cfg.publication, &names).await?;
+        let baseline =
+            crate::postgres::catalog::Baseline::read(pg, &cfg.publication, &names).await?;
         let mut oids = Vec::new();
         for t in &names {
-            oids.push(crate::catalog::table_oids(pg, t).await?);
+            oids.push(crate::postgres::catalog::table_oids(pg, t).await?);
         }
-        let (since, drift) = crate::catalog::drift(pg, &baseline).await?;
+        let (since, drift) = crate::postgres::catalog::drift(pg, &baseline).await?;
         if let Some(drift) = drift {
             return Err(StreamError::Drift {
                 drift,
@@ -246,7 +247,7 @@ impl Catalog {
                 seen: since,
             });
         }
-        let record = crate::state::read(pg, &cfg.slot).await?;
+        let record = crate::postgres::state::read(pg, &cfg.slot).await?;
         Ok(Catalog {
             baseline,
             oids,
@@ -288,16 +289,18 @@ fn failover_risk(
 /// the slot could not be told from a first start, so a failure is said loudly.
 async fn record_slot(cfg: &Config, at: Lsn, limit: Duration) {
     let written = async {
-        let (client, conn) = crate::pg::connect(cfg).await.map_err(|e| e.to_string())?;
-        let r = match crate::state::available(&client).await {
-            Ok(true) => crate::state::write(&client, &cfg.slot, at)
+        let (client, conn) = crate::postgres::connection::connect(cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = match crate::postgres::state::available(&client).await {
+            Ok(true) => crate::postgres::state::write(&client, &cfg.slot, at)
                 .await
                 .map(|()| true),
             other => other,
         };
         drop(client);
         conn.abort();
-        r.map_err(|e| crate::pg::describe(&e))
+        r.map_err(|e| crate::postgres::connection::describe(&e))
     };
     // Bounded like every other step: a link that stalls here must not hang the session.
     let written = tokio::time::timeout(limit, written)
@@ -318,7 +321,7 @@ async fn record_slot(cfg: &Config, at: Lsn, limit: Duration) {
 async fn heartbeat(cfg: Config, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut pg = crate::pg::LazyClient::new(cfg);
+    let mut pg = crate::postgres::connection::LazyClient::new(cfg);
     loop {
         tick.tick().await;
         let beat = pg

@@ -133,8 +133,8 @@ enum Attempt {
     Replaced,
 }
 
-async fn try_lock(cfg: &Config) -> Result<Attempt, crate::pg::ConnectError> {
-    let (client, conn) = crate::pg::connect(cfg).await?;
+async fn try_lock(cfg: &Config) -> Result<Attempt, crate::postgres::connection::ConnectError> {
+    let (client, conn) = crate::postgres::connection::connect(cfg).await?;
     debug!("contending for the HA lock");
     let got: bool = client
         .query_one(

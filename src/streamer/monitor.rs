@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use super::Health;
 use crate::config::Config;
 use crate::metrics as m;
-use crate::status::slot_status;
+use crate::postgres::status::slot_status;
 
 /// How often the slot is polled.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -19,7 +19,7 @@ pub async fn run(cfg: Config, health: Arc<Health>) {
     let retained = metrics::gauge!(m::SLOT_RETAINED_WAL);
     let lag = metrics::gauge!(m::SLOT_LAG);
     let slot = cfg.slot.clone();
-    let mut pg = crate::pg::LazyClient::new(cfg);
+    let mut pg = crate::postgres::connection::LazyClient::new(cfg);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     let mut warned = false;
     loop {
@@ -36,10 +36,14 @@ pub async fn run(cfg: Config, health: Arc<Health>) {
                     .filter(|_| health.streaming())
                 {
                     let written = pg
-                        .with(async |c| match crate::state::available(c).await? {
-                            true => crate::state::write(c, &slot, lsn).await.map(|()| true),
-                            false => Ok(false),
-                        })
+                        .with(
+                            async |c| match crate::postgres::state::available(c).await? {
+                                true => crate::postgres::state::write(c, &slot, lsn)
+                                    .await
+                                    .map(|()| true),
+                                false => Ok(false),
+                            },
+                        )
                         .await;
                     match written {
                         Ok(true) => {}

@@ -250,7 +250,7 @@ async fn graceful_stop_resends_nothing() {
 async fn polling_publisher_delivers_to_nats() {
     let env = Env::start().await;
     env.db
-        .batch_execute(pgoutbox::setup::POLL_SQL)
+        .batch_execute(pgoutbox::postgres::setup::POLL_SQL)
         .await
         .unwrap();
     let server = js::start(Duration::from_secs(120)).await;

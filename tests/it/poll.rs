@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 use pgoutbox::config::Source;
 use pgoutbox::poll::Cleanup;
-use pgoutbox::setup::POLL_SQL;
+use pgoutbox::postgres::setup::POLL_SQL;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pollers_send_each_row_once() {

@@ -101,7 +101,7 @@ fn config(pg: &TempPostgres, host: &str, params: &str) -> Config {
 
 /// Opens both kinds of connection; Ok(whether each is encrypted) or the errors.
 async fn try_both(cfg: &Config) -> (Result<bool, String>, Result<(), String>) {
-    let normal = match pgoutbox::pg::connect(cfg).await {
+    let normal = match pgoutbox::postgres::connection::connect(cfg).await {
         Ok((c, _)) => c
             .query_one(
                 "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",

@@ -12,9 +12,9 @@ use crate::metrics as m;
 use crate::outbox::{MapError, OutboxRecord, UpdatePolicy};
 use crate::pgoutput::{self, Message};
 use crate::pipeline::poison::Poisoned;
+use crate::pipeline::watermark::TxId;
 use crate::pipeline::StreamError;
 use crate::replication::ReplicationMessage;
-use crate::watermark::TxId;
 
 impl Session<'_> {
     pub(super) async fn on_message(
@@ -74,7 +74,7 @@ impl Session<'_> {
                     // The state record's own table (a publication of all tables sends it).
                     Ok(None)
                         if relation.is_some_and(|r| {
-                            (r.namespace.as_str(), r.name.as_str()) == crate::state::TABLE
+                            (r.namespace.as_str(), r.name.as_str()) == crate::postgres::state::TABLE
                         }) =>
                     {
                         return Ok(Step::Continue)
@@ -251,7 +251,7 @@ impl Session<'_> {
             let oid = r.id;
             let lookup = self
                 .catalog
-                .with(async |c| crate::catalog::ancestors(c, oid).await);
+                .with(async |c| crate::postgres::catalog::ancestors(c, oid).await);
             let ancestors = tokio::time::timeout(self.cfg.replication_timeout, lookup)
                 .await
                 .unwrap_or_else(|_| Err("timed out".into()))

@@ -32,8 +32,8 @@ use crate::lsn::Lsn;
 use crate::metrics as m;
 use crate::outbox::{OutboxMapper, OutboxRecord};
 use crate::pgoutput::RelationCache;
+use crate::pipeline::watermark::{TxId, Watermark};
 use crate::replication::{ReplicationError, ReplicationMessage, ReplicationStream};
-use crate::watermark::{TxId, Watermark};
 
 /// The WAL side of a session: messages in, status updates out.
 pub trait Wal: Send {
@@ -144,7 +144,7 @@ pub struct Session<'a> {
     /// A publication change that silences the outbox, from the guard.
     guard: mpsc::Receiver<StreamError>,
     /// Looks up relations the mapper does not know (a partition created since the start).
-    catalog: crate::pg::LazyClient,
+    catalog: crate::postgres::connection::LazyClient,
     delivered: u64,
     /// `delivered` at the last status tick.
     delivered_at_tick: u64,
@@ -244,7 +244,7 @@ impl<'a> Session<'a> {
             sent_flush: start,
             sent_at: Instant::now(),
             guard,
-            catalog: crate::pg::LazyClient::new(cfg.clone()),
+            catalog: crate::postgres::connection::LazyClient::new(cfg.clone()),
             cfg,
             wm: Watermark::new(start),
             relations: RelationCache::default(),

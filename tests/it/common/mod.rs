@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-pub use pgoutbox::setup::SETUP_SQL;
+pub use pgoutbox::postgres::setup::SETUP_SQL;
 pub const PARTITIONS: i32 = 3;
 /// The WAL position a delivery error names (`… WAL 0/1A2B3C) failed: …`): the refused event's
 /// insert, which the slot must not be confirmed past. (Comparing with a position read before

@@ -5,10 +5,10 @@ use tokio_postgres::Client;
 use crate::lsn::Lsn;
 
 /// The DDL of `sql/setup.sql`, compiled in so the binary needs no files.
-pub const SETUP_SQL: &str = include_str!("../sql/setup.sql");
+pub const SETUP_SQL: &str = include_str!("../../sql/setup.sql");
 
 /// The columns the polling publisher needs (`sql/poll.sql`), applied after [`SETUP_SQL`].
-pub const POLL_SQL: &str = include_str!("../sql/poll.sql");
+pub const POLL_SQL: &str = include_str!("../../sql/poll.sql");
 
 /// What setup did.
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ pub async fn apply(
         .as_ref()
         .and_then(|r| r.get::<_, String>(0).parse().ok())
     {
-        crate::state::write(pg, slot, lsn).await?;
+        crate::postgres::state::write(pg, slot, lsn).await?;
     }
     Ok(SetupReport {
         created_slot_at: created.and_then(|r| r.get::<_, String>(0).parse().ok()),

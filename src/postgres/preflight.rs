@@ -120,7 +120,7 @@ pub enum PreflightError {
     )]
     NoSenderHeadroom { max: i64 },
     // Rendered by describe(), so not also a `source()`.
-    #[error("checking PostgreSQL setup: {}", crate::pg::describe(.0))]
+    #[error("checking PostgreSQL setup: {}", crate::postgres::connection::describe(.0))]
     Query(tokio_postgres::Error),
 }
 
@@ -416,7 +416,7 @@ pub async fn publication_covers(
         return Err(PreflightError::Unlogged(table.clone()));
     }
     // The table, or (publish_via_partition_root off) its partitions.
-    if !crate::catalog::publishes(pg, publication, row.get(0)).await? {
+    if !crate::postgres::catalog::publishes(pg, publication, row.get(0)).await? {
         return Err(PreflightError::TableNotPublished(
             publication.to_owned(),
             table.clone(),
