@@ -12,6 +12,8 @@
 pub mod checks;
 pub mod config;
 pub mod destination;
+/// Throwaway servers for `pgoutbox demo` and the tests (feature `demo`, on by default).
+#[cfg(feature = "demo")]
 pub mod embedded;
 pub mod lsn;
 pub mod metrics;

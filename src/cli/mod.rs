@@ -1,6 +1,7 @@
 //! Command-line interface: subcommands, and settings layered flag > env > file > default.
 
 mod admin;
+#[cfg(feature = "demo")]
 mod demo;
 mod http;
 mod log;
@@ -46,6 +47,7 @@ enum Command {
     /// Print the effective configuration (secrets redacted) without connecting anywhere.
     Config(Box<SettingArgs>),
     /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker (or NATS).
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
 }
 
@@ -176,6 +178,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         settings.config(false)
     };
     match cli.command {
+        #[cfg(feature = "demo")]
         Some(Command::Demo(args)) => {
             init_logging("warn", None, LogFormat::Text);
             demo::main(args).await
