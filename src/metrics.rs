@@ -29,6 +29,17 @@ pub const FAILOVER_UNSYNCHRONIZED: &str = "pgoutbox_failover_unsynchronized";
 /// Seconds for which events have waited with no ack from the destination, by `destination`
 /// (0 while it moves); past 10 s `/readyz` answers 503.
 pub const STALLED: &str = "pgoutbox_destination_stalled_seconds";
+/// When the confirmed position last moved, as Unix seconds (alerts: stalled).
+pub const CONFIRMED_ADVANCED_AT: &str = "pgoutbox_confirmed_advanced_timestamp_seconds";
+/// Outbox events decoded from the source (before delivery; resent ones count again).
+pub const EVENTS_DECODED: &str = "pgoutbox_events_decoded_total";
+/// The server's `max_slot_wal_keep_size` in bytes; -1: unlimited (polled).
+pub const SLOT_WAL_KEEP_LIMIT: &str = "pgoutbox_slot_wal_keep_limit_bytes";
+/// 1 when the server has invalidated the slot (`wal_status = lost` or an invalidation
+/// reason), polled.
+pub const SLOT_INVALIDATED: &str = "pgoutbox_slot_invalidated";
+/// Always 1, with the `version` label.
+pub const BUILD_INFO: &str = "pgoutbox_build_info";
 /// Seconds from the transaction's commit in PostgreSQL to Kafka's ack, per event.
 pub const COMMIT_TO_ACK: &str = "pgoutbox_commit_to_ack_seconds";
 
@@ -93,6 +104,23 @@ pub fn describe() {
         DESTINATION_BLOCKED,
         "1 while the destination refuses publishers (a RabbitMQ memory or disk alarm), by destination"
     );
+    describe_gauge!(
+        CONFIRMED_ADVANCED_AT,
+        Unit::Seconds,
+        "When the confirmed position last moved (Unix time)"
+    );
+    describe_counter!(EVENTS_DECODED, "Outbox events decoded from the source");
+    describe_gauge!(
+        SLOT_WAL_KEEP_LIMIT,
+        Unit::Bytes,
+        "The server's max_slot_wal_keep_size (-1: unlimited)"
+    );
+    describe_gauge!(
+        SLOT_INVALIDATED,
+        "1 when the server has invalidated the slot"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1, labelled with the version");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     describe_histogram!(
         COMMIT_TO_ACK,
         Unit::Seconds,

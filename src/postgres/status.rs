@@ -57,6 +57,29 @@ const CURRENT_LSN: &str =
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
 
 /// Reads the slot's row from `pg_replication_slots`.
+/// The server's `max_slot_wal_keep_size` in bytes; -1: unlimited.
+pub async fn wal_keep_limit(pg: &Client) -> Result<i64, tokio_postgres::Error> {
+    let mb: i64 = pg
+        .query_one(
+            "SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(if mb < 0 {
+        -1
+    } else {
+        mb.saturating_mul(1 << 20)
+    })
+}
+
+impl SlotStatus {
+    /// Whether the server has invalidated the slot.
+    pub fn invalidated(&self) -> bool {
+        self.invalidation_reason.is_some() || self.wal_status.as_deref() == Some("lost")
+    }
+}
+
 pub async fn slot_status(pg: &Client, slot: &str) -> Result<SlotStatus, tokio_postgres::Error> {
     let current: String = pg
         .query_one(&format!("SELECT ({CURRENT_LSN})::text"), &[])

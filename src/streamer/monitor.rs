@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use super::Health;
 use crate::config::Config;
 use crate::metrics as m;
-use crate::postgres::status::slot_status;
+use crate::postgres::status::{slot_status, wal_keep_limit};
 
 /// How often the slot is polled.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -18,6 +18,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn run(cfg: Config, health: Arc<Health>) {
     let retained = metrics::gauge!(m::SLOT_RETAINED_WAL);
     let lag = metrics::gauge!(m::SLOT_LAG);
+    let keep_limit = metrics::gauge!(m::SLOT_WAL_KEEP_LIMIT);
+    let invalidated = metrics::gauge!(m::SLOT_INVALIDATED);
     let slot = cfg.slot.clone();
     let mut pg = crate::postgres::connection::LazyClient::new(cfg);
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -60,6 +62,10 @@ pub async fn run(cfg: Config, health: Arc<Health>) {
                 }
                 if let Some(r) = s.retained_wal_bytes {
                     retained.set(r as f64);
+                }
+                invalidated.set(if s.invalidated() { 1.0 } else { 0.0 });
+                if let Ok(limit) = pg.with(async |c| wal_keep_limit(c).await).await {
+                    keep_limit.set(limit as f64);
                 }
                 if let Some(l) = s.lag_bytes {
                     lag.set(l as f64);

@@ -6,6 +6,7 @@
 mod common;
 
 mod admin;
+mod alert_rules;
 mod at_most_once;
 mod auth;
 mod bad_input;

@@ -63,6 +63,7 @@ async fn metrics_and_health_endpoints() {
             .unwrap_or_default();
         sample(&text, "pgoutbox_confirmed_lsn").is_some_and(|c| c >= end.0 as f64)
             && text.contains("pgoutbox_slot_retained_wal_bytes")
+            && text.contains("pgoutbox_slot_wal_keep_limit_bytes")
     })
     .await;
     let text = get(port, "/metrics").await.unwrap().1;
@@ -91,6 +92,31 @@ async fn metrics_and_health_endpoints() {
     );
     assert_eq!(sample(&text, "pgoutbox_in_flight_events"), Some(0.0));
     assert_eq!(sample(&text, "pgoutbox_streaming"), Some(1.0));
+    // What the alert rules (deploy/prometheus) read.
+    assert_eq!(
+        sample(&text, "pgoutbox_events_decoded_total"),
+        Some(n as f64),
+        "{text}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let advanced = sample(&text, "pgoutbox_confirmed_advanced_timestamp_seconds").unwrap();
+    assert!(now - advanced < 60.0, "last advance {advanced}, now {now}");
+    // The throwaway server runs with the default max_slot_wal_keep_size = -1 (unlimited).
+    assert_eq!(
+        sample(&text, "pgoutbox_slot_wal_keep_limit_bytes"),
+        Some(-1.0)
+    );
+    assert_eq!(sample(&text, "pgoutbox_slot_invalidated"), Some(0.0));
+    assert!(
+        text.contains(&format!(
+            "pgoutbox_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
     assert!(sample(&text, "pgoutbox_received_lsn").unwrap() >= end.0 as f64);
     assert!(
         text.contains("# HELP pgoutbox_commit_to_ack_seconds"),

@@ -171,6 +171,7 @@ impl Session<'_> {
         mut rec: OutboxRecord,
         standalone_end: Lsn,
     ) -> Result<Step, StreamError> {
+        self.meters.decoded.increment(1);
         let counted = self.mode != DeliveryMode::AtMostOnce;
         if let Some(k) = &mut self.batches {
             let delivered = match self.tx {

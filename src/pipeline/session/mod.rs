@@ -163,6 +163,10 @@ struct Meters {
     in_flight_bytes: metrics::Gauge,
     received_lsn: metrics::Gauge,
     confirmed_lsn: metrics::Gauge,
+    /// When the confirmed position last moved (Unix seconds).
+    confirmed_at: metrics::Gauge,
+    confirmed_last: f64,
+    decoded: metrics::Counter,
     commit_to_ack: metrics::Histogram,
     stalled: metrics::Gauge,
 }
@@ -177,8 +181,25 @@ impl Meters {
             in_flight_bytes: metrics::gauge!(m::IN_FLIGHT_BYTES),
             received_lsn: metrics::gauge!(m::RECEIVED_LSN),
             confirmed_lsn: metrics::gauge!(m::CONFIRMED_LSN),
+            confirmed_at: metrics::gauge!(m::CONFIRMED_ADVANCED_AT),
+            confirmed_last: -1.0,
+            decoded: metrics::counter!(m::EVENTS_DECODED),
             commit_to_ack: metrics::histogram!(m::COMMIT_TO_ACK, "destination" => destination),
             stalled: metrics::gauge!(m::STALLED, "destination" => destination),
+        }
+    }
+
+    /// The confirmed position, and when it last moved (the first status of a session counts
+    /// as a move: a restarted instance is not reported stalled since before it started).
+    fn confirmed(&mut self, flush: crate::lsn::Lsn) {
+        let at = flush.0 as f64;
+        self.confirmed_lsn.set(at);
+        if at != self.confirmed_last {
+            self.confirmed_last = at;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.confirmed_at.set(now);
         }
     }
 
@@ -327,7 +348,7 @@ impl<'a> Session<'a> {
         trace!(write = %self.wm.received(), %flush, in_flight = self.budget.events(),
             "status update");
         self.meters.received_lsn.set(self.wm.received().0 as f64);
-        self.meters.confirmed_lsn.set(flush.0 as f64);
+        self.meters.confirmed(flush);
         wal.send_status(self.wm.received(), flush, reply).await?;
         self.sent_flush = flush;
         self.sent_at = Instant::now();
