@@ -3,8 +3,7 @@
 use anyhow::{bail, Context};
 
 use pgoutbox::checks;
-use pgoutbox::config::Config;
-use pgoutbox::destination::{nats, rabbitmq};
+use pgoutbox::config::{Config, DestinationKind};
 use pgoutbox::outbox::TableName;
 use pgoutbox::postgres::{setup, status};
 use pgoutbox::Lsn;
@@ -46,58 +45,19 @@ pub async fn setup(
             cfg.outbox.table, cfg.publication
         );
     }
-    if kafka_topics {
-        let routes = known_routes(&pg, &cfg).await?;
-        let specs = pgoutbox::destination::kafka::topics::wanted(&cfg, &routes);
-        let done = pgoutbox::destination::kafka::topics::create(
-            &cfg.producer(),
-            &specs,
-            std::time::Duration::from_secs(15),
-        )
-        .await
-        .map_err(anyhow::Error::msg)?;
-        for (name, how) in done {
-            let spec = specs.iter().find(|s| s.name == name);
-            println!(
-                "✔ Kafka topic {name} ({}, {} partition(s){}): {}",
-                spec.map_or("", |s| s.role),
-                spec.map_or(0, |s| s.partitions),
-                spec.filter(|s| !s.config.is_empty())
-                    .map_or(String::new(), |s| format!(
-                        ", {}",
-                        s.config
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
-                match how {
-                    pgoutbox::destination::kafka::topics::Created::Created => "created",
-                    pgoutbox::destination::kafka::topics::Created::Existed =>
-                        "exists, left as it is",
-                }
-            );
+    let kinds = [
+        (kafka_topics, DestinationKind::Kafka),
+        (rabbitmq_exchange, DestinationKind::RabbitMq),
+        (nats_stream, DestinationKind::Nats),
+    ];
+    let routes = match kafka_topics {
+        true => known_routes(&pg, &cfg).await?,
+        false => Vec::new(),
+    };
+    for (_, kind) in kinds.into_iter().filter(|(asked, _)| *asked) {
+        for line in pgoutbox::destination::admin::setup(kind, &cfg, &routes).await? {
+            println!("{line}");
         }
-    }
-    if rabbitmq_exchange {
-        let connection = rabbitmq::connect(&cfg.rabbitmq).await?;
-        rabbitmq::exchange::declare(&connection, &cfg.rabbitmq).await?;
-        let _ = connection.close(200, "setup done".into()).await;
-        println!(
-            "✔ RabbitMQ exchange {} (topic, durable); bind your queues to it by routing key (outbox.event.#)",
-            cfg.rabbitmq.exchange
-        );
-    }
-    if nats_stream {
-        let client = nats::connect(&cfg.nats).await?;
-        let js = nats::jetstream(client, &cfg.nats);
-        let info = nats::stream::create(&js, &cfg).await?;
-        println!(
-            "✔ NATS stream {} stores {} (duplicate_window {:?})",
-            cfg.nats.stream,
-            info.subjects.join(", "),
-            info.duplicate_window
-        );
     }
     println!("  next: give the role a password (ALTER ROLE pgoutbox PASSWORD '…') and run `pgoutbox check`");
     Ok(())

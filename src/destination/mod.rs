@@ -6,7 +6,13 @@
 //! - [`kafka`]: an idempotent (or transactional) librdkafka producer.
 //! - [`nats`]: JetStream publishes, acknowledged by the stream (PubAck).
 //! - [`rabbitmq`]: AMQP publishes to an exchange, confirmed by the broker.
+//! - [`admin`]: what `check` and `setup` do for each of them.
+//!
+//! A new destination is one folder (the sink implementing [`Destination`], its
+//! [`admin::Admin`]) plus one line in `with_destination!` and one in
+//! [`crate::config::DestinationKind`].
 
+pub mod admin;
 pub mod kafka;
 mod key_gate;
 pub mod nats;
@@ -245,6 +251,8 @@ impl DestinationError {
 pub trait Destination<T: Send + 'static>: Sized + Send + Sync + 'static {
     /// For metric labels and settings: `kafka`, `nats`.
     const NAME: &'static str;
+    /// What `check` and `setup` do for this destination.
+    type Admin: admin::Admin;
     /// For people: `Kafka`, `NATS`.
     const TITLE: &'static str;
 

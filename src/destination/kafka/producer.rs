@@ -304,6 +304,7 @@ fn abortable(message: String) -> DestinationError {
 
 impl<T: Send + Sync + 'static> Destination<T> for KafkaSink<T> {
     const NAME: &'static str = "kafka";
+    type Admin = super::admin::KafkaAdmin;
     const TITLE: &'static str = "Kafka";
 
     async fn open(

@@ -12,6 +12,7 @@
 //!   each outcome back.
 //! - [`stream`]: what `check` and `setup` ask of the stream.
 
+pub mod admin;
 mod chain;
 mod client;
 mod connect;
@@ -131,6 +132,7 @@ fn wire_size(record: &OutboxRecord) -> usize {
 
 impl<T: Send + 'static> Destination<T> for NatsSink<T> {
     const NAME: &'static str = "nats";
+    type Admin = admin::NatsAdmin;
     const TITLE: &'static str = "NATS";
 
     async fn open(

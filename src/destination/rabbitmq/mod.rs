@@ -8,6 +8,7 @@
 //! - [`alarm`]: the broker blocking publishers (memory or disk alarm).
 //! - [`exchange`]: what `check` and `setup` ask of the exchange.
 
+pub mod admin;
 mod alarm;
 pub mod exchange;
 mod publisher;
@@ -246,6 +247,7 @@ pub(crate) fn properties(record: &OutboxRecord) -> Result<BasicProperties, Refus
 
 impl<T: Send + 'static> Destination<T> for RabbitSink<T> {
     const NAME: &'static str = "rabbitmq";
+    type Admin = admin::RabbitAdmin;
     const TITLE: &'static str = "RabbitMQ";
 
     async fn open(

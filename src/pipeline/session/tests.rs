@@ -54,6 +54,7 @@ struct FakeDest {
 
 impl Destination<Ticket> for FakeDest {
     const NAME: &'static str = "fake";
+    type Admin = crate::destination::kafka::admin::KafkaAdmin;
     const TITLE: &'static str = "Fake";
 
     async fn open(
