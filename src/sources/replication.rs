@@ -55,7 +55,9 @@ async fn run_to<D: Destination<Ticket>>(
     let (slot, catalog) = {
         let (client, conn) = crate::postgres::connection::connect(cfg).await?;
         let checked = within(limit, "the setup checks", async {
-            let slot = preflight::check(&client, &outboxes, &cfg.publication, &cfg.slot).await?;
+            preflight::sequence::run(&client, cfg, preflight::sequence::Mode::Start, |_, _| {})
+                .await?;
+            let slot = preflight::slot_state(&client, &cfg.slot).await?;
             let risk = preflight::unsynced_standbys(&client, &cfg.slot, cfg.failover).await?;
             failover_risk(cfg, risk, health)?;
             Ok((slot, Catalog::read(&client, cfg, &outboxes).await?))

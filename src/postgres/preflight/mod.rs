@@ -1,4 +1,8 @@
-//! Start-up checks on a normal connection: fail fast, in one line, saying what to run.
+//! The setup checks on a normal connection, each failing in one line that says what to run.
+//! [`sequence`] runs them in order: at start up to the first failure, for `pgoutbox check`
+//! to the end.
+
+pub mod sequence;
 
 use tokio_postgres::Client;
 
@@ -157,26 +161,6 @@ impl PreflightError {
 pub struct SlotInfo {
     pub confirmed_flush: Option<Lsn>,
     pub active_pid: Option<i32>,
-}
-
-/// The checks the streamer runs before streaming; the first failure stops it.
-pub async fn check(
-    pg: &Client,
-    tables: &[OutboxConfig],
-    publication: &str,
-    slot: &str,
-) -> Result<Option<SlotInfo>, PreflightError> {
-    primary(pg).await?;
-    wal_level(pg).await?;
-    for (i, outbox) in tables.iter().enumerate() {
-        table_exists(pg, &outbox.table)
-            .await
-            .map_err(|e| e.for_setting(i))?;
-        columns(pg, outbox).await?;
-        publication_covers(pg, publication, &outbox.table).await?;
-    }
-    replication_role(pg).await?;
-    slot_state(pg, slot).await
 }
 
 /// The server is a primary: a standby can neither keep the state record nor (before
