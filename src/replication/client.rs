@@ -2,9 +2,8 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend::Message, frontend};
@@ -12,192 +11,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tracing::{debug, info, warn};
 
-use super::protocol::{self, Frame, FrameError, ReplicationMessage};
+use super::error::db_error;
+use super::protocol::{self, Frame};
+use super::{ConnectConfig, Host, ReplicationError, ReplicationStream};
 use crate::lsn::Lsn;
 
 /// A byte stream to the server: TCP or Unix socket today, a TLS wrapper later.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// Everything that can go wrong on the replication connection.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplicationError {
-    #[error("connecting to {addr}: {source}")]
-    Connect { addr: String, source: io::Error },
-    #[error("replication connection: {0}")]
-    Io(#[from] io::Error),
-    #[error("server error: {0}")]
-    Server(DbError),
-    #[error("authentication: {0}")]
-    Auth(String),
-    #[error("replication protocol: {0}")]
-    Protocol(String),
-    #[error("replication protocol: {0}")]
-    Frame(#[from] FrameError),
-    #[error("replication connection closed by the server")]
-    Closed,
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("TLS: the server's certificate was rejected: {0} (check sslmode and sslrootcert)")]
-    Certificate(String),
-    #[error("nothing received from the server for {0:.0?} although a reply was requested: connection presumed dead")]
-    Silent(Duration),
-    #[error("no answer to {what} within {after:.0?}: connection presumed dead")]
-    NoAnswer { what: &'static str, after: Duration },
-}
-
-impl ReplicationError {
-    /// The SQLSTATE when the server reported the error.
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            ReplicationError::Server(e) => Some(&e.code),
-            _ => None,
-        }
-    }
-}
-
-/// The first PostgreSQL version with failover slots.
-pub const FAILOVER_SINCE: u32 = 170_000;
-
-/// An ErrorResponse from the server.
-#[derive(Debug, Clone)]
-pub struct DbError {
-    pub severity: String,
-    pub code: String,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
-}
-
-impl std::fmt::Display for DbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
-        if let Some(d) = &self.detail {
-            write!(f, " ({d})")?;
-        }
-        if let Some(h) = &self.hint {
-            write!(f, " hint: {h}")?;
-        }
-        Ok(())
-    }
-}
-
-fn db_error(fields: &mut postgres_protocol::message::backend::ErrorFields<'_>) -> DbError {
-    let mut e = DbError {
-        severity: "ERROR".into(),
-        code: String::new(),
-        message: String::new(),
-        detail: None,
-        hint: None,
-    };
-    while let Ok(Some(f)) = fields.next() {
-        let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
-        match f.type_() {
-            b'S' => e.severity = v,
-            b'C' => e.code = v,
-            b'M' => e.message = v,
-            b'D' => e.detail = Some(v),
-            b'H' => e.hint = Some(v),
-            _ => {}
-        }
-    }
-    e
-}
-
-/// Where and as whom to connect; taken from a libpq-style URL via tokio-postgres' parser.
-#[derive(Clone)]
-pub struct ConnectConfig {
-    pub hosts: Vec<Host>,
-    pub user: String,
-    pub password: Option<Vec<u8>>,
-    pub dbname: String,
-    pub application_name: String,
-    pub connect_timeout: Duration,
-    /// TLS for TCP hosts; `None` = plaintext.
-    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-    /// Whether a server that declines TLS is acceptable (`sslmode=prefer`).
-    pub tls_optional: bool,
-    /// `target_session_attrs=read-write`: skip hosts in recovery (standbys), as libpq does.
-    pub read_write: bool,
-}
-
-impl std::fmt::Debug for ConnectConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the password.
-        f.debug_struct("ConnectConfig")
-            .field("hosts", &self.hosts)
-            .field("user", &self.user)
-            .field("dbname", &self.dbname)
-            .finish_non_exhaustive()
-    }
-}
-
-/// One server address.
-#[derive(Debug, Clone)]
-pub enum Host {
-    Tcp(String, u16),
-    Unix(std::path::PathBuf, u16),
-}
-
-impl ConnectConfig {
-    /// Builds from a parsed `tokio_postgres::Config` (URL or key=value form).
-    pub fn from_pg_config(cfg: &tokio_postgres::Config) -> Result<Self, ReplicationError> {
-        let ports = cfg.get_ports();
-        let hosts = cfg
-            .get_hosts()
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let port = ports
-                    .get(i)
-                    .or_else(|| ports.first())
-                    .copied()
-                    .unwrap_or(5432);
-                match h {
-                    tokio_postgres::config::Host::Tcp(name) => Host::Tcp(name.clone(), port),
-                    tokio_postgres::config::Host::Unix(path) => Host::Unix(path.clone(), port),
-                }
-            })
-            .collect::<Vec<_>>();
-        let hosts = if hosts.is_empty() {
-            vec![Host::Tcp(
-                "localhost".into(),
-                ports.first().copied().unwrap_or(5432),
-            )]
-        } else {
-            hosts
-        };
-        let user = cfg
-            .get_user()
-            .map(str::to_owned)
-            .or_else(|| std::env::var("USER").ok())
-            .ok_or_else(|| ReplicationError::Auth("no user given in the Postgres URL".into()))?;
-        Ok(ConnectConfig {
-            hosts,
-            dbname: cfg.get_dbname().unwrap_or(&user).to_owned(),
-            user,
-            password: cfg.get_password().map(<[u8]>::to_vec),
-            application_name: cfg.get_application_name().unwrap_or("pgoutbox").to_owned(),
-            connect_timeout: cfg
-                .get_connect_timeout()
-                .copied()
-                .unwrap_or(Duration::from_secs(10)),
-            tls: None,
-            tls_optional: true,
-            read_write: matches!(
-                cfg.get_target_session_attrs(),
-                tokio_postgres::config::TargetSessionAttrs::ReadWrite
-            ),
-        })
-    }
-
-    /// Adds TLS per `sslmode`.
-    pub fn with_tls(mut self, tls: &crate::tls::TlsSettings) -> Result<Self, crate::tls::TlsError> {
-        self.tls = tls.client_config()?;
-        self.tls_optional = tls.mode.allows_plaintext();
-        Ok(self)
-    }
-}
 
 /// Facts from `IDENTIFY_SYSTEM`.
 #[derive(Debug, Clone)]
@@ -208,6 +29,9 @@ pub struct SystemInfo {
     pub dbname: Option<String>,
 }
 
+/// The first PostgreSQL version with failover slots.
+pub const FAILOVER_SINCE: u32 = 170_000;
+
 /// A replication connection in command mode (before `START_REPLICATION`).
 pub struct ReplicationClient {
     conn: Conn,
@@ -216,15 +40,15 @@ pub struct ReplicationClient {
 }
 
 /// Framed I/O shared by command mode and streaming mode.
-struct Conn {
-    io: Box<dyn Io>,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
+pub(super) struct Conn {
+    pub(super) io: Box<dyn Io>,
+    pub(super) rbuf: BytesMut,
+    pub(super) wbuf: BytesMut,
 }
 
 impl Conn {
     /// Reads until one frame is complete. Cancel-safe: bytes read stay in `rbuf`.
-    async fn frame(&mut self) -> Result<Frame, ReplicationError> {
+    pub(super) async fn frame(&mut self) -> Result<Frame, ReplicationError> {
         loop {
             if let Some(f) = protocol::next_frame(&mut self.rbuf)? {
                 return Ok(f);
@@ -238,7 +62,7 @@ impl Conn {
         }
     }
 
-    async fn flush(&mut self) -> Result<(), ReplicationError> {
+    pub(super) async fn flush(&mut self) -> Result<(), ReplicationError> {
         let buf = self.wbuf.split();
         self.io.write_all(&buf).await?;
         self.io.flush().await?;
@@ -246,7 +70,7 @@ impl Conn {
     }
 }
 
-fn proto(e: io::Error) -> ReplicationError {
+pub(super) fn proto(e: io::Error) -> ReplicationError {
     ReplicationError::Protocol(e.to_string())
 }
 
@@ -620,12 +444,7 @@ impl ReplicationClient {
         self.conn.flush().await?;
         loop {
             match self.conn.frame().await? {
-                Frame::CopyBothResponse => {
-                    return Ok(ReplicationStream {
-                        conn: self.conn,
-                        status: BytesMut::with_capacity(64),
-                    })
-                }
+                Frame::CopyBothResponse => return Ok(ReplicationStream::new(self.conn)),
                 Frame::Message(Message::ErrorResponse(body)) => {
                     return Err(ReplicationError::Server(db_error(&mut body.fields())))
                 }
@@ -635,92 +454,6 @@ impl ReplicationClient {
                 Frame::Message(_) => {}
             }
         }
-    }
-}
-
-/// A connection in CopyBoth mode: WAL messages in, status updates out.
-pub struct ReplicationStream {
-    conn: Conn,
-    status: BytesMut,
-}
-
-impl ReplicationStream {
-    /// The next replication message. Cancel-safe (usable in `select!`).
-    pub async fn recv(&mut self) -> Result<ReplicationMessage, ReplicationError> {
-        loop {
-            let frame = self.conn.frame().await?;
-            if let Some(m) = Self::message(frame) {
-                return m;
-            }
-        }
-    }
-
-    /// The next replication message if it has already been read from the socket; `None`:
-    /// wait with [`ReplicationStream::recv`].
-    pub fn try_recv(&mut self) -> Option<Result<ReplicationMessage, ReplicationError>> {
-        loop {
-            let frame = match protocol::next_frame(&mut self.conn.rbuf) {
-                Ok(Some(f)) => f,
-                Ok(None) => return None,
-                Err(e) => return Some(Err(e.into())),
-            };
-            if let Some(m) = Self::message(frame) {
-                return Some(m);
-            }
-        }
-    }
-
-    /// What a frame of the stream means: a message, an error, or nothing (a notice).
-    fn message(frame: Frame) -> Option<Result<ReplicationMessage, ReplicationError>> {
-        match frame {
-            Frame::Message(Message::CopyData(body)) => {
-                Some(protocol::decode_copy_data(body.into_bytes()).map_err(Into::into))
-            }
-            Frame::Message(Message::ErrorResponse(body)) => {
-                Some(Err(ReplicationError::Server(db_error(&mut body.fields()))))
-            }
-            Frame::Message(Message::CopyDone) => Some(Err(ReplicationError::Closed)),
-            Frame::Message(Message::NoticeResponse(body)) => {
-                warn!(notice = %db_error(&mut body.fields()), "server notice");
-                None
-            }
-            Frame::Message(_) => None,
-            Frame::CopyBothResponse => Some(Err(ReplicationError::Protocol(
-                "second CopyBothResponse in stream".into(),
-            ))),
-        }
-    }
-
-    /// Sends a standby status update: `write` received, `flush` = `apply` = confirmed.
-    pub async fn send_status(
-        &mut self,
-        write: Lsn,
-        flush: Lsn,
-        reply_requested: bool,
-    ) -> Result<(), ReplicationError> {
-        self.status.clear();
-        protocol::encode_status_update(
-            write,
-            flush,
-            flush,
-            crate::pgtime::now(),
-            reply_requested,
-            &mut self.status,
-        );
-        let payload: Bytes = self.status.split().freeze();
-        frontend::CopyData::new(payload)
-            .map_err(proto)?
-            .write(&mut self.conn.wbuf);
-        self.conn.flush().await
-    }
-
-    /// Ends the stream politely (CopyDone, Terminate) so the slot is released at once.
-    pub async fn close(&mut self) -> Result<(), ReplicationError> {
-        frontend::copy_done(&mut self.conn.wbuf);
-        frontend::terminate(&mut self.conn.wbuf);
-        self.conn.flush().await?;
-        let _ = self.conn.io.shutdown().await;
-        Ok(())
     }
 }
 
