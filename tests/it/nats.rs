@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::common::kill::{cycles, kill_loop};
+use crate::common::kill::{against_broker, cycles};
 use crate::common::nats::{self as js, Stored};
 use crate::common::*;
 use pgoutbox::outbox::PoisonPolicy;
@@ -66,35 +66,31 @@ async fn a_backlog_larger_than_the_pending_window_drains() {
     running.stop().await;
 }
 
-/// The kill loop against NATS; returns (inserted, distinct stored, stored).
+/// The kill loop against NATS, the LSN checker sampling throughout: nothing lost, each key
+/// in order; returns (inserted, distinct stored, stored).
 async fn nats_kill_loop(delivery: &str, window: Duration, cycles: usize) -> (usize, usize, usize) {
     let env = Env::start().await;
     let server = js::start(window).await;
     let checker = js::NatsLsnChecker::start(&env, server.url());
-    let mut settings = js::binary_env(&server);
-    settings.push(("PGOUTBOX_DELIVERY", delivery.into()));
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut k = kill_loop(&env, cycles, &settings, false).await;
-    let (samples, _) = checker.finish().await;
-    let got = js::read_until_all(&server.url(), &k.ids, Duration::from_secs(60)).await;
+    let url = server.url();
+    let title = format!("NATS (duplicate window {window:?})");
+    let (ids, got) = against_broker(
+        &env,
+        &title,
+        js::binary_env(&server),
+        delivery,
+        cycles,
+        |ids| async move {
+            let (samples, _) = checker.finish().await;
+            eprintln!("LSN sampled {samples} times, 0 early confirms");
+            js::read_until_all(&url, &ids, Duration::from_secs(60)).await
+        },
+    )
+    .await;
     let seen = distinct(&got);
-    let lost = k.ids.difference(&seen).count();
-    assert_eq!(lost, 0, "{lost} events lost; streamer log:\n{}", k.log);
+    assert_eq!(ids.difference(&seen).count(), 0, "events lost");
     assert_eq!(js::order_violations(&got), 0);
-    assert!(
-        k.kills_with_unconfirmed_wal > 0,
-        "no kill happened mid-stream: the test proved nothing"
-    );
-    eprintln!(
-        "NATS kill -9 run ({delivery}, duplicate window {window:?}): {cycles} kills ({} with unconfirmed WAL), {} events inserted, {} stored, {} distinct, {lost} lost, {} duplicates, LSN sampled {samples} times, 0 early confirms",
-        k.kills_with_unconfirmed_wal,
-        k.ids.len(),
-        got.len(),
-        seen.len(),
-        got.len() - seen.len(),
-    );
-    k.child.start_kill().unwrap();
-    (k.ids.len(), seen.len(), got.len())
+    (ids.len(), seen.len(), got.len())
 }
 
 /// At-least-once with duplicate removal off (the shortest window): nothing lost, and the

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::common::kill::{cycles, kill_loop};
+use crate::common::kill::{against_broker, cycles};
 use crate::common::rabbit::{self, Collector, Got};
 use crate::common::*;
 use pgoutbox::config::DeliveryMode;
@@ -313,31 +313,24 @@ async fn rabbit_kill_loop(delivery: &str, cycles: usize) -> (usize, usize, usize
     let env = Env::start().await;
     let node = rabbit::start().await;
     let events = Collector::start(node.url(), rabbit::EVENTS);
-    let mut settings = rabbit::binary_env(&node);
-    settings.push(("PGOUTBOX_DELIVERY", delivery.into()));
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut k = kill_loop(&env, cycles, &settings, false).await;
-    // At-most-once loses what was in flight at a kill: waiting for every id would time out.
-    let got = match delivery {
-        "at-most-once" => events.until_quiet(Duration::from_secs(2)).await,
-        _ => events.until_all(&k.ids, Duration::from_secs(60)).await,
-    };
-    let seen = distinct(&got);
-    let lost = k.ids.difference(&seen).count();
-    assert!(
-        k.kills_with_unconfirmed_wal > 0,
-        "no kill happened mid-stream: the test proved nothing"
-    );
-    eprintln!(
-        "RabbitMQ kill -9 run ({delivery}): {cycles} kills ({} with unconfirmed WAL), {} events inserted, {} delivered, {} distinct, {lost} lost, {} duplicates",
-        k.kills_with_unconfirmed_wal,
-        k.ids.len(),
-        got.len(),
-        seen.len(),
-        got.len() - seen.len(),
-    );
-    k.child.start_kill().unwrap();
-    (k.ids.len(), seen.len(), got.len())
+    let at_most_once = delivery == "at-most-once";
+    let (ids, got) = against_broker(
+        &env,
+        "RabbitMQ",
+        rabbit::binary_env(&node),
+        delivery,
+        cycles,
+        |ids| async move {
+            // At-most-once loses what was in flight at a kill: waiting for every id would
+            // time out.
+            match at_most_once {
+                true => events.until_quiet(Duration::from_secs(2)).await,
+                false => events.until_all(&ids, Duration::from_secs(60)).await,
+            }
+        },
+    )
+    .await;
+    (ids.len(), distinct(&got).len(), got.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

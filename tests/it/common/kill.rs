@@ -91,3 +91,45 @@ pub async fn kill_loop(
         child,
     }
 }
+
+/// The kill loop against a broker: the binary with `settings` (its destination) and
+/// `delivery`, then `read` (what the broker holds, given the inserted ids). Asserts that a
+/// kill landed mid-stream, prints one report line titled `title`, stops the last instance.
+/// Returns the inserted ids and what was read.
+pub async fn against_broker<T, F, Fut>(
+    env: &Env,
+    title: &str,
+    mut settings: Vec<(&'static str, String)>,
+    delivery: &str,
+    cycles: usize,
+    read: F,
+) -> (HashSet<String>, Vec<T>)
+where
+    T: super::Delivered,
+    F: FnOnce(HashSet<String>) -> Fut,
+    Fut: std::future::Future<Output = Vec<T>>,
+{
+    settings.push(("PGOUTBOX_DELIVERY", delivery.into()));
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut k = kill_loop(env, cycles, &settings, false).await;
+    let got = read(k.ids.clone()).await;
+    let seen = super::distinct(&got);
+    let lost = k.ids.difference(&seen).count();
+    assert!(
+        k.kills_with_unconfirmed_wal > 0,
+        "no kill happened mid-stream: the test proved nothing"
+    );
+    eprintln!(
+        "{title} kill -9 run ({delivery}): {cycles} kills ({} with unconfirmed WAL), {} events inserted, {} stored, {} distinct, {lost} lost, {} duplicates",
+        k.kills_with_unconfirmed_wal,
+        k.ids.len(),
+        got.len(),
+        seen.len(),
+        got.len() - seen.len(),
+    );
+    if lost > 0 && delivery != "at-most-once" {
+        eprintln!("streamer log:\n{}", k.log);
+    }
+    k.child.start_kill().unwrap();
+    (std::mem::take(&mut k.ids), got)
+}
