@@ -212,13 +212,7 @@ async fn oversized_payload_stops_with_the_event_and_confirms_nothing_past_it() {
     .await;
     env.insert_oversized().await;
     env.commit(&[vec![Event::new(3, "order", "k")]]).await;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("stops")
-        .unwrap();
-    assert_eq!(status.code(), Some(1));
-    let text = std::fs::read_to_string(&log).unwrap();
-    let line = text.lines().last().unwrap();
+    let (_, line) = exits_with_error(&mut child, &log).await;
     assert!(
         line.starts_with("pgoutbox: error: delivering event 00000000-0000-4000-8000-00000000b16b (")
             && line.contains(" bytes to topic outbox.event.order, WAL ")
@@ -226,7 +220,7 @@ async fn oversized_payload_stops_with_the_event_and_confirms_nothing_past_it() {
         "{line}"
     );
     assert!(
-        env.confirmed_flush().await.unwrap() <= wal_in(line),
+        env.confirmed_flush().await.unwrap() <= wal_in(&line),
         "confirmed past the refused event"
     );
     // The event after the refused one was not delivered either: order is kept.

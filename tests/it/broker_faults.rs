@@ -97,13 +97,7 @@ async fn non_retriable_produce_error_stops_without_confirming_past_it() {
         ])
         .unwrap();
     env.commit(&[vec![Event::new(100, "order", "k")]]).await;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("stops")
-        .unwrap();
-    assert_eq!(status.code(), Some(1));
-    let text = std::fs::read_to_string(&log).unwrap();
-    let last = text.lines().last().unwrap();
+    let (_, last) = exits_with_error(&mut child, &log).await;
     assert!(
         last.starts_with("pgoutbox: error: delivering event 00000000-0000-4000-8000-000000000100")
             && last.contains("TopicAuthorizationFailed")
@@ -111,7 +105,7 @@ async fn non_retriable_produce_error_stops_without_confirming_past_it() {
         "{last}"
     );
     assert!(
-        env.confirmed_flush().await.unwrap() <= wal_in(last),
+        env.confirmed_flush().await.unwrap() <= wal_in(&last),
         "confirmed past the failed event"
     );
 }

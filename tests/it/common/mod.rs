@@ -457,6 +457,22 @@ pub async fn read_all(
     got
 }
 
+/// Waits (30 s at most) for the binary to exit with status 1: its log and the log's last
+/// line, the error it stopped with.
+pub async fn exits_with_error(
+    child: &mut tokio::process::Child,
+    log: &std::path::Path,
+) -> (String, String) {
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("pgoutbox stops by itself")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let text = std::fs::read_to_string(log).unwrap();
+    let last = text.lines().last().unwrap_or_default().to_owned();
+    (text, last)
+}
+
 /// The event ids of `txs`.
 pub fn ids_of(txs: &[Vec<Event>]) -> HashSet<String> {
     txs.iter().flatten().map(|e| e.id.clone()).collect()
