@@ -35,6 +35,7 @@ mod operations;
 mod poison;
 mod poll;
 mod preflight;
+mod prometheus;
 mod rabbitmq;
 mod rabbitmq_cluster;
 mod rabbitmq_consumer;
