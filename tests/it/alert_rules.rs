@@ -1,6 +1,7 @@
 //! deploy/prometheus: the alert rules load (`promtool check rules`), each alert fires on its
 //! synthetic series and stays silent on a healthy one (`promtool test rules`, the cases in
-//! pgoutbox.rules.test.yml), and every metric they use is one pgoutbox exports.
+//! pgoutbox.rules.test.yml), and every metric they and the Grafana dashboard use is one
+//! pgoutbox exports.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,8 +34,10 @@ fn the_rules_load_and_their_unit_tests_pass() {
 }
 
 #[test]
-fn every_metric_the_rules_use_is_exported() {
-    let rules = std::fs::read_to_string(dir().join("pgoutbox.rules.yml")).unwrap();
+fn every_metric_the_rules_and_the_dashboard_use_is_exported() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(dir().join("pgoutbox.rules.yml")).unwrap()
+        + &std::fs::read_to_string(root.join("deploy/grafana/pgoutbox.json")).unwrap();
     let source =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs"))
             .unwrap();
@@ -49,7 +52,7 @@ fn every_metric_the_rules_use_is_exported() {
         let base = name.trim_end_matches("_bucket");
         assert!(
             source.contains(&format!("\"{base}\"")),
-            "the rules use {name}, which src/metrics.rs does not define"
+            "the rules or the dashboard use {name}, which src/metrics.rs does not define"
         );
     }
 }

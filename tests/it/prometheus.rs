@@ -3,7 +3,8 @@
 //! makes PgoutboxStalled pending or firing in Prometheus's own `/api/v1/alerts`; the broker
 //! back resolves it; pgoutbox killed makes PgoutboxNotStreaming fire. The rules are
 //! deploy/prometheus/pgoutbox.rules.yml with its durations shortened (5 minutes of stall to
-//! 5 s, `for:` to 2 s), nothing else changed.
+//! 5 s, `for:` to 2 s), nothing else changed. Every query of the Grafana dashboard
+//! (deploy/grafana/pgoutbox.json) runs against the same Prometheus and must return data.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,6 +72,30 @@ impl TempPrometheus {
             .collect()
     }
 
+    /// How many series `query` returns at this instant (`Err`: Prometheus refused it).
+    async fn series(&self, query: &str) -> Result<usize, String> {
+        let mut encoded = String::new();
+        for b in query.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    encoded.push(b as char)
+                }
+                _ => encoded.push_str(&format!("%{b:02X}")),
+            }
+        }
+        let (code, body) = get(self.port, &format!("/api/v1/query?query={encoded}"))
+            .await
+            .ok_or("no answer")?;
+        let json = body
+            .split_once("\r\n\r\n")
+            .map_or(body.as_str(), |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        match (code, v["data"]["result"].as_array()) {
+            (200, Some(r)) => Ok(r.len()),
+            _ => Err(format!("{code}: {json}")),
+        }
+    }
+
     /// Waits until `ok` holds for alert `name`'s states.
     async fn wait(&self, name: &str, what: &str, ok: impl Fn(&[String]) -> bool) -> Duration {
         let t = Instant::now();
@@ -122,6 +147,13 @@ async fn the_stall_and_not_streaming_alerts_fire_in_a_real_prometheus() {
         &[("PGOUTBOX_METRICS_ADDR", &format!("127.0.0.1:{metrics}"))],
     );
     env.wait_streaming().await;
+    // A limit for the dashboard's max_slot_wal_keep_size line (the default is unlimited).
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        env.db.batch_execute(sql).await.unwrap();
+    }
     let prometheus = TempPrometheus::start(&format!("127.0.0.1:{metrics}"), &shortened_rules());
     let writer = env.spawn_writer(workload(0, 600), Duration::from_millis(30));
     // Healthy and scraped: no stall.
@@ -142,6 +174,7 @@ async fn the_stall_and_not_streaming_alerts_fire_in_a_real_prometheus() {
         .wait("PgoutboxStalled", "resolved", <[String]>::is_empty)
         .await;
     writer.await.unwrap();
+    dashboard_queries_return_data(&prometheus).await;
 
     child.start_kill().unwrap();
     let _ = child.wait().await;
@@ -153,4 +186,31 @@ async fn the_stall_and_not_streaming_alerts_fire_in_a_real_prometheus() {
     eprintln!(
         "Prometheus: PgoutboxStalled pending {stalled:.1?} after the brokers went down, firing {firing:.1?} later, resolved {resolved:.1?} after they came back; PgoutboxNotStreaming firing {not_streaming:.1?} after the kill"
     );
+}
+
+/// Every query of every dashboard panel, its variables set to match everything, returns at
+/// least one series from the live Prometheus.
+async fn dashboard_queries_return_data(prometheus: &TempPrometheus) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/pgoutbox.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let query = expr
+                .replace("$__rate_interval", "30s")
+                .replace("$job", ".*")
+                .replace("$instance", ".*");
+            let n = prometheus.series(&query).await;
+            assert!(
+                matches!(n, Ok(n) if n > 0),
+                "panel {:?}: {expr} gave {n:?}",
+                panel["title"]
+            );
+            queries += 1;
+        }
+    }
+    eprintln!("Grafana dashboard: {queries} panel queries, each returned data");
 }
