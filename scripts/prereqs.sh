@@ -7,7 +7,9 @@
 #   - nats-server, for throwaway JetStream servers (the NATS destination's tests);
 #   - rabbitmq-server, for throwaway RabbitMQ nodes (the RabbitMQ destination's tests; the
 #     package does not start a node on install);
-#   - prometheus, for promtool (the alert rules' unit tests); installing it starts nothing.
+#   - prometheus: promtool (the alert rules' unit tests) and the server the live alert test
+#     starts on loopback; installing it starts nothing;
+#   - chromium, headless, for the status page's test.
 # Idempotent; uses sudo when not root. Set PGOUTBOX_PG_BIN to use binaries elsewhere.
 set -euo pipefail
 
@@ -25,6 +27,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 [ -x /usr/sbin/rabbitmq-server ] || need+=(rabbitmq-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 pkgs=()

@@ -1,30 +1,40 @@
 //! The HTTP listener: `/metrics` (Prometheus text), `/healthz` (alive), `/readyz` (streaming,
-//! lag within bound).
+//! lag within bound), `/` and `/status.json` (the status page, `status_page.rs`). Every route
+//! answers GET (and HEAD) only; anything else is 405.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::info;
 
 use pgoutbox::pipeline::Health;
+
+use super::status_page::{Shown, StatusSource, PAGE};
 
 #[derive(Clone)]
 struct App {
     metrics: PrometheusHandle,
     health: Arc<Health>,
     max_lag_bytes: i64,
+    status: Arc<StatusSource>,
 }
 
 /// Installs the Prometheus recorder and serves the endpoints on `addr` in the background.
 /// Fails (so `run` exits) when the address cannot be bound.
-pub async fn serve(addr: &str, health: Arc<Health>, max_lag_bytes: i64) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: &str,
+    health: Arc<Health>,
+    max_lag_bytes: i64,
+    shown: Arc<Mutex<Shown>>,
+) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(pgoutbox::metrics::COMMIT_TO_ACK.into()),
@@ -38,7 +48,7 @@ pub async fn serve(addr: &str, health: Arc<Health>, max_lag_bytes: i64) -> anyho
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (metrics_addr); choose another or set it empty to disable")
     })?;
-    info!(addr = %listener.local_addr()?, "metrics on /metrics, health on /healthz and /readyz");
+    info!(addr = %listener.local_addr()?, "status page on /, metrics on /metrics, health on /healthz and /readyz");
     // Histograms keep raw samples until upkeep folds them in.
     let upkeep = metrics.clone();
     tokio::spawn(async move {
@@ -52,7 +62,15 @@ pub async fn serve(addr: &str, health: Arc<Health>, max_lag_bytes: i64) -> anyho
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/", get(page))
+        .route("/status.json", get(status))
         .with_state(App {
+            status: Arc::new(StatusSource::new(
+                metrics.clone(),
+                health.clone(),
+                max_lag_bytes,
+                shown,
+            )),
             metrics,
             health,
             max_lag_bytes,
@@ -63,6 +81,17 @@ pub async fn serve(addr: &str, health: Arc<Health>, max_lag_bytes: i64) -> anyho
         }
     });
     Ok(())
+}
+
+async fn page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Html(PAGE))
+}
+
+async fn status(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(app.status.json()),
+    )
 }
 
 async fn render(State(app): State<App>) -> String {

@@ -7,6 +7,7 @@ mod http;
 mod log;
 mod run;
 mod settings;
+mod status_page;
 
 use std::process::ExitCode;
 

@@ -5,7 +5,7 @@
 //! (`config::reload`: same server, database, slot, publication and source), a graceful stop (everything acked is confirmed, so nothing is sent
 //! twice) and a start with it. Otherwise the refusal is logged and streaming goes on untouched.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use pgoutbox::pipeline::Health;
 use pgoutbox::Streamer;
 
+use super::status_page::Shown;
 use super::{SettingArgs, Settings};
 
 /// The signals `run` acts on.
@@ -27,11 +28,13 @@ pub async fn main(args: SettingArgs, mut settings: Settings) -> anyhow::Result<(
     // A configuration that cannot work fails before anything is started.
     settings.config(true)?;
     let health = Arc::new(Health::default());
+    let shown = Arc::new(Mutex::new(Shown::default()));
     if !settings.metrics_addr.is_empty() {
         super::http::serve(
             &settings.metrics_addr,
             health.clone(),
             settings.ready_max_lag_bytes,
+            shown.clone(),
         )
         .await?;
     }
@@ -41,6 +44,10 @@ pub async fn main(args: SettingArgs, mut settings: Settings) -> anyhow::Result<(
         let cfg = settings.config(true)?;
         // One line with the effective configuration; Config's Debug redacts every secret.
         info!(config = ?cfg, "pgoutbox starting");
+        if let Ok(mut s) = shown.lock() {
+            s.slot = cfg.slot.clone();
+            s.settings = settings.to_toml().unwrap_or_else(|e| e.to_string());
+        }
         let streamer = Streamer::new(cfg.clone())?.with_health(health.clone());
         let shutdown = CancellationToken::new();
         let run = streamer.run(shutdown.clone());

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Events waiting and none acknowledged for this long: not ready, said once in the log.
 pub const STALLED_AFTER: Duration = Duration::from_secs(10);
@@ -27,6 +27,8 @@ pub struct Health {
     /// ack), or no session could stream; `None` while making progress. The HA leader stops
     /// renewing its lease past `ha_lease` of it.
     stalled_since: Mutex<Option<Instant>>,
+    /// The last error a session ended with, and when (for the status page).
+    last_error: Mutex<Option<(String, SystemTime)>>,
 }
 
 impl Default for Health {
@@ -38,6 +40,7 @@ impl Default for Health {
             blocked: Mutex::new(None),
             warning: Mutex::new(None),
             stalled_since: Mutex::new(None),
+            last_error: Mutex::new(None),
         }
     }
 }
@@ -63,6 +66,18 @@ impl Health {
 
     fn blocked(&self) -> Option<String> {
         self.blocked.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// A session ended with `error`.
+    pub fn set_last_error(&self, error: String) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some((error, SystemTime::now()));
+        }
+    }
+
+    /// The last error a session ended with, and when.
+    pub fn last_error(&self) -> Option<(String, SystemTime)> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// A risk accepted by a setting (`Some(what)`), or none.

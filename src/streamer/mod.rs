@@ -127,10 +127,12 @@ impl Streamer {
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_fatal() => {
+                    self.health.set_last_error(e.to_string());
                     error!(error = %e, "stopping: this needs an operator");
                     return Err(e);
                 }
                 Err(e) => {
+                    self.health.set_last_error(e.to_string());
                     // Failing to stream is no progress (HA: past the lease, a standby takes
                     // over); a session that streams says so at its status ticks.
                     self.health.note_progress(false);

@@ -45,6 +45,7 @@ mod routing;
 mod schema_change;
 mod secrets;
 mod shutdown;
+mod status_page;
 mod streaming;
 mod tableless;
 mod tls;
