@@ -126,7 +126,7 @@ async fn the_status_page_shows_the_live_values_and_no_secret() {
     assert!(dom.contains("data-loaded=\"yes\""), "{dom}");
     let confirmed_now = status(port).await["positions"]["confirmed"].clone();
     assert!(
-        dom.contains(&format!("<dd id=\"slot\">pgoutbox</dd>"))
+        dom.contains("<dd id=\"slot\">pgoutbox</dd>")
             && dom.contains("<td>kafka</td>")
             && dom.contains(&format!("<td>{n}</td>"))
             && dom.contains(&format!(
