@@ -152,18 +152,31 @@ pub async fn check(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Prints the slot; fails (exit 1) when it is missing, lost or invalidated, after printing.
-pub async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
+/// `status`: the slot as PostgreSQL sees it, and, when an instance answers on
+/// `metrics_addr`, what it says of itself (its `/status.json`).
+pub async fn status(cfg: Config, metrics_addr: &str, json: bool) -> anyhow::Result<()> {
     let pg = connect(&cfg).await?;
     let s = status::slot_status(&pg, &cfg.slot).await?;
+    let instance = match metrics_addr.is_empty() {
+        true => None,
+        false => super::status_page::fetch(metrics_addr).await,
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else if !s.exists {
-        println!(
-            "slot {}: does not exist (current WAL {})",
-            s.slot, s.current_wal_lsn
-        );
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(map) = v.as_object_mut() {
+            map.insert("instance".into(), instance.unwrap_or_default());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_status(&s);
+        if !s.exists {
+            println!(
+                "slot {}: does not exist (current WAL {})",
+                s.slot, s.current_wal_lsn
+            );
+        } else {
+            print_status(&s);
+        }
+        print_instance(metrics_addr, instance.as_ref());
     }
     match s.problem() {
         Some(p) => bail!("{p}"),
@@ -196,6 +209,39 @@ fn print_status(s: &status::SlotStatus) {
     println!("failover slot        {}", yes_no(s.failover));
     println!("retained WAL         {}", bytes(s.retained_wal_bytes));
     println!("lag (unconfirmed)    {}", bytes(s.lag_bytes));
+}
+
+/// What the instance on `metrics_addr` says of itself.
+fn print_instance(addr: &str, instance: Option<&serde_json::Value>) {
+    let Some(i) = instance else {
+        if !addr.is_empty() {
+            println!("instance             no pgoutbox answers on {addr} (metrics_addr)");
+        }
+        return;
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    println!("instance             {addr}: {}", text(&i["readiness"]));
+    println!("role                 {}", text(&i["role"]));
+    for d in i["destinations"].as_array().into_iter().flatten() {
+        println!(
+            "delivered            {}: {} ({:.1} events/s)",
+            text(&d["destination"]),
+            d["delivered"],
+            d["events_per_second"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "dead letters, lost   {}, {}",
+        i["dead_letters"], i["lost"]
+    );
+    match i["last_error"].as_object() {
+        Some(e) => println!(
+            "last error           {:.0} s ago: {}",
+            e.get("seconds_ago").and_then(|s| s.as_f64()).unwrap_or(0.0),
+            e.get("message").map(text).unwrap_or_default()
+        ),
+        None => println!("last error           none since start"),
+    }
 }
 
 fn bytes(b: Option<i64>) -> String {

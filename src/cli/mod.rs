@@ -194,7 +194,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Some(Command::Check(args)) => admin::check(admin(args)?).await,
-        Some(Command::Status(a)) => admin::status(admin(a.settings)?, a.json).await,
+        Some(Command::Status(a)) => {
+            let settings = Settings::load(*a.settings)?;
+            init_logging("warn", Some(&settings), settings.log_format);
+            let addr = settings.metrics_addr.clone();
+            admin::status(settings.config(false)?, &addr, a.json).await
+        }
         Some(Command::Slot(SlotArgs {
             command: SlotCommand::Skip { to, settings },
         })) => admin::slot_skip(admin(settings)?, &to).await,

@@ -174,6 +174,28 @@ impl StatusSource {
     }
 }
 
+/// `/status.json` of the instance listening on `addr` (`metrics_addr`), if one answers
+/// within a second: what `pgoutbox status` adds to the slot's view.
+pub async fn fetch(addr: &str) -> Option<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /status.json HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.0 200")
+            .then(|| serde_json::from_str(body).ok())
+            .flatten()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// One sample of the Prometheus text format.
 struct Sample {
     name: String,

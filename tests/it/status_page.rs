@@ -182,5 +182,24 @@ async fn the_status_page_shows_the_live_values_and_no_secret() {
         ids.len()
     );
     drop(idle);
+
+    // `pgoutbox status` reads the same facts from the running instance.
+    let addr = format!("127.0.0.1:{port}");
+    let (ok, out, _) = cli_with(
+        &["status"],
+        &env.pg.url(),
+        env.kafka.bootstrap_servers(),
+        &[("PGOUTBOX_METRICS_ADDR", &addr)],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let total = n + ids.len();
+    assert!(
+        out.contains(&format!("instance             {addr}: ready (streaming)"))
+            && out.contains("role                 streaming (leader)")
+            && out.contains(&format!("delivered            kafka: {total} ("))
+            && out.contains("last error           none since start"),
+        "{out}"
+    );
     child.start_kill().unwrap();
 }
