@@ -230,10 +230,7 @@ fn print_instance(addr: &str, instance: Option<&serde_json::Value>) {
             d["events_per_second"].as_f64().unwrap_or(0.0)
         );
     }
-    println!(
-        "dead letters, lost   {}, {}",
-        i["dead_letters"], i["lost"]
-    );
+    println!("dead letters, lost   {}, {}", i["dead_letters"], i["lost"]);
     match i["last_error"].as_object() {
         Some(e) => println!(
             "last error           {:.0} s ago: {}",

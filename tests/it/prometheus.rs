@@ -1,7 +1,7 @@
 //! The alert rules against a real Prometheus (Debian's 2.42, started here on loopback) that
-//! scrapes a real pgoutbox streaming to a Kafka-protocol broker: the broker down under load
-//! makes PgoutboxStalled pending or firing in Prometheus's own `/api/v1/alerts`; the broker
-//! back resolves it; pgoutbox killed makes PgoutboxNotStreaming fire. The rules are
+//! scrapes a real pgoutbox streaming to a real nats-server: the link to the server stalled
+//! under load makes PgoutboxStalled pending or firing in Prometheus's own `/api/v1/alerts`;
+//! the link flowing again resolves it; pgoutbox killed makes PgoutboxNotStreaming fire. The rules are
 //! deploy/prometheus/pgoutbox.rules.yml with its durations shortened (5 minutes of stall to
 //! 5 s, `for:` to 2 s), nothing else changed. Every query of the Grafana dashboard
 //! (deploy/grafana/pgoutbox.json) runs against the same Prometheus and must return data.
@@ -140,11 +140,23 @@ fn shortened_rules() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stall_and_not_streaming_alerts_fire_in_a_real_prometheus() {
     let env = Env::start().await;
+    let nats = crate::common::nats::start(Duration::from_secs(120)).await;
+    let proxy = crate::common::proxy::Proxy::start(nats.port()).await;
     let metrics = free_port();
     let dir = tempfile::tempdir().unwrap();
+    let (url, addr) = (
+        format!("nats://127.0.0.1:{}", proxy.port),
+        format!("127.0.0.1:{metrics}"),
+    );
     let mut child = env.spawn_binary(
         &dir.path().join("log"),
-        &[("PGOUTBOX_METRICS_ADDR", &format!("127.0.0.1:{metrics}"))],
+        &[
+            ("PGOUTBOX_DESTINATION", "nats"),
+            ("PGOUTBOX_NATS_URL", url.as_str()),
+            // A link that answers nothing for a minute stays one session: a stall, not errors.
+            ("PGOUTBOX_NATS_ACK_TIMEOUT_MS", "60000"),
+            ("PGOUTBOX_METRICS_ADDR", addr.as_str()),
+        ],
     );
     env.wait_streaming().await;
     // A limit for the dashboard's max_slot_wal_keep_size line (the default is unlimited).
@@ -160,7 +172,7 @@ async fn the_stall_and_not_streaming_alerts_fire_in_a_real_prometheus() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(prometheus.alert("PgoutboxStalled").await.is_empty());
 
-    env.kafka.set_brokers_up(false).unwrap();
+    proxy.stall();
     let stalled = prometheus
         .wait("PgoutboxStalled", "pending or firing", |s| !s.is_empty())
         .await;
@@ -169,7 +181,7 @@ async fn the_stall_and_not_streaming_alerts_fire_in_a_real_prometheus() {
             s.iter().any(|s| s == "firing")
         })
         .await;
-    env.kafka.set_brokers_up(true).unwrap();
+    proxy.pass();
     let resolved = prometheus
         .wait("PgoutboxStalled", "resolved", <[String]>::is_empty)
         .await;
@@ -184,7 +196,7 @@ async fn the_stall_and_not_streaming_alerts_fire_in_a_real_prometheus() {
         })
         .await;
     eprintln!(
-        "Prometheus: PgoutboxStalled pending {stalled:.1?} after the brokers went down, firing {firing:.1?} later, resolved {resolved:.1?} after they came back; PgoutboxNotStreaming firing {not_streaming:.1?} after the kill"
+        "Prometheus: PgoutboxStalled pending {stalled:.1?} after the NATS link stalled, firing {firing:.1?} later, resolved {resolved:.1?} after it flowed again; PgoutboxNotStreaming firing {not_streaming:.1?} after the kill"
     );
 }
 
