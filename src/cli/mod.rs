@@ -5,6 +5,7 @@ mod admin;
 mod demo;
 mod http;
 mod log;
+mod reference;
 mod run;
 mod settings;
 mod status_page;
@@ -45,8 +46,9 @@ enum Command {
     Status(StatusArgs),
     /// Operate on the replication slot (`slot skip --to LSN|now`, `slot forget`).
     Slot(SlotArgs),
-    /// Print the effective configuration (secrets redacted) without connecting anywhere.
-    Config(Box<SettingArgs>),
+    /// Print the effective configuration (secrets redacted) without connecting anywhere;
+    /// `--reference`: every setting as Markdown (docs/configuration.md).
+    Config(ConfigArgs),
     /// Run the whole flow on a throwaway PostgreSQL and an in-process Kafka broker (or NATS).
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
@@ -94,6 +96,15 @@ enum SlotCommand {
         #[command(flatten)]
         settings: Box<SettingArgs>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// Print the reference of every setting (Markdown) instead.
+    #[arg(long)]
+    reference: bool,
+    #[command(flatten)]
+    settings: Box<SettingArgs>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,7 +217,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Slot(SlotArgs {
             command: SlotCommand::Forget { settings },
         })) => admin::slot_forget(admin(settings)?).await,
-        Some(Command::Config(args)) => {
+        Some(Command::Config(ConfigArgs {
+            reference: true, ..
+        })) => {
+            print!("{}", reference::reference());
+            Ok(())
+        }
+        Some(Command::Config(ConfigArgs { settings: args, .. })) => {
             let settings = Settings::load(*args)?;
             // Refused like `run` would refuse it; then every setting, as a config file.
             settings.config(true)?;

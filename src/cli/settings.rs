@@ -57,6 +57,12 @@ macro_rules! settings {
             $( pub $name: Option<$ty>, )*
         }
 
+        /// Every setting's key, environment variable and help text, in declaration order:
+        /// the source of `pgoutbox config --reference` (docs/configuration.md).
+        pub const REFERENCE: &[(&str, &str, &str)] = &[
+            $( (stringify!($name), $env, concat!($($doc, "\n"),*)), )*
+        ];
+
         /// Every setting, resolved.
         #[derive(Clone)]
         pub struct Settings {

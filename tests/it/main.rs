@@ -17,6 +17,7 @@ mod config;
 mod crash_restart;
 mod demo;
 mod deploy;
+mod docs;
 mod drift;
 mod exactly_once;
 mod failover;
