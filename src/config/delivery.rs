@@ -1,4 +1,5 @@
-//! The delivery modes: how far a crash may lose or repeat events (DESIGN.md).
+//! The delivery modes: how far a crash may lose or repeat events (docs/architecture.md,
+//! "Invariants").
 
 use std::str::FromStr;
 

@@ -1,6 +1,6 @@
 //! The LSN watermark: the only place that decides which WAL position may be confirmed.
 //!
-//! Implements DESIGN.md's LSN rules. It is pure bookkeeping (no I/O, no clocks) so every rule
+//! Implements the watermark rule (docs/architecture.md, "Invariants"). It is pure bookkeeping (no I/O, no clocks) so every rule
 //! can be tested in isolation; the pipeline feeds it what it sees and sends what it says.
 
 use std::collections::VecDeque;

@@ -303,7 +303,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Changes other than outbox inserts are counted and skipped (DESIGN.md).
+    /// Changes other than outbox inserts are counted and skipped.
     fn ignore(&mut self, what: &str, relation_id: u32) {
         self.ignored += 1;
         if let Some(r) = self.relations.get(relation_id) {
