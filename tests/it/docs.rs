@@ -26,3 +26,105 @@ async fn the_configuration_reference_is_generated_from_the_settings() {
         assert!(written.contains(&format!("| `{key}` |")), "{key}");
     }
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped (but `-` and `_`), spaces
+/// as `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (a repeated one gets `-1`, `-2`, …).
+fn anchors(text: &str) -> std::collections::HashSet<String> {
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    let mut out = std::collections::HashSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced || !line.starts_with('#') {
+            continue;
+        }
+        let s = slug(line.trim_start_matches('#'));
+        let n = seen.entry(s.clone()).or_default();
+        out.insert(match *n {
+            0 => s.clone(),
+            k => format!("{s}-{k}"),
+        });
+        *n += 1;
+    }
+    out
+}
+
+/// Every relative link and `#anchor` in README.md and docs/*.md resolves.
+#[test]
+fn every_relative_link_and_anchor_resolves() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p);
+        }
+    }
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let own = anchors(&text);
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let link = &rest[..end];
+            if link.contains("://") || link.starts_with("mailto:") || link.contains(' ') {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let target_anchors = if path.is_empty() {
+                own.clone()
+            } else {
+                let target = file.parent().unwrap().join(path);
+                if !target.exists() {
+                    broken.push(format!("{}: {link} (no such file)", file.display()));
+                    continue;
+                }
+                match target.extension().is_some_and(|x| x == "md") {
+                    true => anchors(&std::fs::read_to_string(&target).unwrap()),
+                    false => Default::default(),
+                }
+            };
+            if !anchor.is_empty() && !target_anchors.contains(anchor) {
+                broken.push(format!("{}: {link} (no such heading)", file.display()));
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// Every destination the code supports is named in README's first paragraph and in the
+/// metrics table.
+#[test]
+fn every_destination_is_named_where_a_reader_starts() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let first = readme.split("\n\n").nth(1).unwrap_or_default();
+    for d in ["Kafka", "NATS", "RabbitMQ"] {
+        assert!(
+            first.contains(d),
+            "{d} not in README's first paragraph: {first}"
+        );
+    }
+    assert!(
+        readme.contains("(`kafka`, `nats`, `rabbitmq`)"),
+        "the metrics table names every destination label value"
+    );
+}
