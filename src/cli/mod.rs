@@ -137,8 +137,18 @@ pub fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, ExitCode> {
                 let mut moved = argv.clone();
                 let sub = moved.remove(i);
                 moved.insert(1, sub);
-                if let Ok(cli) = Cli::try_parse_from(&moved) {
-                    return Ok(cli);
+                match Cli::try_parse_from(&moved) {
+                    Ok(cli) => return Ok(cli),
+                    // `pgoutbox --config f run --help`: the subcommand's help.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                        ) =>
+                    {
+                        return Err(usage_error(e, &moved))
+                    }
+                    Err(_) => {}
                 }
             }
         }

@@ -128,3 +128,55 @@ fn every_destination_is_named_where_a_reader_starts() {
         "the metrics table names every destination label value"
     );
 }
+
+/// Every command the docs show as `` `pgoutbox …` `` parses: its subcommand and flags, up to
+/// the first placeholder, are accepted by `--help`.
+#[test]
+fn every_command_shown_parses() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut text = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        text += &std::fs::read_to_string(e.unwrap().path()).unwrap();
+    }
+    let mut shown: Vec<Vec<String>> = text
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|span| span.strip_prefix("pgoutbox "))
+        .map(|cmd| {
+            // Up to the first placeholder or optional part; a flag whose value is a
+            // placeholder goes with it.
+            let mut args: Vec<String> = Vec::new();
+            for t in cmd.split_whitespace() {
+                if t.starts_with('[') || t.starts_with('<') || t.contains('|') || t.contains('…')
+                {
+                    if args
+                        .last()
+                        .is_some_and(|a| a.starts_with("--") && t.contains('|'))
+                    {
+                        args.pop();
+                    }
+                    break;
+                }
+                args.push(t.to_owned());
+            }
+            args
+        })
+        .collect();
+    shown.sort();
+    shown.dedup();
+    assert!(shown.len() >= 8, "{shown:?}");
+    for args in shown {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pgoutbox {} --help: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
