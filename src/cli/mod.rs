@@ -9,6 +9,7 @@ mod reference;
 mod run;
 mod settings;
 mod status_page;
+mod tables;
 
 use std::process::ExitCode;
 
