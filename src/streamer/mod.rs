@@ -110,7 +110,7 @@ impl Streamer {
             let result = if polling {
                 progress.streaming_since = Some(Instant::now());
                 self.health.set_streaming(true);
-                let r = crate::sources::poll::run(&self.cfg, &shutdown).await;
+                let r = crate::sources::poll::run(&self.cfg, &shutdown, &self.health).await;
                 self.health.set_streaming(false);
                 r
             } else {

@@ -21,6 +21,8 @@ mod decode;
 mod deliver;
 mod event_loop;
 #[cfg(test)]
+pub(crate) mod fakes;
+#[cfg(test)]
 mod tests;
 
 use super::batches::Batches;
@@ -35,44 +37,45 @@ use crate::pgoutput::RelationCache;
 use crate::pipeline::watermark::{TxId, Watermark};
 use crate::replication::{ReplicationError, ReplicationMessage, ReplicationStream};
 
-/// The WAL side of a session: messages in, status updates out.
+/// The WAL side of a session: messages in, status updates out. The replication stream is one;
+/// the polling source ([`crate::sources::poll`]) is another, speaking pgoutput too.
 pub trait Wal: Send {
     /// The next message; cancel-safe (it is awaited in a `select!`).
-    fn recv(&mut self)
-        -> impl Future<Output = Result<ReplicationMessage, ReplicationError>> + Send;
+    fn recv(&mut self) -> impl Future<Output = Result<ReplicationMessage, StreamError>> + Send;
     /// The next message if it has already arrived, without waiting; `None`: use `recv`.
     /// Lets the loop take a burst of messages for one `select!`.
-    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, ReplicationError>> {
+    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, StreamError>> {
         None
     }
     /// Reports `write` received and `flush` confirmed; `reply` asks the server to answer.
+    /// Done when the confirmation is out: at-most-once sends a transaction's events after.
     fn send_status(
         &mut self,
         write: Lsn,
         flush: Lsn,
         reply: bool,
-    ) -> impl Future<Output = Result<(), ReplicationError>> + Send;
+    ) -> impl Future<Output = Result<(), StreamError>> + Send;
     /// Ends the stream.
-    fn close(&mut self) -> impl Future<Output = Result<(), ReplicationError>> + Send;
+    fn close(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send;
 }
 
 impl Wal for ReplicationStream {
-    async fn recv(&mut self) -> Result<ReplicationMessage, ReplicationError> {
-        ReplicationStream::recv(self).await
+    async fn recv(&mut self) -> Result<ReplicationMessage, StreamError> {
+        Ok(ReplicationStream::recv(self).await?)
     }
-    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, ReplicationError>> {
-        ReplicationStream::try_recv(self)
+    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, StreamError>> {
+        ReplicationStream::try_recv(self).map(|r| r.map_err(Into::into))
     }
     async fn send_status(
         &mut self,
         write: Lsn,
         flush: Lsn,
         reply: bool,
-    ) -> Result<(), ReplicationError> {
-        ReplicationStream::send_status(self, write, flush, reply).await
+    ) -> Result<(), StreamError> {
+        Ok(ReplicationStream::send_status(self, write, flush, reply).await?)
     }
-    async fn close(&mut self) -> Result<(), ReplicationError> {
-        ReplicationStream::close(self).await
+    async fn close(&mut self) -> Result<(), StreamError> {
+        Ok(ReplicationStream::close(self).await?)
     }
 }
 
@@ -339,11 +342,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn send_status(
-        &mut self,
-        wal: &mut impl Wal,
-        reply: bool,
-    ) -> Result<(), ReplicationError> {
+    async fn send_status(&mut self, wal: &mut impl Wal, reply: bool) -> Result<(), StreamError> {
         let flush = self.flushable();
         trace!(write = %self.wm.received(), %flush, in_flight = self.budget.events(),
             "status update");

@@ -1,23 +1,22 @@
 //! The session's rules, with a fake WAL and a fake destination: no server, no clock beyond
 //! the loop's own timers. Each test is named after the rule it checks.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::fakes::{answer, run_session, sent, settle, FakeDest};
 use super::{Session, Ticket, Wal};
 use crate::config::{Config, DeliveryMode};
-use crate::destination::{
-    Class, Destination, DestinationError, Outcome, Receipt, Refusal, SendError,
-};
+use crate::destination::{Class, Outcome};
 use crate::lsn::Lsn;
-use crate::outbox::{OutboxRecord, PoisonPolicy};
-use crate::pipeline::{Progress, StreamError};
-use crate::replication::{ReplicationError, ReplicationMessage};
+use crate::outbox::PoisonPolicy;
+use crate::pgoutput::{encode, Begin, Column, Commit, Insert, Message, Relation, TupleData, Value};
+use crate::pipeline::StreamError;
+use crate::replication::ReplicationMessage;
 
 /// Scripted WAL: messages from the test, every status update's flush position kept.
 struct FakeWal {
@@ -26,129 +25,79 @@ struct FakeWal {
 }
 
 impl Wal for FakeWal {
-    async fn recv(&mut self) -> Result<ReplicationMessage, ReplicationError> {
+    async fn recv(&mut self) -> Result<ReplicationMessage, StreamError> {
         match self.rx.recv().await {
             Some(m) => Ok(m),
             None => std::future::pending().await,
         }
     }
-    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, ReplicationError>> {
+    fn try_recv(&mut self) -> Option<Result<ReplicationMessage, StreamError>> {
         self.rx.try_recv().ok().map(Ok)
     }
-    async fn send_status(&mut self, _: Lsn, flush: Lsn, _: bool) -> Result<(), ReplicationError> {
+    async fn send_status(&mut self, _: Lsn, flush: Lsn, _: bool) -> Result<(), StreamError> {
         self.flushes.lock().unwrap().push(flush);
         Ok(())
     }
-    async fn close(&mut self) -> Result<(), ReplicationError> {
+    async fn close(&mut self) -> Result<(), StreamError> {
         Ok(())
-    }
-}
-
-/// Takes records into `sent` (at most `room` unanswered); the test answers them.
-#[derive(Default)]
-struct FakeDest {
-    sent: Mutex<VecDeque<(OutboxRecord, Ticket)>>,
-    room: usize,
-    refuse_at_send: Option<Class>,
-}
-
-impl Destination<Ticket> for FakeDest {
-    const NAME: &'static str = "fake";
-    type Admin = crate::destination::kafka::admin::KafkaAdmin;
-    const TITLE: &'static str = "Fake";
-
-    async fn open(
-        _: &Config,
-        _: mpsc::UnboundedSender<Outcome<Ticket>>,
-    ) -> Result<Self, DestinationError> {
-        Ok(FakeDest::default())
-    }
-    fn send(&self, record: OutboxRecord, ticket: Ticket) -> Result<(), SendError<Ticket>> {
-        if let Some(class) = self.refuse_at_send {
-            let r = Refusal::new(class, "refused");
-            return Err(SendError::Refused(ticket, r, record));
-        }
-        let mut sent = self.sent.lock().unwrap();
-        if sent.len() >= self.room {
-            return Err(SendError::Full(ticket, record));
-        }
-        sent.push_back((record, ticket));
-        Ok(())
-    }
-    fn purge(&self) {}
-    async fn close(self) {}
-}
-
-impl FakeDest {
-    fn with_room(room: usize) -> Self {
-        FakeDest {
-            room,
-            ..FakeDest::default()
-        }
     }
 }
 
 const REL: u32 = 16400;
 
 fn relation() -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_u8(b'R');
-    b.put_u32(REL);
-    for s in ["public", "outbox"] {
-        b.put_slice(s.as_bytes());
-        b.put_u8(0);
-    }
-    b.put_u8(b'd');
-    let cols = [
+    let columns = [
         ("id", 25),
         ("aggregatetype", 25),
         ("aggregateid", 25),
         ("type", 25),
         ("payload", 3802),
     ];
-    b.put_u16(cols.len() as u16);
-    for (name, oid) in cols {
-        b.put_u8(0);
-        b.put_slice(name.as_bytes());
-        b.put_u8(0);
-        b.put_u32(oid);
-        b.put_i32(-1);
-    }
-    b.freeze()
+    encode(&Message::Relation(Relation {
+        id: REL,
+        namespace: "public".into(),
+        name: "outbox".into(),
+        replica_identity: b'd',
+        columns: columns
+            .iter()
+            .map(|(name, oid)| Column {
+                flags: 0,
+                name: (*name).into(),
+                type_oid: *oid,
+                type_modifier: -1,
+            })
+            .collect(),
+    }))
 }
 
 fn insert(id: &str, key: &str) -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_u8(b'I');
-    b.put_u32(REL);
-    b.put_u8(b'N');
     let values = [id, "order", key, "created", "{}"];
-    b.put_u16(values.len() as u16);
-    for v in values {
-        b.put_u8(b't');
-        b.put_i32(v.len() as i32);
-        b.put_slice(v.as_bytes());
-    }
-    b.freeze()
+    encode(&Message::Insert(Insert {
+        relation_id: REL,
+        new: TupleData(
+            values
+                .iter()
+                .map(|v| Value::Text(Bytes::copy_from_slice(v.as_bytes())))
+                .collect(),
+        ),
+    }))
 }
 
 fn begin(final_lsn: u64) -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_u8(b'B');
-    b.put_u64(final_lsn);
-    b.put_i64(crate::pgtime::now());
-    b.put_u32(700);
-    b.freeze()
+    encode(&Message::Begin(Begin {
+        final_lsn: Lsn(final_lsn),
+        commit_time: crate::pgtime::now(),
+        xid: 700,
+    }))
 }
 
 fn commit(lsn: u64, end: u64) -> Bytes {
-    let mut b = BytesMut::new();
-    b.put_u8(b'C');
-    b.put_u8(0);
-    b.put_u64(lsn);
-    b.put_u64(end);
-    b.put_i64(crate::pgtime::now());
-    b.freeze()
+    encode(&Message::Commit(Commit {
+        flags: 0,
+        commit_lsn: Lsn(lsn),
+        end_lsn: Lsn(end),
+        commit_time: crate::pgtime::now(),
+    }))
 }
 
 fn xlog(at: u64, data: Bytes) -> ReplicationMessage {
@@ -224,64 +173,22 @@ impl Harness {
     }
 }
 
-/// Runs the session's event loop against `dest` while `script` plays the test's part; the
-/// loop's result if it ended, `None` if the script finished first.
 async fn run(
     h: &mut Harness,
     dest: &FakeDest,
     script: impl std::future::Future<Output = ()>,
 ) -> Option<Result<(), StreamError>> {
-    let (_guard_tx, guard) = mpsc::channel(1);
-    let mut session = Session::new(&h.cfg, Lsn(START), "fake", None, None, guard);
     let mut wal = h.wal.take().unwrap();
-    let mut progress = Progress::default();
-    let looping = session.event_loop(&mut wal, dest, &mut h.acks, &h.shutdown, &mut progress);
-    tokio::select! {
-        r = looping => Some(r),
-        _ = script => None,
-    }
-}
-
-/// Waits until `dest` holds `n` records.
-async fn sent(dest: &FakeDest, n: usize) {
-    for _ in 0..500 {
-        if dest.sent.lock().unwrap().len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    panic!(
-        "{} records sent, expected {n}",
-        dest.sent.lock().unwrap().len()
-    );
-}
-
-/// Answers the sent record with event id `id`.
-fn answer(
-    dest: &FakeDest,
-    acks: &mpsc::UnboundedSender<Outcome<Ticket>>,
-    id: &str,
-    result: Result<(), Class>,
-) {
-    let mut sent = dest.sent.lock().unwrap();
-    let i = sent
-        .iter()
-        .position(|(r, _)| r.event_id == id.as_bytes())
-        .unwrap_or_else(|| panic!("{id} not sent"));
-    let (_, ticket) = sent.remove(i).unwrap();
-    let result = result
-        .map(|()| Receipt::default())
-        .map_err(|c| Refusal::new(c, "no"));
-    acks.send(Outcome {
-        ticket,
-        result,
-        returned: None,
-    })
-    .unwrap();
-}
-
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    run_session(
+        &h.cfg,
+        Lsn(START),
+        &mut wal,
+        dest,
+        &mut h.acks,
+        &h.shutdown,
+        script,
+    )
+    .await
 }
 
 #[tokio::test]
