@@ -336,7 +336,7 @@ impl Settings {
             cfg.kafka.properties.push(("sasl.password".into(), pw));
         }
         if need_kafka {
-            cfg.producer().producer_config(cfg.delivery)?;
+            cfg.producer().producer_config(cfg.plan())?;
         }
         cfg.status_interval = Duration::from_millis(self.status_interval_ms);
         cfg.max_in_flight_events = self.max_in_flight_events;

@@ -34,6 +34,25 @@ pub enum DestinationKind {
 }
 
 impl DestinationKind {
+    /// What this destination offers towards exactly-once ([`super::delivery::Plan`]).
+    pub fn exactly_once(self) -> super::delivery::ExactlyOnceBy {
+        use super::delivery::ExactlyOnceBy;
+        match self {
+            DestinationKind::Kafka => ExactlyOnceBy::Transactions,
+            DestinationKind::Nats => ExactlyOnceBy::Deduplication,
+            DestinationKind::RabbitMq => ExactlyOnceBy::Nothing,
+        }
+    }
+
+    /// For people: `Kafka`, `NATS`, `RabbitMQ`.
+    pub fn title(self) -> &'static str {
+        match self {
+            DestinationKind::Kafka => "Kafka",
+            DestinationKind::Nats => "NATS",
+            DestinationKind::RabbitMq => "RabbitMQ",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DestinationKind::Kafka => "kafka",

@@ -13,7 +13,7 @@ pub mod urls;
 mod validate;
 
 use crate::outbox::{OutboxConfig, PoisonPolicy, UpdatePolicy};
-pub use delivery::DeliveryMode;
+pub use delivery::{DeliveryMode, ExactlyOnceBy, Plan};
 pub use kafka::{is_secret_property, KafkaConfig};
 pub use kinds::{DestinationKind, Source};
 pub use nats::NatsConfig;
@@ -198,8 +198,8 @@ pub enum ConfigError {
     RoutingKey(String),
     #[error("{0:?} is not a valid RabbitMQ exchange name (1 to 255 letters, digits, '-', '_', '.', ':'; the default exchange cannot be used)")]
     Exchange(String),
-    #[error("delivery = exactly-once is not available on RabbitMQ: a publisher cannot make the broker drop a message it resends after a crash (RabbitMQ has no publisher-side duplicate removal), so use at-least-once and deduplicate on the message_id in the consumer (examples/rabbitmq_consumer.rs does)")]
-    RabbitExactlyOnce,
+    #[error("delivery = exactly-once is not available on {title}: a publisher cannot make the broker drop a message it resends after a crash ({title} has no publisher-side duplicate removal), so use at-least-once and deduplicate on the event id in the consumer (examples/rabbitmq_consumer.rs does)", title = .0.title())]
+    NoExactlyOnce(DestinationKind),
     #[error("source = poll with delivery = exactly-once needs a destination that removes duplicates (nats); on Kafka use at-least-once with an idempotent consumer")]
     PollExactlyOnce,
     #[error("{name} is out of range: at most {max} (one day)")]
@@ -307,6 +307,13 @@ impl Config {
     /// The delivery mode.
     pub fn delivery(&self) -> DeliveryMode {
         self.delivery
+    }
+
+    /// How the delivery mode is kept with this source and destination. A configuration that
+    /// [`validate`](Config::validate) refuses (exactly-once where it cannot be kept) runs as
+    /// at-least-once here: nothing lost.
+    pub fn plan(&self) -> Plan {
+        Plan::new(self.delivery, self.source, self.destination).unwrap_or(Plan::AtLeastOnce)
     }
 
     /// Exactly-once: the `transactional.id`, by default `pgoutbox-<slot>` (stable, so a

@@ -1,19 +1,18 @@
-//! The destination's part of [`Config::validate`]: its names and limits, and which delivery
-//! modes it can keep.
+//! The destination's part of [`Config::validate`]: its names and limits, and whether the
+//! delivery mode can be kept ([`Plan`]).
 
-use super::{nats, rabbitmq, Config, ConfigError, DeliveryMode, DestinationKind, Source};
+use super::delivery::Plan;
+use super::{nats, rabbitmq, Config, ConfigError, DestinationKind};
 
 impl Config {
     pub(super) fn validate_destination(&self) -> Result<(), ConfigError> {
+        Plan::new(self.delivery, self.source, self.destination)?;
         match self.destination {
             DestinationKind::Kafka => {
                 for topic in [&self.dead_letter_topic, &self.offsets_topic] {
                     if !crate::outbox::is_valid_topic(topic) {
                         return Err(ConfigError::Topic(topic.clone()));
                     }
-                }
-                if self.source == Source::Poll && self.delivery == DeliveryMode::ExactlyOnce {
-                    return Err(ConfigError::PollExactlyOnce);
                 }
             }
             DestinationKind::Nats => {
@@ -45,9 +44,6 @@ impl Config {
                     (&self.rabbitmq.tls_cert_file, "rabbitmq_tls_cert_file"),
                     (&self.rabbitmq.tls_key_file, "rabbitmq_tls_key_file"),
                 )?;
-                if self.delivery == DeliveryMode::ExactlyOnce {
-                    return Err(ConfigError::RabbitExactlyOnce);
-                }
             }
         }
         Ok(())

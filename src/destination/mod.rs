@@ -289,11 +289,6 @@ pub trait Destination<T: Send + 'static>: Sized + Send + Sync + 'static {
     /// Releases the connection.
     fn close(self) -> impl Future<Output = ()> + Send;
 
-    /// Whether `delivery = exactly-once` makes this destination transactional.
-    fn transactional(&self) -> bool {
-        false
-    }
-
     /// Transactional: fences older writers, and says through which WAL position their
     /// committed transactions reach.
     fn resume(

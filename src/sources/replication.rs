@@ -8,7 +8,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, DeliveryMode};
+use crate::config::Config;
 use crate::destination::Destination;
 use crate::lsn::Lsn;
 use crate::pipeline::session::{Session, Ticket};
@@ -113,7 +113,7 @@ async fn run_to<D: Destination<Ticket>>(
     let (ack_tx, mut acks) = mpsc::unbounded_channel();
     let dest = D::open(cfg, ack_tx).await?;
     // Transactional exactly-once: fence older writers first, then learn what they committed.
-    let batches = match cfg.delivery() == DeliveryMode::ExactlyOnce && dest.transactional() {
+    let batches = match cfg.plan().transactional() {
         true => Some(exactly_once_start(cfg, &dest, limit).await?),
         false => None,
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::topics::{self, Created, OffsetsTopic};
 use super::transactions::{offered, refusal, Support};
-use crate::config::{Config, DeliveryMode};
+use crate::config::Config;
 use crate::destination::admin::{Admin, CheckResult};
 use crate::destination::DestinationError;
 
@@ -18,8 +18,8 @@ pub struct KafkaAdmin;
 impl Admin for KafkaAdmin {
     async fn check(cfg: &Config) -> Vec<CheckResult> {
         let mut out = Vec::new();
-        let (kcfg, delivery) = (cfg.producer(), cfg.delivery());
-        let probe = tokio::task::spawn_blocking(move || super::probe(&kcfg, delivery, WAIT))
+        let (kcfg, plan) = (cfg.producer(), cfg.plan());
+        let probe = tokio::task::spawn_blocking(move || super::probe(&kcfg, plan, WAIT))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
@@ -56,7 +56,7 @@ impl Admin for KafkaAdmin {
                 Err(e) => CheckResult::failed("Kafka topics", e),
             });
         }
-        if delivery == DeliveryMode::ExactlyOnce {
+        if plan.transactional() {
             exactly_once(cfg, &mut out).await;
         }
         out

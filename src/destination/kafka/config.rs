@@ -4,7 +4,7 @@
 use rdkafka::ClientConfig;
 
 pub use crate::config::kafka::KafkaConfig;
-use crate::config::DeliveryMode;
+use crate::config::{DeliveryMode, Plan};
 
 /// A producer configuration that cannot work or would weaken the delivery guarantee.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ pub trait Librdkafka {
     /// Connection settings for any client (the offsets reader): brokers and user properties.
     fn client_config(&self) -> Result<ClientConfig, KafkaConfigError>;
     /// The librdkafka configuration for the producer of this delivery mode.
-    fn producer_config(&self, delivery: DeliveryMode) -> Result<ClientConfig, KafkaConfigError>;
+    fn producer_config(&self, plan: Plan) -> Result<ClientConfig, KafkaConfigError>;
 }
 
 impl Librdkafka for KafkaConfig {
@@ -82,11 +82,11 @@ impl Librdkafka for KafkaConfig {
         Ok(c)
     }
 
-    fn producer_config(&self, delivery: DeliveryMode) -> Result<ClientConfig, KafkaConfigError> {
+    fn producer_config(&self, plan: Plan) -> Result<ClientConfig, KafkaConfigError> {
         // At-most-once may trade acks for latency; the idempotent producer needs acks=all.
-        let enforced: &[_] = match delivery {
-            DeliveryMode::AtMostOnce => &[],
-            _ => ENFORCED,
+        let enforced: &[_] = match plan.confirms_first() {
+            true => &[],
+            false => ENFORCED,
         };
         if self.brokers.trim().is_empty() {
             return Err(KafkaConfigError::NoBrokers);
@@ -109,7 +109,7 @@ impl Librdkafka for KafkaConfig {
                         key: k.clone(),
                         value: v.clone(),
                         need,
-                        mode: delivery,
+                        mode: plan.mode(),
                     });
                 }
             }
@@ -124,7 +124,7 @@ impl Librdkafka for KafkaConfig {
                 }
             }
         }
-        if delivery == DeliveryMode::ExactlyOnce {
+        if plan.transactional() {
             let id = self.transactional_id.as_deref().unwrap_or("pgoutbox");
             c.set("transactional.id", id);
             // librdkafka requires message.timeout.ms <= transaction.timeout.ms (60 s default).
@@ -163,7 +163,7 @@ mod tests {
             properties: vec![("linger.ms".into(), "20".into())],
             ..KafkaConfig::default()
         };
-        let c = cfg.producer_config(DeliveryMode::AtLeastOnce).unwrap();
+        let c = cfg.producer_config(Plan::AtLeastOnce).unwrap();
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("linger.ms"), Some("20"));
@@ -177,7 +177,7 @@ mod tests {
             transactional_id: Some("pgoutbox-s1".into()),
             ..KafkaConfig::default()
         };
-        let c = cfg.producer_config(DeliveryMode::ExactlyOnce).unwrap();
+        let c = cfg.producer_config(Plan::Transactional).unwrap();
         assert_eq!(c.get("transactional.id"), Some("pgoutbox-s1"));
         assert_eq!(c.get("message.timeout.ms"), Some("60000"));
         assert_eq!(c.get("acks"), Some("all"));
@@ -186,7 +186,7 @@ mod tests {
             ..cfg
         };
         let e = own_id
-            .producer_config(DeliveryMode::ExactlyOnce)
+            .producer_config(Plan::Transactional)
             .unwrap_err()
             .to_string();
         assert!(e.contains("transactional_id"), "{e}");
@@ -200,14 +200,14 @@ mod tests {
             transactional_id: None,
             trust_read_committed: false,
         };
-        let c = cfg.producer_config(DeliveryMode::AtMostOnce).unwrap();
+        let c = cfg.producer_config(Plan::AtMostOnce).unwrap();
         assert_eq!(c.get("acks"), Some("1"));
         assert_eq!(c.get("enable.idempotence"), Some("false"));
         let default = KafkaConfig {
             properties: vec![],
             ..cfg
         };
-        let c = default.producer_config(DeliveryMode::AtMostOnce).unwrap();
+        let c = default.producer_config(Plan::AtMostOnce).unwrap();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
     }
@@ -220,13 +220,10 @@ mod tests {
                 properties: vec![(k.into(), v.into())],
                 ..KafkaConfig::default()
             };
-            assert!(
-                cfg.producer_config(DeliveryMode::AtLeastOnce).is_err(),
-                "{k}={v}"
-            );
+            assert!(cfg.producer_config(Plan::AtLeastOnce).is_err(), "{k}={v}");
         }
         assert!(KafkaConfig::default()
-            .producer_config(DeliveryMode::AtLeastOnce)
+            .producer_config(Plan::AtLeastOnce)
             .is_err());
     }
 
@@ -243,10 +240,8 @@ mod tests {
             ],
             ..KafkaConfig::default()
         };
-        let producer: Result<rdkafka::producer::BaseProducer, _> = cfg
-            .producer_config(DeliveryMode::AtLeastOnce)
-            .unwrap()
-            .create();
+        let producer: Result<rdkafka::producer::BaseProducer, _> =
+            cfg.producer_config(Plan::AtLeastOnce).unwrap().create();
         assert!(producer.is_ok(), "{:?}", producer.err());
     }
 
@@ -259,7 +254,7 @@ mod tests {
                 ..KafkaConfig::default()
             };
             let e = cfg
-                .producer_config(DeliveryMode::AtLeastOnce)
+                .producer_config(Plan::AtLeastOnce)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(k), "{e}");

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::config::{KafkaConfig, KafkaConfigError, Librdkafka};
 use super::error::{is_backpressure, refusal};
 use super::offsets::{self, OffsetRecord, OffsetsError, ProbeRecord};
-use crate::config::{Config, DeliveryMode};
+use crate::config::{Config, Plan};
 use crate::destination::{
     Class, Destination, DestinationError, Outcome, Receipt, Refusal, Returned, SendError,
     TXN_HEADER,
@@ -104,7 +104,6 @@ pub struct KafkaSink<T: Send + Sync + 'static> {
     // Shared with the blocking threads that run transaction calls.
     producer: Arc<ThreadedProducer<AckContext<T>>>,
     settings: KafkaConfig,
-    transactional: bool,
     slot: String,
     offsets_topic: String,
 }
@@ -156,19 +155,18 @@ fn txn_error(e: KafkaError) -> DestinationError {
 }
 
 impl<T: Send + Sync + 'static> KafkaSink<T> {
-    /// Creates the producer for `delivery`; delivery reports go to `acks`.
+    /// Creates the producer for `plan`; delivery reports go to `acks`.
     pub fn new(
         cfg: &KafkaConfig,
-        delivery: DeliveryMode,
+        plan: Plan,
         acks: mpsc::UnboundedSender<Outcome<T>>,
     ) -> Result<Self, SinkError> {
-        let client = cfg.producer_config(delivery)?;
+        let client = cfg.producer_config(plan)?;
         let producer = ThreadedProducer::from_config_and_context(&client, AckContext { acks })
             .map_err(SinkError::Create)?;
         Ok(KafkaSink {
             producer: Arc::new(producer),
             settings: cfg.clone(),
-            transactional: delivery == DeliveryMode::ExactlyOnce,
             slot: String::new(),
             offsets_topic: String::new(),
         })
@@ -311,7 +309,7 @@ impl<T: Send + Sync + 'static> Destination<T> for KafkaSink<T> {
         cfg: &Config,
         outcomes: mpsc::UnboundedSender<Outcome<T>>,
     ) -> Result<Self, DestinationError> {
-        let mut sink = KafkaSink::new(&cfg.producer(), cfg.delivery(), outcomes)?;
+        let mut sink = KafkaSink::new(&cfg.producer(), cfg.plan(), outcomes)?;
         sink.slot = cfg.slot.clone();
         sink.offsets_topic = cfg.offsets_topic.clone();
         Ok(sink)
@@ -350,10 +348,6 @@ impl<T: Send + Sync + 'static> Destination<T> for KafkaSink<T> {
     async fn close(self) {
         // Dropping the producer blocks briefly while librdkafka shuts down.
         let _ = tokio::task::spawn_blocking(move || drop(self)).await;
-    }
-
-    fn transactional(&self) -> bool {
-        self.transactional
     }
 
     /// Refuses a broker without transactions and an offsets topic that is missing or not
@@ -454,11 +448,11 @@ impl<T: Send + Sync + 'static> Destination<T> for KafkaSink<T> {
 /// Blocking (librdkafka); call it from a blocking thread.
 pub fn probe(
     cfg: &KafkaConfig,
-    delivery: DeliveryMode,
+    plan: Plan,
     timeout: std::time::Duration,
 ) -> Result<usize, SinkError> {
     let producer: rdkafka::producer::BaseProducer = cfg
-        .producer_config(delivery)?
+        .producer_config(plan)?
         .create()
         .map_err(SinkError::Create)?;
     let md = producer

@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::config::{KafkaConfig, Librdkafka};
-use crate::config::{Config, DeliveryMode};
+use crate::config::Config;
 use crate::outbox::PoisonPolicy;
 
 /// A topic to make: its name, partitions and settings.
@@ -82,7 +82,7 @@ pub fn wanted(cfg: &Config, routes: &[String]) -> Vec<TopicSpec> {
 /// dead-letter topic (`on_poison = dead-letter`).
 pub fn required(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if cfg.delivery() == DeliveryMode::ExactlyOnce {
+    if cfg.plan().transactional() {
         out.push(cfg.offsets_topic.clone());
     }
     if cfg.on_poison == PoisonPolicy::DeadLetter {

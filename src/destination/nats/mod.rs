@@ -27,7 +27,7 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::nats::is_valid_subject;
-use crate::config::{Config, DeliveryMode, NatsConfig};
+use crate::config::{Config, NatsConfig, Plan};
 use crate::destination::{
     enqueue, room, Class, Destination, DestinationError, Outcome, Refusal, SendError,
 };
@@ -151,8 +151,8 @@ impl<T: Send + 'static> Destination<T> for NatsSink<T> {
         let info = stream::inspect(&js, &cfg.nats).await?;
         if info.duplicate_window < cfg.nats.duplicate_window {
             let why = stream::short_window(&cfg.nats, info.duplicate_window);
-            match cfg.delivery() {
-                DeliveryMode::ExactlyOnce => return Err(DestinationError::Config(why)),
+            match cfg.plan() {
+                Plan::Deduplicated => return Err(DestinationError::Config(why)),
                 _ => tracing::warn!("{why}"),
             }
         }

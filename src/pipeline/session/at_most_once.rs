@@ -12,7 +12,6 @@ use tracing::{debug, error, info, warn};
 
 use super::event_loop::sleep_until_opt;
 use super::{Session, StreamError, Ticket};
-use crate::config::DeliveryMode;
 use crate::destination::{Class, Destination, Outcome, Refusal, Returned};
 use crate::metrics as m;
 use crate::outbox::OutboxRecord;
@@ -28,7 +27,7 @@ const REFILL: usize = 64;
 
 impl Session<'_> {
     fn at_most_once(&self) -> bool {
-        self.mode == DeliveryMode::AtMostOnce
+        self.plan.confirms_first()
     }
 
     /// The held transaction is confirmed: its events are released to the producer.

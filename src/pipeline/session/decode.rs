@@ -5,7 +5,6 @@ use bytes::Bytes;
 use tracing::{debug, error, info, trace, warn};
 
 use super::{protocol, Session, Step, Ticket};
-use crate::config::DeliveryMode;
 use crate::destination::TXN_HEADER;
 use crate::lsn::Lsn;
 use crate::metrics as m;
@@ -172,7 +171,7 @@ impl Session<'_> {
         standalone_end: Lsn,
     ) -> Result<Step, StreamError> {
         self.meters.decoded.increment(1);
-        let counted = self.mode != DeliveryMode::AtMostOnce;
+        let counted = !self.plan.confirms_first();
         if let Some(k) = &mut self.batches {
             let delivered = match self.tx {
                 Some(_) => self.skip_tx,

@@ -28,7 +28,7 @@ mod tests;
 use super::batches::Batches;
 use super::held::{Held, Release};
 use super::{AckedEvent, Budget, StreamError};
-use crate::config::{Config, DeliveryMode};
+use crate::config::{Config, Plan};
 use crate::destination::Class;
 use crate::lsn::Lsn;
 use crate::metrics as m;
@@ -112,9 +112,8 @@ enum Step {
 /// Per-session state: the watermark, relation cache, mapper and in-flight budget.
 pub struct Session<'a> {
     cfg: &'a Config,
-    /// The delivery mode as this destination keeps it (exactly-once without transactions is
-    /// at-least-once here, the destination removing duplicates).
-    mode: DeliveryMode,
+    /// How the delivery mode is kept (transactional exactly-once also has `batches`).
+    plan: Plan,
     wm: Watermark,
     relations: RelationCache,
     mapper: OutboxMapper,
@@ -254,13 +253,9 @@ impl<'a> Session<'a> {
         batches: Option<Batches>,
         guard: mpsc::Receiver<StreamError>,
     ) -> Self {
-        let mode = match (cfg.delivery(), &batches) {
-            (DeliveryMode::ExactlyOnce, None) => DeliveryMode::AtLeastOnce,
-            (mode, _) => mode,
-        };
         Session {
             health: None,
-            mode,
+            plan: cfg.plan(),
             pending: VecDeque::new(),
             retry_at: None,
             retries: 0,

@@ -404,7 +404,9 @@ async fn a_graceful_stop_waits_for_outstanding_outcomes_then_confirms() {
 fn exactly_once_without_destination_transactions_runs_as_at_least_once() {
     let mut cfg = Config::new("postgres://u@127.0.0.1:9/db", "127.0.0.1:9");
     cfg.delivery = DeliveryMode::ExactlyOnce;
+    cfg.destination = crate::config::DestinationKind::Nats;
     let (_tx, guard) = mpsc::channel(1);
     let s = Session::new(&cfg, Lsn(START), "fake", None, None, guard);
-    assert_eq!(s.mode, DeliveryMode::AtLeastOnce);
+    assert_eq!(s.plan, crate::config::Plan::Deduplicated);
+    assert!(!s.plan.confirms_first() && !s.plan.transactional());
 }
