@@ -16,10 +16,6 @@ use crate::pipeline::batches::Batches;
 use crate::pipeline::{Progress, StreamError};
 use crate::replication::ReplicationError;
 
-/// The least time between two status updates sent because the watermark moved (the periodic
-/// ones and replies to keepalives go out regardless).
-const CONFIRM_GAP: Duration = Duration::from_millis(20);
-
 /// At most this many messages already read are handled for one wait on the stream (status
 /// updates and acks are looked at in between).
 const BURST: usize = 256;
@@ -59,8 +55,9 @@ impl Session<'_> {
                 // Not reading on purpose (backpressure): silence proves nothing.
                 heard = Instant::now();
             }
-            confirm_due
-                .set((self.flushable() > self.sent_flush).then_some(self.sent_at + CONFIRM_GAP));
+            confirm_due.set(
+                (self.flushable() > self.sent_flush).then(|| self.sent_at + wal.confirm_gap()),
+            );
             // Only between transactions: inside one, its Commit comes first.
             batch_due.set(
                 self.batches
@@ -88,7 +85,7 @@ impl Session<'_> {
                     self.send_status(wal, silent > timeout / 2).await?;
                     self.watch_destination(dest);
                 }
-                // The watermark moved: confirm it promptly, at most one update per CONFIRM_GAP,
+                // The watermark moved: confirm it promptly, at most one update per confirm gap,
                 // so a crash resends about what was in flight, not a status interval's worth.
                 () = confirm_due.wait() => self.send_status(wal, false).await?,
                 Some(d) = acks.recv() => self.on_delivery(d)?,

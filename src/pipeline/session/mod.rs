@@ -57,6 +57,11 @@ pub trait Wal: Send {
     ) -> impl Future<Output = Result<(), StreamError>> + Send;
     /// Ends the stream.
     fn close(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send;
+    /// The least time between two status updates sent because the watermark moved (the
+    /// periodic ones and replies go out regardless): coalesces a walsender's confirmations.
+    fn confirm_gap(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(20)
+    }
 }
 
 impl Wal for ReplicationStream {
