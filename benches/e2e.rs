@@ -87,7 +87,8 @@ struct Live {
     p95_ms: f64,
     p99_ms: f64,
     max_ms: f64,
-    /// Commit → Kafka ack, from pgoutbox's own histogram (bucket upper bounds; replication only).
+    /// Commit → the destination's ack, from pgoutbox's own histogram (bucket upper bounds;
+    /// polling: from the poll that read the row).
     ack_p50_ms: Option<f64>,
     ack_p95_ms: Option<f64>,
     ack_p99_ms: Option<f64>,

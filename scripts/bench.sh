@@ -6,7 +6,7 @@
 #   scripts/bench.sh                 # 1M-event backlogs, 3 runs each, 10 s per load level
 #   BENCH_EVENTS=100000 BENCH_REPS=1 BENCH_SECONDS=3 scripts/bench.sh   # a quick look
 # NATS: a current nats-server (scripts/nats-fetch.sh), because Debian's 2.9.10 stalls
-# publishes to file-backed streams (README "Performance"); PGOUTBOX_NATS_SERVER picks another,
+# publishes to file-backed streams (docs/nats.md); PGOUTBOX_NATS_SERVER picks another,
 # BENCH_NATS_SERVER=debian Debian's.
 set -euo pipefail
 cd "$(dirname "$0")/.."

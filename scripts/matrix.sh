@@ -70,7 +70,7 @@ fi
 # (tests/it/kafka_tansu.rs). Exactly-once needs Kafka transactions, which tansu lacks: those
 # tests run on the mock only (tansu's refusal is tested). So does the at-most-once outage
 # test: tansu 0.6 panics on an idempotent produce from a producer it lost in its restart, so
-# the same producer's resends fail for good (README, Kafka brokers).
+# the same producer's resends fail for good (docs/kafka.md, "Brokers").
 if [ -n "$majors" ]; then
     tansu=$(scripts/tansu-fetch.sh)
     echo "== Kafka tests on tansu ($tansu)"

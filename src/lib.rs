@@ -2,7 +2,7 @@
 //! message broker (Kafka, NATS JetStream, RabbitMQ), confirming WAL to the slot only past transactions
 //! whose every event the broker acknowledged.
 //!
-//! The modules follow the data flow (README "Layout"):
+//! The modules follow the data flow (docs/architecture.md, "Code map"):
 //! [`sources`] ([`replication`] wire protocol → [`pgoutput`] decoder, or polling) →
 //! [`outbox`] (mapping) → [`pipeline`] (the guarantees: [`pipeline::watermark`], delivery
 //! modes, poison policy) → [`destination`] (I/O only) → outcomes back into the pipeline.

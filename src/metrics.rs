@@ -1,7 +1,7 @@
 //! Metric names (all prefixed `pgoutbox_`) and their descriptions. The library records
 //! through the `metrics` facade; the binary decides how to export (Prometheus).
 
-/// Events Kafka acknowledged, by `topic`.
+/// Events the destination acknowledged, by `topic` and `destination`.
 pub const EVENTS_DELIVERED: &str = "pgoutbox_events_delivered_total";
 /// Failed deliveries by `kind`: `backpressure`, `retriable`, `final`.
 pub const DELIVERY_ERRORS: &str = "pgoutbox_delivery_errors_total";
@@ -40,7 +40,8 @@ pub const SLOT_WAL_KEEP_LIMIT: &str = "pgoutbox_slot_wal_keep_limit_bytes";
 pub const SLOT_INVALIDATED: &str = "pgoutbox_slot_invalidated";
 /// Always 1, with the `version` label.
 pub const BUILD_INFO: &str = "pgoutbox_build_info";
-/// Seconds from the transaction's commit in PostgreSQL to Kafka's ack, per event.
+/// Seconds from the transaction's commit in PostgreSQL (polling: from the poll that read the
+/// row) to the destination's ack, per event.
 pub const COMMIT_TO_ACK: &str = "pgoutbox_commit_to_ack_seconds";
 
 /// UPDATEs of outbox rows seen (`on_update` warn/error), by `table`.

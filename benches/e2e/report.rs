@@ -52,7 +52,7 @@ pub fn markdown(r: &Results) -> String {
             d.pgoutbox_events_per_sec, d.ratio, d.pgoutbox_cpu_secs_per_million, d.pgoutbox_peak_rss_mib
         );
     }
-    let _ = writeln!(s, "\n**Live latency** (ms): commit → consumer, exact per event; commit → ack, from pgoutbox's histogram (≤ bucket bound; replication only)\n");
+    let _ = writeln!(s, "\n**Live latency** (ms): commit → consumer, exact per event; commit → ack, from pgoutbox's histogram (≤ bucket bound; polling: from the poll that read the row)\n");
     let _ = writeln!(s, "| rate (ev/s) | source | achieved ev/s | p50 | p95 | p99 | max | ack p50 | ack p95 | ack p99 | received | pgoutbox CPU s / M | pgoutbox peak RSS | PostgreSQL CPU s / M |");
     let _ = writeln!(
         s,

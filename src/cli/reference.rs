@@ -12,24 +12,29 @@ pub fn reference() -> String {
          file (`--config`), as an environment variable or as a flag; a flag wins over the \
          environment, which wins over the file. The table-less outbox, further outbox tables \
          (`[[tables]]`) and librdkafka properties (`[kafka]`, `-X key=value`, \
-         `PGOUTBOX_KAFKA_PROPERTIES`) are described in the README.\n\n\
-         | file key | environment | flag | default | meaning |\n|---|---|---|---|---|\n",
+         `PGOUTBOX_KAFKA_PROPERTIES`) are described in [kafka.md](kafka.md) and \
+         [postgres.md](postgres.md). The sections are the headings of `pgoutbox run --help`.\n",
     );
-    for (key, env, doc) in super::settings::REFERENCE {
-        let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
-        let (meaning, default) = match doc.rsplit_once(" [default: ") {
-            Some((m, d)) => (m.to_owned(), d.trim_end_matches(']').to_owned()),
-            None => (doc.clone(), String::new()),
-        };
-        let default = match default.as_str() {
-            "" => "—".to_owned(),
-            d => format!("`{d}`"),
-        };
+    for heading in super::settings::heading::ALL {
         out.push_str(&format!(
-            "| `{key}` | `{env}` | `--{}` | {default} | {} |\n",
-            key.replace('_', "-"),
-            meaning.replace('|', "\\|")
+            "\n## {heading}\n\n| file key | environment | flag | default | meaning |\n|---|---|---|---|---|\n"
         ));
+        for (_, key, env, doc) in super::settings::REFERENCE.iter().filter(|r| r.0 == heading) {
+            let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+            let (meaning, default) = match doc.rsplit_once(" [default: ") {
+                Some((m, d)) => (m.to_owned(), d.trim_end_matches(']').to_owned()),
+                None => (doc.clone(), String::new()),
+            };
+            let default = match default.as_str() {
+                "" => "—".to_owned(),
+                d => format!("`{d}`"),
+            };
+            out.push_str(&format!(
+                "| `{key}` | `{env}` | `--{}` | {default} | {} |\n",
+                key.replace('_', "-"),
+                meaning.replace('|', "\\|")
+            ));
+        }
     }
     out
 }

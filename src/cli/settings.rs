@@ -2,7 +2,8 @@
 //!
 //! Each key is declared once in `settings!` below, which generates the clap flags (each with
 //! its environment variable), the strict TOML struct (unknown keys are errors naming the key)
-//! and the merge. Defaults are documented here and in README's configuration table.
+//! and the merge. Each belongs to a `--help` heading ([`heading`]); docs/configuration.md is
+//! generated from the declarations (`pgoutbox config --reference`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,24 +28,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `--help` headings, which are also the sections of docs/configuration.md.
+pub mod heading {
+    pub const POSTGRES: &str = "PostgreSQL";
+    pub const KAFKA: &str = "Kafka";
+    pub const NATS: &str = "NATS";
+    pub const RABBITMQ: &str = "RabbitMQ";
+    pub const EVENTS: &str = "Events and routing";
+    pub const DELIVERY: &str = "Delivery";
+    pub const OPERATIONS: &str = "Operations";
+    /// In this order.
+    pub const ALL: [&str; 7] = [
+        POSTGRES, KAFKA, NATS, RABBITMQ, EVENTS, DELIVERY, OPERATIONS,
+    ];
+}
+
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
+    ($( $heading:ident { $( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )* } )*) => {
         /// Settings given on the command line or in the environment (`None` = not given).
         #[derive(Debug, Default, Clone, clap::Args)]
         pub struct SettingArgs {
             /// TOML configuration file; flags and environment variables override it.
             #[arg(long, env = "PGOUTBOX_CONFIG", value_name = "FILE")]
             pub config: Option<PathBuf>,
+            $( $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env, hide_env_values = true, help_heading = heading::$heading)]
+                pub $name: Option<$ty>,
+            )* )*
             /// Any librdkafka producer property, key=value; repeatable (env: separated by ';').
             /// Overrides the file's [kafka] table.
             #[arg(short = 'X', long = "kafka-property", env = "PGOUTBOX_KAFKA_PROPERTIES",
-                  value_delimiter = ';', value_name = "KEY=VALUE")]
+                  value_delimiter = ';', value_name = "KEY=VALUE", help_heading = heading::KAFKA)]
             pub kafka_properties: Vec<String>,
-            $(
-                $(#[doc = $doc])*
-                #[arg(long, env = $env, hide_env_values = true)]
-                pub $name: Option<$ty>,
-            )*
         }
 
         /// The TOML file. Unknown keys are rejected.
@@ -57,13 +73,13 @@ macro_rules! settings {
             /// Further outbox tables (`[[tables]]`), each with its own routing.
             #[serde(default)]
             pub tables: Vec<TableSettings>,
-            $( pub $name: Option<$ty>, )*
+            $( $( pub $name: Option<$ty>, )* )*
         }
 
-        /// Every setting's key, environment variable and help text, in declaration order:
-        /// the source of `pgoutbox config --reference` (docs/configuration.md).
-        pub const REFERENCE: &[(&str, &str, &str)] = &[
-            $( (stringify!($name), $env, concat!($($doc, "\n"),*)), )*
+        /// Every setting's heading, key, environment variable and help text, in declaration
+        /// order: the source of `pgoutbox config --reference` (docs/configuration.md).
+        pub const REFERENCE: &[(&str, &str, &str, &str)] = &[
+            $( $( (heading::$heading, stringify!($name), $env, concat!($($doc, "\n"),*)), )* )*
         ];
 
         /// Every setting, resolved.
@@ -75,7 +91,7 @@ macro_rules! settings {
             pub tables: Vec<TableSettings>,
             /// The settings given (flag, environment or file) rather than defaulted.
             pub explicit: std::collections::BTreeSet<&'static str>,
-            $( pub $name: $ty, )*
+            $( $( pub $name: $ty, )* )*
         }
 
         impl Settings {
@@ -83,11 +99,11 @@ macro_rules! settings {
             /// shown as `***`.
             pub fn to_toml(&self) -> anyhow::Result<String> {
                 let mut t = toml::Table::new();
-                $(
+                $( $(
                     let value = toml::Value::try_from(&self.$name)
                         .with_context(|| format!("showing setting {}", stringify!($name)))?;
                     t.insert(stringify!($name).to_owned(), value);
-                )*
+                )* )*
                 redact(&mut t, &self.kafka_properties, &self.tables)?;
                 Ok(format!(
                     "# pgoutbox: the effective configuration (flags > environment > file > defaults); secrets as ***\n{}",
@@ -108,16 +124,16 @@ macro_rules! settings {
                     kafka_properties.push(KafkaConfig::parse_property(p)?);
                 }
                 let mut explicit = std::collections::BTreeSet::new();
-                $(
+                $( $(
                     if args.$name.is_some() || file.$name.is_some() {
                         explicit.insert(stringify!($name));
                     }
-                )*
+                )* )*
                 Ok(Settings {
                     kafka_properties,
                     tables: file.tables,
                     explicit,
-                    $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )*
+                    $( $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )* )*
                 })
             }
         }
@@ -125,136 +141,150 @@ macro_rules! settings {
 }
 
 settings! {
-    /// PostgreSQL URL or key=value string, e.g. postgres://pgoutbox@db:5432/app (required)
-    postgres_url: String = String::new(), "PGOUTBOX_POSTGRES_URL";
-    /// Password for PostgreSQL (prefer the environment or postgres_password_file to a flag)
-    postgres_password: String = String::new(), "PGOUTBOX_POSTGRES_PASSWORD";
-    /// File holding the PostgreSQL password (trailing newline ignored)
-    postgres_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_PASSWORD_FILE";
-    /// TLS to PostgreSQL: disable, prefer, require, verify-ca, verify-full (overrides the URL's sslmode) [default: prefer]
-    postgres_sslmode: String = String::new(), "PGOUTBOX_POSTGRES_SSLMODE";
-    /// Root certificate(s) (PEM) to verify the server with (overrides the URL's sslrootcert)
-    postgres_sslrootcert: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_SSLROOTCERT";
-    /// Where events go: kafka, nats (JetStream) or rabbitmq [default: kafka]
-    destination: String = "kafka".into(), "PGOUTBOX_DESTINATION";
-    /// Kafka bootstrap servers, e.g. kafka-1:9092,kafka-2:9092 (required with destination = kafka)
-    kafka_brokers: String = String::new(), "PGOUTBOX_KAFKA_BROKERS";
-    /// File holding the Kafka SASL password (sets sasl.password)
-    kafka_sasl_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_KAFKA_SASL_PASSWORD_FILE";
-    /// NATS server URL(s), comma-separated (a cluster's nodes, tried in order), each with its own credentials: nats://user:password@host:port or nats://token@host:port [default: nats://127.0.0.1:4222]
-    nats_url: String = pgoutbox::config::nats::DEFAULT_URL.into(), "PGOUTBOX_NATS_URL";
-    /// NATS credentials file (.creds: JWT and NKey seed) [default: none]
-    nats_credentials_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_CREDENTIALS_FILE";
-    /// A file holding a user NKey seed (SU…), for servers whose users are NKeys [default: none]
-    nats_nkey_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_NKEY_FILE";
-    /// JetStream stream that stores the outbox subjects (check looks it up, setup can create it) [default: OUTBOX]
-    nats_stream: String = pgoutbox::config::nats::DEFAULT_STREAM.into(), "PGOUTBOX_NATS_STREAM";
-    /// Seconds of duplicate removal (Nats-Msg-Id) the stream must keep at least: check fails on a shorter duplicate_window [default: 120]
-    nats_duplicate_window_secs: u64 = 120, "PGOUTBOX_NATS_DUPLICATE_WINDOW_SECS";
-    /// Milliseconds the server may answer nothing (no PubAck for any publish) before a publish counts as failed [default: 10000]
-    nats_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_NATS_ACK_TIMEOUT_MS";
-    /// Publishes awaiting acknowledgement at most [default: 16384]
-    nats_max_pending: usize = 16384, "PGOUTBOX_NATS_MAX_PENDING";
-    /// Root certificate(s) (PEM) that the server's certificate may chain to, besides the system's; requires TLS [default: the system's only]
-    nats_tls_ca_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_CA_FILE";
-    /// Client certificate (PEM) for a server that verifies clients (mutual TLS); with nats_tls_key_file [default: none]
-    nats_tls_cert_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_CERT_FILE";
-    /// Private key (PEM) of nats_tls_cert_file [default: none]
-    nats_tls_key_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_KEY_FILE";
-    /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS; %2f is the vhost /) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
-    rabbitmq_url: String = pgoutbox::config::rabbitmq::DEFAULT_URL.into(), "PGOUTBOX_RABBITMQ_URL";
-    /// Exchange to publish to, the topic being the routing key (check looks it up, setup can declare it) [default: outbox]
-    rabbitmq_exchange: String = pgoutbox::config::rabbitmq::DEFAULT_EXCHANGE.into(), "PGOUTBOX_RABBITMQ_EXCHANGE";
-    /// Milliseconds the broker may confirm nothing before a publish counts as failed (paused while it blocks publishers) [default: 10000]
-    rabbitmq_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_RABBITMQ_ACK_TIMEOUT_MS";
-    /// Publishes awaiting their confirm at most [default: 4096]
-    rabbitmq_max_pending: usize = 4096, "PGOUTBOX_RABBITMQ_MAX_PENDING";
-    /// Root certificate(s) (PEM) that an amqps:// node's certificate may chain to, besides the system's [default: the system's only]
-    rabbitmq_tls_ca_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_CA_FILE";
-    /// Client certificate (PEM) for a node that verifies peers (mutual TLS, amqps:// only); with rabbitmq_tls_key_file [default: none]
-    rabbitmq_tls_cert_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_CERT_FILE";
-    /// Private key (PEM) of rabbitmq_tls_cert_file [default: none]
-    rabbitmq_tls_key_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_KEY_FILE";
-    /// Logical replication slot, created on first start if missing [default: pgoutbox]
-    slot: String = DEFAULT_SLOT.into(), "PGOUTBOX_SLOT";
-    /// Publication covering the outbox table [default: pgoutbox_pub]
-    publication: String = DEFAULT_PUBLICATION.into(), "PGOUTBOX_PUBLICATION";
-    /// The outbox table, schema-qualified [default: public.outbox]
-    table: String = "public.outbox".into(), "PGOUTBOX_TABLE";
-    /// Topic per event; ${routedByValue} is the route column's value [default: outbox.event.${routedByValue}]
-    topic_template: String = TopicTemplate::DEFAULT.into(), "PGOUTBOX_TOPIC_TEMPLATE";
-    /// Prefix of pg_logical_emit_message records that are outbox events (table-less outbox); empty = off [default: outbox]
-    message_prefix: String = "outbox".into(), "PGOUTBOX_MESSAGE_PREFIX";
-    /// Extra columns placed as record headers, column[:header] separated by commas, e.g. tenant_id:x-tenant,region [default: none]
-    additional_headers: String = String::new(), "PGOUTBOX_ADDITIONAL_HEADERS";
-    /// Column that becomes the `id` header [default: id]
-    id_column: String = "id".into(), "PGOUTBOX_ID_COLUMN";
-    /// Column that fills the topic template [default: aggregatetype]
-    route_column: String = "aggregatetype".into(), "PGOUTBOX_ROUTE_COLUMN";
-    /// Column that becomes the record key [default: aggregateid]
-    key_column: String = "aggregateid".into(), "PGOUTBOX_KEY_COLUMN";
-    /// Column that becomes the `type` header [default: type]
-    type_column: String = "type".into(), "PGOUTBOX_TYPE_COLUMN";
-    /// Column that becomes the record value [default: payload]
-    payload_column: String = "payload".into(), "PGOUTBOX_PAYLOAD_COLUMN";
-    /// Column whose integer value is the record's partition; empty = the key decides [default: none]
-    partition_column: String = String::new(), "PGOUTBOX_PARTITION_COLUMN";
-    /// A NULL or empty payload becomes a tombstone (true/false); otherwise it is an empty value [default: false]
-    tombstone_on_empty_payload: bool = false, "PGOUTBOX_TOMBSTONE_ON_EMPTY_PAYLOAD";
-    /// A NULL key column makes the event a poison event (true/false); otherwise it is delivered without a key [default: false]
-    require_key: bool = false, "PGOUTBOX_REQUIRE_KEY";
-    /// An UPDATE of an outbox row (publication publishing updates): warn, error (log and go on) or fatal (stop) [default: warn]
-    on_update: String = "warn".into(), "PGOUTBOX_ON_UPDATE";
-    /// An event the destination refuses for good or that cannot be routed: fail (stop), dead-letter, or skip (log and count) [default: fail]
-    on_poison: String = "fail".into(), "PGOUTBOX_ON_POISON";
-    /// Delivery mode: at-least-once, at-most-once (no duplicates, may lose on a crash) or exactly-once (Kafka transactions; NATS: duplicate removal) [default: at-least-once]
-    delivery: String = "at-least-once".into(), "PGOUTBOX_DELIVERY";
-    /// Where events come from: replication (logical replication slot) or poll (polling publisher; run sql/poll.sql) [default: replication]
-    source: String = "replication".into(), "PGOUTBOX_SOURCE";
-    /// Polling: milliseconds between polls that found less than a full batch [default: 1000]
-    poll_interval_ms: u64 = 1000, "PGOUTBOX_POLL_INTERVAL_MS";
-    /// Polling: rows per poll and per transaction [default: 1000]
-    poll_batch: usize = 1000, "PGOUTBOX_POLL_BATCH";
-    /// Polling: what to do with sent rows, mark (status = 1) or delete [default: mark]
-    poll_cleanup: String = "mark".into(), "PGOUTBOX_POLL_CLEANUP";
-    /// Exactly-once: the producer's transactional.id, stable across restarts [default: pgoutbox-<slot>]
-    transactional_id: String = String::new(), "PGOUTBOX_TRANSACTIONAL_ID";
-    /// Exactly-once: skip the start-up check that the brokers hide aborted transactions from read_committed readers, and take every offsets record read as committed; only for librdkafka's mock cluster in tests, which does not hide them (true/false) [default: false]
-    kafka_trust_read_committed: bool = false, "PGOUTBOX_KAFKA_TRUST_READ_COMMITTED";
-    /// Exactly-once: compacted topic recording (slot, end_lsn) per Kafka transaction [default: pgoutbox.offsets]
-    offsets_topic: String = pgoutbox::config::DEFAULT_OFFSETS_TOPIC.into(), "PGOUTBOX_OFFSETS_TOPIC";
-    /// Exactly-once: milliseconds between Kafka transaction commits [default: 100]
-    transaction_interval_ms: u64 = 100, "PGOUTBOX_TRANSACTION_INTERVAL_MS";
-    /// Topic for on_poison = dead-letter [default: pgoutbox.dead-letter]
-    dead_letter_topic: String = pgoutbox::config::DEFAULT_DEAD_LETTER_TOPIC.into(), "PGOUTBOX_DEAD_LETTER_TOPIC";
-    /// Milliseconds between standby status updates [default: 1000]
-    status_interval_ms: u64 = 1000, "PGOUTBOX_STATUS_INTERVAL_MS";
-    /// Pause reading WAL while this many events await acks [default: 10000]
-    max_in_flight_events: usize = 10_000, "PGOUTBOX_MAX_IN_FLIGHT_EVENTS";
-    /// Pause reading WAL while in-flight events hold this many bytes [default: 33554432]
-    max_in_flight_bytes: usize = 32 << 20, "PGOUTBOX_MAX_IN_FLIGHT_BYTES";
-    /// Seconds without any message from PostgreSQL (a reply is requested first) before the replication connection counts as dead [default: 60]
-    replication_timeout_secs: u64 = 60, "PGOUTBOX_REPLICATION_TIMEOUT_SECS";
-    /// Seconds to wait for in-flight acks on SIGTERM/SIGINT [default: 10]
-    shutdown_timeout_secs: u64 = 10, "PGOUTBOX_SHUTDOWN_TIMEOUT_SECS";
-    /// Create the slot when it is missing at start (true/false) [default: true]
-    create_slot: bool = true, "PGOUTBOX_CREATE_SLOT";
-    /// Create the slot as a failover slot, kept by standbys with sync_replication_slots (PostgreSQL 17+; true/false) [default: true]
-    failover: bool = true, "PGOUTBOX_FAILOVER";
-    /// Stream from a failover slot although a standby's physical slot is not in synchronized_standby_slots; delivered events may then be missing from the database after a failover (true/false) [default: false]
-    allow_unsynchronized_failover: bool = false, "PGOUTBOX_ALLOW_UNSYNCHRONIZED_FAILOVER";
-    /// Seconds between heartbeat messages (pg_logical_emit_message) so an idle database's slot advances; 0 = off [default: 0]
-    heartbeat_interval_secs: u64 = 0, "PGOUTBOX_HEARTBEAT_INTERVAL_SECS";
-    /// Hot standby: stream only while holding the slot's HA lock (true/false) [default: false]
-    ha: bool = false, "PGOUTBOX_HA";
-    /// HA: seconds a leader may renew nothing (frozen, cut off) before a standby terminates its lock session and walsender and takes over; at least 3 [default: 10]
-    ha_lease_secs: u64 = 10, "PGOUTBOX_HA_LEASE_SECS";
-    /// Address of the HTTP listener for /metrics, /healthz, /readyz; empty = off [default: 127.0.0.1:9187]
-    metrics_addr: String = "127.0.0.1:9187".into(), "PGOUTBOX_METRICS_ADDR";
-    /// /readyz fails while the slot's unconfirmed lag exceeds this many bytes [default: 268435456]
-    ready_max_lag_bytes: i64 = 256 << 20, "PGOUTBOX_READY_MAX_LAG_BYTES";
-    /// Log format: text or json [default: text]
-    log_format: LogFormat = LogFormat::Text, "PGOUTBOX_LOG_FORMAT";
+    POSTGRES {
+        /// PostgreSQL URL or key=value string, e.g. postgres://pgoutbox@db:5432/app (required)
+        postgres_url: String = String::new(), "PGOUTBOX_POSTGRES_URL";
+        /// Password for PostgreSQL (prefer the environment or postgres_password_file to a flag)
+        postgres_password: String = String::new(), "PGOUTBOX_POSTGRES_PASSWORD";
+        /// File holding the PostgreSQL password (trailing newline ignored)
+        postgres_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_PASSWORD_FILE";
+        /// TLS to PostgreSQL: disable, prefer, require, verify-ca, verify-full (overrides the URL's sslmode) [default: prefer]
+        postgres_sslmode: String = String::new(), "PGOUTBOX_POSTGRES_SSLMODE";
+        /// Root certificate(s) (PEM) to verify the server with (overrides the URL's sslrootcert)
+        postgres_sslrootcert: PathBuf = PathBuf::new(), "PGOUTBOX_POSTGRES_SSLROOTCERT";
+        /// Logical replication slot, created on first start if missing [default: pgoutbox]
+        slot: String = DEFAULT_SLOT.into(), "PGOUTBOX_SLOT";
+        /// Publication covering the outbox table [default: pgoutbox_pub]
+        publication: String = DEFAULT_PUBLICATION.into(), "PGOUTBOX_PUBLICATION";
+        /// The outbox table, schema-qualified [default: public.outbox]
+        table: String = "public.outbox".into(), "PGOUTBOX_TABLE";
+        /// Create the slot when it is missing at start (true/false) [default: true]
+        create_slot: bool = true, "PGOUTBOX_CREATE_SLOT";
+        /// Create the slot as a failover slot, kept by standbys with sync_replication_slots (PostgreSQL 17+; true/false) [default: true]
+        failover: bool = true, "PGOUTBOX_FAILOVER";
+        /// Stream from a failover slot although a standby's physical slot is not in synchronized_standby_slots; delivered events may then be missing from the database after a failover (true/false) [default: false]
+        allow_unsynchronized_failover: bool = false, "PGOUTBOX_ALLOW_UNSYNCHRONIZED_FAILOVER";
+        /// Where events come from: replication (logical replication slot) or poll (polling publisher; run sql/poll.sql) [default: replication]
+        source: String = "replication".into(), "PGOUTBOX_SOURCE";
+        /// Polling: milliseconds between polls that found less than a full batch [default: 1000]
+        poll_interval_ms: u64 = 1000, "PGOUTBOX_POLL_INTERVAL_MS";
+        /// Polling: rows per poll and per transaction [default: 1000]
+        poll_batch: usize = 1000, "PGOUTBOX_POLL_BATCH";
+        /// Polling: what to do with sent rows, mark (status = 1) or delete [default: mark]
+        poll_cleanup: String = "mark".into(), "PGOUTBOX_POLL_CLEANUP";
+        /// Seconds between heartbeat messages (pg_logical_emit_message) so an idle database's slot advances; 0 = off [default: 0]
+        heartbeat_interval_secs: u64 = 0, "PGOUTBOX_HEARTBEAT_INTERVAL_SECS";
+        /// Milliseconds between standby status updates [default: 1000]
+        status_interval_ms: u64 = 1000, "PGOUTBOX_STATUS_INTERVAL_MS";
+        /// Seconds without any message from PostgreSQL (a reply is requested first) before the replication connection counts as dead [default: 60]
+        replication_timeout_secs: u64 = 60, "PGOUTBOX_REPLICATION_TIMEOUT_SECS";
+    }
+    KAFKA {
+        /// Kafka bootstrap servers, e.g. kafka-1:9092,kafka-2:9092 (required with destination = kafka)
+        kafka_brokers: String = String::new(), "PGOUTBOX_KAFKA_BROKERS";
+        /// File holding the Kafka SASL password (sets sasl.password)
+        kafka_sasl_password_file: PathBuf = PathBuf::new(), "PGOUTBOX_KAFKA_SASL_PASSWORD_FILE";
+        /// Exactly-once: the producer's transactional.id, stable across restarts [default: pgoutbox-<slot>]
+        transactional_id: String = String::new(), "PGOUTBOX_TRANSACTIONAL_ID";
+        /// Exactly-once: compacted topic recording (slot, end_lsn) per Kafka transaction [default: pgoutbox.offsets]
+        offsets_topic: String = pgoutbox::config::DEFAULT_OFFSETS_TOPIC.into(), "PGOUTBOX_OFFSETS_TOPIC";
+        /// Exactly-once: milliseconds between Kafka transaction commits [default: 100]
+        transaction_interval_ms: u64 = 100, "PGOUTBOX_TRANSACTION_INTERVAL_MS";
+        /// Exactly-once: skip the start-up check that the brokers hide aborted transactions from read_committed readers, and take every offsets record read as committed; only for librdkafka's mock cluster in tests, which does not hide them (true/false) [default: false]
+        kafka_trust_read_committed: bool = false, "PGOUTBOX_KAFKA_TRUST_READ_COMMITTED";
+    }
+    NATS {
+        /// NATS server URL(s), comma-separated (a cluster's nodes, tried in order), each with its own credentials: nats://user:password@host:port or nats://token@host:port [default: nats://127.0.0.1:4222]
+        nats_url: String = pgoutbox::config::nats::DEFAULT_URL.into(), "PGOUTBOX_NATS_URL";
+        /// NATS credentials file (.creds: JWT and NKey seed) [default: none]
+        nats_credentials_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_CREDENTIALS_FILE";
+        /// A file holding a user NKey seed (SU…), for servers whose users are NKeys [default: none]
+        nats_nkey_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_NKEY_FILE";
+        /// JetStream stream that stores the outbox subjects (check looks it up, setup can create it) [default: OUTBOX]
+        nats_stream: String = pgoutbox::config::nats::DEFAULT_STREAM.into(), "PGOUTBOX_NATS_STREAM";
+        /// Seconds of duplicate removal (Nats-Msg-Id) the stream must keep at least: check fails on a shorter duplicate_window [default: 120]
+        nats_duplicate_window_secs: u64 = 120, "PGOUTBOX_NATS_DUPLICATE_WINDOW_SECS";
+        /// Milliseconds the server may answer nothing (no PubAck for any publish) before a publish counts as failed [default: 10000]
+        nats_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_NATS_ACK_TIMEOUT_MS";
+        /// Publishes awaiting acknowledgement at most [default: 16384]
+        nats_max_pending: usize = 16384, "PGOUTBOX_NATS_MAX_PENDING";
+        /// Root certificate(s) (PEM) that the server's certificate may chain to, besides the system's; requires TLS [default: the system's only]
+        nats_tls_ca_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_CA_FILE";
+        /// Client certificate (PEM) for a server that verifies clients (mutual TLS); with nats_tls_key_file [default: none]
+        nats_tls_cert_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_CERT_FILE";
+        /// Private key (PEM) of nats_tls_cert_file [default: none]
+        nats_tls_key_file: PathBuf = PathBuf::new(), "PGOUTBOX_NATS_TLS_KEY_FILE";
+    }
+    RABBITMQ {
+        /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS; %2f is the vhost /) [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+        rabbitmq_url: String = pgoutbox::config::rabbitmq::DEFAULT_URL.into(), "PGOUTBOX_RABBITMQ_URL";
+        /// Exchange to publish to, the topic being the routing key (check looks it up, setup can declare it) [default: outbox]
+        rabbitmq_exchange: String = pgoutbox::config::rabbitmq::DEFAULT_EXCHANGE.into(), "PGOUTBOX_RABBITMQ_EXCHANGE";
+        /// Milliseconds the broker may confirm nothing before a publish counts as failed (paused while it blocks publishers) [default: 10000]
+        rabbitmq_ack_timeout_ms: u64 = 10_000, "PGOUTBOX_RABBITMQ_ACK_TIMEOUT_MS";
+        /// Publishes awaiting their confirm at most [default: 4096]
+        rabbitmq_max_pending: usize = 4096, "PGOUTBOX_RABBITMQ_MAX_PENDING";
+        /// Root certificate(s) (PEM) that an amqps:// node's certificate may chain to, besides the system's [default: the system's only]
+        rabbitmq_tls_ca_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_CA_FILE";
+        /// Client certificate (PEM) for a node that verifies peers (mutual TLS, amqps:// only); with rabbitmq_tls_key_file [default: none]
+        rabbitmq_tls_cert_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_CERT_FILE";
+        /// Private key (PEM) of rabbitmq_tls_cert_file [default: none]
+        rabbitmq_tls_key_file: PathBuf = PathBuf::new(), "PGOUTBOX_RABBITMQ_TLS_KEY_FILE";
+    }
+    EVENTS {
+        /// Topic per event; ${routedByValue} is the route column's value [default: outbox.event.${routedByValue}]
+        topic_template: String = TopicTemplate::DEFAULT.into(), "PGOUTBOX_TOPIC_TEMPLATE";
+        /// Prefix of pg_logical_emit_message records that are outbox events (table-less outbox); empty = off [default: outbox]
+        message_prefix: String = "outbox".into(), "PGOUTBOX_MESSAGE_PREFIX";
+        /// Extra columns placed as record headers, column[:header] separated by commas, e.g. tenant_id:x-tenant,region [default: none]
+        additional_headers: String = String::new(), "PGOUTBOX_ADDITIONAL_HEADERS";
+        /// Column that becomes the `id` header [default: id]
+        id_column: String = "id".into(), "PGOUTBOX_ID_COLUMN";
+        /// Column that fills the topic template [default: aggregatetype]
+        route_column: String = "aggregatetype".into(), "PGOUTBOX_ROUTE_COLUMN";
+        /// Column that becomes the record key [default: aggregateid]
+        key_column: String = "aggregateid".into(), "PGOUTBOX_KEY_COLUMN";
+        /// Column that becomes the `type` header [default: type]
+        type_column: String = "type".into(), "PGOUTBOX_TYPE_COLUMN";
+        /// Column that becomes the record value [default: payload]
+        payload_column: String = "payload".into(), "PGOUTBOX_PAYLOAD_COLUMN";
+        /// Column whose integer value is the record's partition; empty = the key decides [default: none]
+        partition_column: String = String::new(), "PGOUTBOX_PARTITION_COLUMN";
+        /// A NULL or empty payload becomes a tombstone (true/false); otherwise it is an empty value [default: false]
+        tombstone_on_empty_payload: bool = false, "PGOUTBOX_TOMBSTONE_ON_EMPTY_PAYLOAD";
+        /// A NULL key column makes the event a poison event (true/false); otherwise it is delivered without a key [default: false]
+        require_key: bool = false, "PGOUTBOX_REQUIRE_KEY";
+        /// An UPDATE of an outbox row (publication publishing updates): warn, error (log and go on) or fatal (stop) [default: warn]
+        on_update: String = "warn".into(), "PGOUTBOX_ON_UPDATE";
+    }
+    DELIVERY {
+        /// Where events go: kafka, nats (JetStream) or rabbitmq [default: kafka]
+        destination: String = "kafka".into(), "PGOUTBOX_DESTINATION";
+        /// Delivery mode: at-least-once, at-most-once (no duplicates, may lose on a crash) or exactly-once (Kafka transactions; NATS: duplicate removal) [default: at-least-once]
+        delivery: String = "at-least-once".into(), "PGOUTBOX_DELIVERY";
+        /// An event the destination refuses for good or that cannot be routed: fail (stop), dead-letter, or skip (log and count) [default: fail]
+        on_poison: String = "fail".into(), "PGOUTBOX_ON_POISON";
+        /// Topic for on_poison = dead-letter [default: pgoutbox.dead-letter]
+        dead_letter_topic: String = pgoutbox::config::DEFAULT_DEAD_LETTER_TOPIC.into(), "PGOUTBOX_DEAD_LETTER_TOPIC";
+        /// Pause reading WAL while this many events await acks [default: 10000]
+        max_in_flight_events: usize = 10_000, "PGOUTBOX_MAX_IN_FLIGHT_EVENTS";
+        /// Pause reading WAL while in-flight events hold this many bytes [default: 33554432]
+        max_in_flight_bytes: usize = 32 << 20, "PGOUTBOX_MAX_IN_FLIGHT_BYTES";
+        /// Seconds to wait for in-flight acks on SIGTERM/SIGINT [default: 10]
+        shutdown_timeout_secs: u64 = 10, "PGOUTBOX_SHUTDOWN_TIMEOUT_SECS";
+    }
+    OPERATIONS {
+        /// Hot standby: stream only while holding the slot's HA lock (true/false) [default: false]
+        ha: bool = false, "PGOUTBOX_HA";
+        /// HA: seconds a leader may renew nothing (frozen, cut off) before a standby terminates its lock session and walsender and takes over; at least 3 [default: 10]
+        ha_lease_secs: u64 = 10, "PGOUTBOX_HA_LEASE_SECS";
+        /// Address of the HTTP listener for /metrics, /healthz, /readyz; empty = off [default: 127.0.0.1:9187]
+        metrics_addr: String = "127.0.0.1:9187".into(), "PGOUTBOX_METRICS_ADDR";
+        /// /readyz fails while the slot's unconfirmed lag exceeds this many bytes [default: 268435456]
+        ready_max_lag_bytes: i64 = 256 << 20, "PGOUTBOX_READY_MAX_LAG_BYTES";
+        /// Log format: text or json [default: text]
+        log_format: LogFormat = LogFormat::Text, "PGOUTBOX_LOG_FORMAT";
+    }
 }
 
 impl Settings {

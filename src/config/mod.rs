@@ -1,4 +1,4 @@
-//! The streamer's settings and their defaults (documented once, here and in README).
+//! The streamer's settings and their defaults (documented once, here and in docs/configuration.md).
 
 use std::time::Duration;
 

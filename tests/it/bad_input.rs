@@ -1,6 +1,6 @@
-//! The bad-input catalogue (README): what a user gets wrong, the exact line pgoutbox prints,
-//! and that nothing was lost or confirmed early. Rows already proven elsewhere are noted in
-//! README with their test.
+//! The bad-input catalogue (docs/operations.md, "When something is wrong"): what a user gets
+//! wrong, the exact line pgoutbox prints, and that nothing was lost or confirmed early. Rows
+//! already proven elsewhere are noted in docs/operations.md with their test.
 
 use std::collections::HashSet;
 use std::time::Duration;

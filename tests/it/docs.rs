@@ -110,12 +110,12 @@ fn every_relative_link_and_anchor_resolves() {
 }
 
 /// Every destination the code supports is named in README's first paragraph and in the
-/// metrics table.
+/// metrics table (docs/operations.md).
 #[test]
 fn every_destination_is_named_where_a_reader_starts() {
-    let readme =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let operations = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
     let first = readme.split("\n\n").nth(1).unwrap_or_default();
     for d in ["Kafka", "NATS", "RabbitMQ"] {
         assert!(
@@ -124,7 +124,7 @@ fn every_destination_is_named_where_a_reader_starts() {
         );
     }
     assert!(
-        readme.contains("(`kafka`, `nats`, `rabbitmq`)"),
+        operations.contains("(`kafka`, `nats`, `rabbitmq`)"),
         "the metrics table names every destination label value"
     );
 }
@@ -179,4 +179,221 @@ fn every_command_shown_parses() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// README.md and every page of docs/, with their paths.
+fn all_docs() -> Vec<(std::path::PathBuf, String)> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        files.push(e.unwrap().path());
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            (f, text)
+        })
+        .collect()
+}
+
+/// The settings as the binary knows them: (file key, environment variable).
+fn settings() -> Vec<(String, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+        .args(["config", "--reference"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let key = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let env = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            env.starts_with("PGOUTBOX_")
+                .then(|| (key.to_owned(), env.to_owned()))
+        })
+        .collect()
+}
+
+/// Variables the docs name that are not settings: the configuration file, the Kafka
+/// properties, and the scripts' and tests' own.
+const OTHER_VARIABLES: &[&str] = &[
+    "PGOUTBOX_CONFIG",
+    "PGOUTBOX_KAFKA_PROPERTIES",
+    "PGOUTBOX_MATRIX",
+    "PGOUTBOX_KILL_CYCLES",
+    "PGOUTBOX_NATS_SERVER",
+    "PGOUTBOX_KAFKA_BROKER",
+];
+
+/// Keys of other programs' settings that the docs show as `key = value`: PostgreSQL's,
+/// RabbitMQ's and NATS's, and the outbox table's options.
+const OTHER_KEYS: &[&str] = &[
+    "wal_level",
+    "sync_replication_slots",
+    "hot_standby_feedback",
+    "synchronized_standby_slots",
+    "publish_via_partition_root",
+    "idle_replication_slot_timeout",
+    "primary_slot_name",
+    "ssl_cert_login_from",
+    "fail_if_no_peer_cert",
+    "auth_mechanism",
+    "content_type",
+    "delivery_mode",
+    "app_id",
+    "max_slot_wal_keep_size",
+    "status",
+    "discard",
+    "verify",
+    "x-overflow",
+    "publish",
+    "wal_status",
+];
+
+/// Every setting the docs name exists: each `PGOUTBOX_…` variable, each `key = value` shown
+/// in code, and each top-level key of a TOML example (`[[tables]]` keys among the table
+/// settings).
+#[test]
+fn every_setting_named_in_the_docs_exists() {
+    let settings = settings();
+    assert!(settings.len() > 50, "{settings:?}");
+    let keys: std::collections::HashSet<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
+    let envs: std::collections::HashSet<&str> = settings.iter().map(|(_, e)| e.as_str()).collect();
+    let mut unknown = Vec::new();
+    let mut seen = 0;
+    for (file, text) in all_docs() {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        for (i, _) in text.match_indices("PGOUTBOX_") {
+            let var: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            seen += 1;
+            if !envs.contains(var.as_str()) && !OTHER_VARIABLES.contains(&var.as_str()) {
+                unknown.push(format!("{name}: {var}"));
+            }
+        }
+        // `key = value` in inline code.
+        for span in text.split('`').skip(1).step_by(2) {
+            let Some((key, _)) = span.split_once(" = ") else {
+                continue;
+            };
+            let key = key.trim();
+            if key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                continue;
+            }
+            seen += 1;
+            if !keys.contains(key) && !OTHER_KEYS.contains(&key) {
+                unknown.push(format!("{name}: `{span}`"));
+            }
+        }
+        // Top-level keys of TOML examples; `[[tables]]` keys are table settings.
+        for block in text.split("```toml").skip(1) {
+            let block = block.split("```").next().unwrap_or_default();
+            let mut section = "";
+            for line in block.lines().map(str::trim) {
+                if line.starts_with('[') {
+                    section = line;
+                    continue;
+                }
+                let Some((key, _)) = line.split_once('=') else {
+                    continue;
+                };
+                let key = key.trim();
+                seen += 1;
+                let known = match section {
+                    "" => keys.contains(key),
+                    "[[tables]]" => keys.contains(key) && key != "destination",
+                    _ => true, // [kafka]: librdkafka's properties, checked by librdkafka
+                };
+                if !known {
+                    unknown.push(format!("{name}: TOML key {key} in {section:?}"));
+                }
+            }
+        }
+    }
+    assert!(seen > 40, "only {seen} setting names found");
+    assert!(unknown.is_empty(), "not settings:\n{}", unknown.join("\n"));
+}
+
+/// `--help` groups the settings under the headings of docs/configuration.md.
+#[test]
+fn help_groups_the_settings_under_headings() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgoutbox"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let headings: Vec<&str> = help
+        .lines()
+        .filter(|l| !l.starts_with(' ') && l.ends_with(':'))
+        .collect();
+    assert_eq!(
+        headings,
+        [
+            "Options:",
+            "PostgreSQL:",
+            "Kafka:",
+            "NATS:",
+            "RabbitMQ:",
+            "Events and routing:",
+            "Delivery:",
+            "Operations:"
+        ],
+        "{help}"
+    );
+    let reference = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    for h in &headings[1..] {
+        let section = format!("## {}", h.trim_end_matches(':'));
+        assert!(
+            reference.contains(&section),
+            "{section} not in docs/configuration.md"
+        );
+    }
+}
+
+/// The metrics table in docs/operations.md lists every metric src/metrics.rs defines, and
+/// nothing else.
+#[test]
+fn the_metrics_table_lists_every_metric() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let code = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        text.match_indices("pgoutbox_")
+            .map(|(i, _)| {
+                text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|n| n.len() > "pgoutbox_".len())
+            .collect()
+    };
+    let defined = names(&code);
+    let ops = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let table: String = ops
+        .split("## Metrics")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("| `pgoutbox_"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let listed = names(&table);
+    assert!(defined.len() > 15, "{defined:?}");
+    let missing: Vec<_> = defined.difference(&listed).collect();
+    let unknown: Vec<_> = listed.difference(&defined).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "not in the table: {missing:?}; not a metric: {unknown:?}"
+    );
 }

@@ -13,7 +13,7 @@ use pgoutbox::embedded::TopicReader;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_rewound_behind_the_offsets_topic_resends_nothing() {
     let env = Env::start().await;
-    // Created by the operator, compacted, like any offsets topic (README).
+    // Created by the operator, compacted, like any offsets topic (docs/kafka.md).
     env.kafka.create_topic("pgoutbox.offsets", 1).unwrap();
     // A copy of the slot at its start, to rewind to later.
     env.db

@@ -24,7 +24,7 @@ pub enum KafkaConfigError {
     Rejected(String),
 }
 
-/// Properties we set unless the user overrides them (documented in README).
+/// Properties we set unless the user overrides them (documented in docs/kafka.md).
 const DEFAULTS: &[(&str, &str)] = &[
     ("client.id", "pgoutbox"),
     // Small batches, low latency: the outbox is usually latency-sensitive.
