@@ -142,21 +142,24 @@ impl Health {
                 _ => Err("not streaming".into()),
             };
         }
-        if let Some(why) = self.blocked() {
-            return Err(format!("the destination blocks publishers: {why}"));
+        // Every reason that applies, so that one never hides another.
+        let mut why = Vec::new();
+        if let Some(reason) = self.blocked() {
+            why.push(format!("the destination blocks publishers: {reason}"));
         }
         let stalled = self.stalled_for();
         if stalled > STALLED_AFTER {
-            return Err(format!(
+            why.push(format!(
                 "no progress for {} s: events wait and the destination acknowledges none (backpressure, or a broker cut off)",
                 stalled.as_secs()
             ));
         }
-        match self.lag_bytes() {
-            Some(lag) if lag > max_lag_bytes => {
-                Err(format!("slot lag {lag} bytes exceeds {max_lag_bytes}"))
-            }
-            _ => Ok("streaming"),
+        if let Some(lag) = self.lag_bytes().filter(|lag| *lag > max_lag_bytes) {
+            why.push(format!("slot lag {lag} bytes exceeds {max_lag_bytes}"));
+        }
+        match why.is_empty() {
+            true => Ok("streaming"),
+            false => Err(why.join("; ")),
         }
     }
 }
@@ -175,6 +178,19 @@ mod tests {
         assert!(h.readiness(100).unwrap_err().contains("500"));
         h.set_lag_bytes(50);
         assert_eq!(h.readiness(100), Ok("streaming"));
+    }
+
+    #[test]
+    fn every_reason_for_not_being_ready_is_named() {
+        let h = Health::default();
+        h.set_streaming(true);
+        h.set_blocked("rabbitmq", Some("low on memory".into()));
+        h.set_lag_bytes(500);
+        let why = h.readiness(100).unwrap_err();
+        assert!(
+            why.contains("low on memory") && why.contains("500"),
+            "{why}"
+        );
     }
 
     #[test]
